@@ -1,0 +1,719 @@
+//! The one file system API both frontends use. Methods block the calling thread (a FUSE worker
+//! or an NFS task's blocking section); object-store I/O runs on the engine's own runtime.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use elasticfs_metadata::{
+    Attr, BlockCommit, BlockRef, DirEntry, FileKind, Ino, MetaError, MetaStore, RenameMode, SetAttr,
+    Timestamp, Usage, XattrMode,
+};
+use futures::future::try_join_all;
+use tokio::sync::Semaphore;
+use tracing::{instrument, warn};
+
+use crate::chunk_store::ChunkStore;
+use crate::error::{errno, FsError, FsResult};
+use crate::open_file::{Dirty, OpenFile, Readahead};
+
+/// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
+const MAX_FILE_SIZE: u64 = 1 << 44;
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Bytes of verified chunk data kept in memory.
+    pub cache_bytes: usize,
+    /// Blocks uploaded at once; also bounds the memory of sealed blocks waiting to upload.
+    pub max_uploads: usize,
+    /// Largest readahead window, in blocks.
+    pub max_readahead_blocks: u64,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig { cache_bytes: 256 << 20, max_uploads: 16, max_readahead_blocks: 8 }
+    }
+}
+
+/// Who is asking: new nodes are owned by the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A `setattr` request as a frontend receives it.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttrRequest {
+    pub perm: Option<u16>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Timestamp>,
+    pub mtime: Option<Timestamp>,
+}
+
+struct Handle {
+    file: Arc<OpenFile>,
+    append: bool,
+    readahead: Mutex<Readahead>,
+}
+
+struct OpenEntry {
+    handles: usize,
+    file: Arc<OpenFile>,
+}
+
+pub struct FileSystem {
+    meta: Arc<dyn MetaStore>,
+    chunks: Arc<ChunkStore>,
+    runtime: tokio::runtime::Runtime,
+    config: FsConfig,
+    block_size: u64,
+    inline_threshold: u64,
+    open_files: Mutex<HashMap<Ino, OpenEntry>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+    upload_slots: Arc<Semaphore>,
+}
+
+impl FileSystem {
+    pub fn new(meta: Arc<dyn MetaStore>, chunks: ChunkStore, config: FsConfig) -> FsResult<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .thread_name("elasticfs-io")
+            .enable_all()
+            .build()
+            .map_err(|e| FsError::io(format!("starting the I/O runtime: {e}")))?;
+        let sb = meta.superblock().clone();
+        Ok(FileSystem {
+            meta,
+            chunks: Arc::new(chunks),
+            runtime,
+            block_size: sb.block_size as u64,
+            inline_threshold: sb.inline_threshold as u64,
+            upload_slots: Arc::new(Semaphore::new(config.max_uploads.max(1))),
+            config,
+            open_files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        })
+    }
+
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
+    }
+
+    pub fn chunks(&self) -> &Arc<ChunkStore> {
+        &self.chunks
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// Runs object-store work to completion from a blocking caller.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// Purges inodes that were unlinked while open by a client that then died. Only correct
+    /// when this is the only client of the metadata (the embedded engine).
+    pub fn reclaim_orphans(&self) -> FsResult<usize> {
+        let orphans = self.meta.orphans()?;
+        for ino in &orphans {
+            self.meta.purge(*ino)?;
+        }
+        Ok(orphans.len())
+    }
+
+    // ----- attributes and names -------------------------------------------------------------
+
+    /// Attributes as this client sees them: including its own uncommitted writes.
+    fn with_local_changes(&self, mut attr: Attr) -> Attr {
+        if let Some(file) = self.open_file(attr.ino) {
+            let st = file.state.lock().unwrap();
+            if let Some(mtime) = st.mtime {
+                attr.size = st.size;
+                attr.mtime = mtime;
+                attr.ctime = attr.ctime.max(mtime);
+            }
+        }
+        attr
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        Ok(self.with_local_changes(self.meta.getattr(ino)?))
+    }
+
+    #[instrument(level = "debug", skip(self, name))]
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        Ok(self.with_local_changes(self.meta.lookup(parent, name)?))
+    }
+
+    /// Creates a node of any kind but symlink. `perm` is the requested mode's permission bits,
+    /// already reduced by the umask.
+    #[instrument(level = "debug", skip(self, name))]
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        rdev: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        Ok(self.meta.create(parent, name, kind, perm & 0o7777, caller.uid, caller.gid, rdev, b"")?)
+    }
+
+    #[instrument(level = "debug", skip(self, name, target))]
+    pub fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], caller: Caller) -> FsResult<Attr> {
+        if target.is_empty() || target.len() > 4095 {
+            return Err(FsError::new(
+                if target.is_empty() { errno::ENOENT } else { 36 },
+                "symlink target length",
+            ));
+        }
+        Ok(self.meta.create(parent, name, FileKind::Symlink, 0o777, caller.uid, caller.gid, 0, target)?)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        Ok(self.meta.readlink(ino)?)
+    }
+
+    #[instrument(level = "debug", skip(self, name))]
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        Ok(self.with_local_changes(self.meta.link(ino, parent, name)?))
+    }
+
+    #[instrument(level = "debug", skip(self, name))]
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        let unlinked = self.meta.unlink(parent, name)?;
+        if unlinked.orphaned {
+            self.purge_unless_open(unlinked.attr.ino)?;
+        }
+        Ok(())
+    }
+
+    #[instrument(level = "debug", skip(self, name))]
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        Ok(self.meta.rmdir(parent, name)?)
+    }
+
+    #[instrument(level = "debug", skip(self, name, new_name))]
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> FsResult<()> {
+        if let Some(replaced) = self.meta.rename(parent, name, new_parent, new_name, mode)? {
+            if replaced.orphaned {
+                self.purge_unless_open(replaced.attr.ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries after cookie `after` (0 = from the start), at most `limit` of them.
+    pub fn readdir(&self, dir: Ino, after: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
+        Ok(self.meta.readdir(dir, after, limit)?)
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    pub fn setattr(&self, ino: Ino, req: &SetAttrRequest) -> FsResult<Attr> {
+        let mut attr = None;
+        if let Some(size) = req.size {
+            attr = Some(self.truncate(ino, size)?);
+        }
+        let changes = SetAttr {
+            perm: req.perm,
+            uid: req.uid,
+            gid: req.gid,
+            atime: req.atime,
+            mtime: req.mtime,
+            ctime: None,
+        };
+        if changes != SetAttr::default() || attr.is_none() {
+            attr = Some(self.meta.setattr(ino, &changes)?);
+        }
+        Ok(self.with_local_changes(attr.expect("set above")))
+    }
+
+    pub fn statfs(&self) -> FsResult<Usage> {
+        Ok(self.meta.usage()?)
+    }
+
+    pub fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> FsResult<()> {
+        Ok(self.meta.set_xattr(ino, name, value, mode)?)
+    }
+
+    pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        Ok(self.meta.get_xattr(ino, name)?)
+    }
+
+    pub fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        Ok(self.meta.list_xattr(ino)?)
+    }
+
+    pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        Ok(self.meta.remove_xattr(ino, name)?)
+    }
+
+    // ----- handles ----------------------------------------------------------------------------
+
+    fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.open_files.lock().unwrap().get(&ino).map(|e| e.file.clone())
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(errno::EBADF, "unknown handle"))
+    }
+
+    /// Opens a regular file and returns its handle number.
+    #[instrument(level = "debug", skip(self))]
+    pub fn open(&self, ino: Ino, append: bool) -> FsResult<u64> {
+        let attr = self.meta.getattr(ino)?;
+        let file = {
+            let mut open = self.open_files.lock().unwrap();
+            let entry = open
+                .entry(ino)
+                .or_insert_with(|| OpenEntry { handles: 0, file: Arc::new(OpenFile::new(ino, attr.size)) });
+            entry.handles += 1;
+            entry.file.clone()
+        };
+        {
+            // Close-to-open: with nothing of ours pending, the committed size is the truth.
+            let mut st = file.state.lock().unwrap();
+            if !st.has_changes() {
+                st.size = attr.size;
+            }
+        }
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle { file, append, readahead: Mutex::new(Readahead::default()) };
+        self.handles.lock().unwrap().insert(fh, Arc::new(handle));
+        Ok(fh)
+    }
+
+    /// Creates and opens a regular file. Without `exclusive`, an existing file is opened.
+    #[instrument(level = "debug", skip(self, name))]
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        caller: Caller,
+        exclusive: bool,
+        append: bool,
+    ) -> FsResult<(Attr, u64)> {
+        let attr = match self.mknod(parent, name, FileKind::File, perm, 0, caller) {
+            Err(e) if e.errno == MetaError::Exists.errno() && !exclusive => self.lookup(parent, name)?,
+            other => other?,
+        };
+        let fh = self.open(attr.ino, append)?;
+        Ok((attr, fh))
+    }
+
+    /// Commits this handle's file: after it returns, every write made before is durable.
+    #[instrument(level = "debug", skip(self))]
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        self.flush_file(&handle.file)
+    }
+
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh)
+    }
+
+    /// Closes a handle; the last one of an unlinked file removes it.
+    #[instrument(level = "debug", skip(self))]
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(handle) = self.handles.lock().unwrap().remove(&fh) else {
+            return Err(FsError::new(errno::EBADF, "unknown handle"));
+        };
+        let flushed = self.flush_file(&handle.file);
+        let ino = handle.file.ino;
+        let last = {
+            let mut open = self.open_files.lock().unwrap();
+            let entry = open.get_mut(&ino).expect("an open handle has an open entry");
+            entry.handles -= 1;
+            let last = entry.handles == 0;
+            if last {
+                open.remove(&ino);
+            }
+            last
+        };
+        if last {
+            match self.meta.getattr(ino) {
+                Ok(attr) if attr.nlink == 0 => self.meta.purge(ino)?,
+                _ => {}
+            }
+        }
+        flushed
+    }
+
+    /// Commits every open file (at unmount).
+    pub fn flush_all(&self) -> FsResult<()> {
+        let files: Vec<_> = self.open_files.lock().unwrap().values().map(|e| e.file.clone()).collect();
+        for file in files {
+            self.flush_file(&file)?;
+        }
+        Ok(())
+    }
+
+    fn purge_unless_open(&self, ino: Ino) -> FsResult<()> {
+        if !self.open_files.lock().unwrap().contains_key(&ino) {
+            self.meta.purge(ino)?;
+        }
+        Ok(())
+    }
+
+    // ----- data -------------------------------------------------------------------------------
+
+    #[instrument(level = "debug", skip(self))]
+    pub fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        let handle = self.handle(fh)?;
+        let file = &handle.file;
+        let bs = self.block_size;
+        // Under the file's lock: what each block of the range is made of.
+        let (end, sources) = {
+            let st = file.state.lock().unwrap();
+            let end = st.size.min(offset.saturating_add(len as u64));
+            if offset >= end {
+                return Ok(Vec::new());
+            }
+            let (first, last) = (offset / bs, (end - 1) / bs);
+            let mut committed: HashMap<u64, BlockRef> = HashMap::new();
+            if (first..=last).any(|i| !st.dirty.contains_key(&i)) {
+                committed.extend(self.meta.blocks(file.ino, first, last - first + 1)?);
+            }
+            let mut sources = Vec::with_capacity((last - first + 1) as usize);
+            for index in first..=last {
+                let source = match st.dirty.get(&index) {
+                    Some(Dirty::Buffer(data)) => Source::Bytes(Bytes::copy_from_slice(data)),
+                    Some(Dirty::Uploading { data, .. }) => Source::Bytes(data.clone()),
+                    Some(Dirty::Stored(block)) => Source::Block(block.clone()),
+                    None => committed.remove(&index).map_or(Source::Hole, Source::Block),
+                };
+                sources.push((index, source));
+            }
+            (end, sources)
+        };
+        let prefetch = handle.readahead.lock().unwrap().on_read(
+            offset,
+            end - offset,
+            bs,
+            self.config.max_readahead_blocks,
+        );
+        if let Some((first, count)) = prefetch {
+            self.prefetch(file.ino, first, count);
+        }
+        let contents = self.block_on(try_join_all(sources.into_iter().map(|(index, source)| {
+            let chunks = self.chunks.clone();
+            async move {
+                let data = match source {
+                    Source::Hole => Bytes::new(),
+                    Source::Bytes(data) => data,
+                    Source::Block(BlockRef::Inline(data)) => Bytes::from(data),
+                    Source::Block(BlockRef::Chunk { hash, .. }) => chunks.get(hash).await?,
+                };
+                Ok::<_, FsError>((index, data))
+            }
+        })))?;
+        let mut out = vec![0u8; (end - offset) as usize];
+        for (index, data) in contents {
+            let block_start = index * bs;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + bs);
+            let (a, b) = ((from - block_start) as usize, (to - block_start) as usize);
+            if a < data.len() {
+                let b_in = b.min(data.len());
+                let dst = (from - offset) as usize;
+                out[dst..dst + (b_in - a)].copy_from_slice(&data[a..b_in]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts fetching committed blocks into the cache, without waiting for them.
+    fn prefetch(&self, ino: Ino, first: u64, count: u64) {
+        let blocks = match self.meta.blocks(ino, first, count) {
+            Ok(blocks) => blocks,
+            Err(e) => return warn!(ino, "readahead skipped: {e}"),
+        };
+        for (_, block) in blocks {
+            if let BlockRef::Chunk { hash, .. } = block {
+                if self.chunks.cache().get(&hash).is_none() {
+                    let chunks = self.chunks.clone();
+                    self.runtime.spawn(async move {
+                        let _ = chunks.get(hash).await;
+                    });
+                }
+            }
+        }
+    }
+
+    #[instrument(level = "debug", skip(self, data), fields(len = data.len()))]
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let handle = self.handle(fh)?;
+        let file = &handle.file;
+        let bs = self.block_size;
+        let mut st = file.state.lock().unwrap();
+        let offset = if handle.append { st.size } else { offset };
+        let end = offset.checked_add(data.len() as u64).filter(|e| *e <= MAX_FILE_SIZE);
+        let Some(end) = end else {
+            return Err(FsError::new(errno::EFBIG, "write past the largest file size"));
+        };
+        self.collect_uploads(&mut st.dirty);
+        let (mut pos, mut rest) = (offset, data);
+        while !rest.is_empty() {
+            let index = pos / bs;
+            let within = (pos % bs) as usize;
+            let n = rest.len().min(bs as usize - within);
+            let size = st.size;
+            let buffer = self.dirty_buffer(file.ino, &mut st.dirty, index, size)?;
+            if buffer.len() < within + n {
+                buffer.resize(within + n, 0);
+            }
+            buffer[within..within + n].copy_from_slice(&rest[..n]);
+            if buffer.len() as u64 == bs {
+                self.seal(&mut st.dirty, index);
+            }
+            pos += n as u64;
+            rest = &rest[n..];
+        }
+        st.size = st.size.max(end);
+        st.mtime = Some(Timestamp::now());
+        Ok(data.len())
+    }
+
+    /// fallocate: mode 0 extends the file (space is elastic, so there is nothing to reserve);
+    /// FALLOC_FL_KEEP_SIZE is a no-op for the same reason.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        const KEEP_SIZE: i32 = 1;
+        let handle = self.handle(fh)?;
+        match mode {
+            0 => {
+                let end = offset.checked_add(len).filter(|e| *e <= MAX_FILE_SIZE);
+                let end =
+                    end.ok_or_else(|| FsError::new(errno::EFBIG, "fallocate past the largest file size"))?;
+                let mut st = handle.file.state.lock().unwrap();
+                if end > st.size {
+                    st.size = end;
+                    st.mtime = Some(Timestamp::now());
+                }
+                Ok(())
+            }
+            KEEP_SIZE => Ok(()),
+            _ => Err(FsError::new(errno::EOPNOTSUPP, "fallocate mode")),
+        }
+    }
+
+    /// The writable buffer of block `index`, loading its committed content first if it has any.
+    fn dirty_buffer<'a>(
+        &self,
+        ino: Ino,
+        dirty: &'a mut std::collections::BTreeMap<u64, Dirty>,
+        index: u64,
+        size: u64,
+    ) -> FsResult<&'a mut Vec<u8>> {
+        let base = match dirty.remove(&index) {
+            Some(Dirty::Buffer(data)) => data,
+            // Rewriting a sealed block: its upload's result will simply not be used.
+            Some(Dirty::Uploading { data, .. }) => data.to_vec(),
+            Some(Dirty::Stored(block)) => self.load_block(&block)?,
+            // A block beyond the end has no committed content.
+            None if index * self.block_size >= size => Vec::new(),
+            None => match self.meta.blocks(ino, index, 1)?.pop() {
+                Some((_, block)) => self.load_block(&block)?,
+                None => Vec::new(),
+            },
+        };
+        match dirty.entry(index).or_insert(Dirty::Buffer(base)) {
+            Dirty::Buffer(data) => Ok(data),
+            _ => unreachable!("just inserted a buffer"),
+        }
+    }
+
+    fn load_block(&self, block: &BlockRef) -> FsResult<Vec<u8>> {
+        match block {
+            BlockRef::Inline(data) => Ok(data.clone()),
+            BlockRef::Chunk { hash, .. } => Ok(self.block_on(self.chunks.get(*hash))?.to_vec()),
+        }
+    }
+
+    /// Starts uploading block `index` in the background. Waits for an upload slot first, which
+    /// is what bounds the memory of a fast writer.
+    fn seal(&self, dirty: &mut std::collections::BTreeMap<u64, Dirty>, index: u64) {
+        if !matches!(dirty.get(&index), Some(Dirty::Buffer(_))) {
+            return;
+        }
+        let Some(Dirty::Buffer(data)) = dirty.remove(&index) else { unreachable!() };
+        let data = Bytes::from(data);
+        let permit =
+            self.block_on(self.upload_slots.clone().acquire_owned()).expect("semaphore never closed");
+        let chunks = self.chunks.clone();
+        let upload = data.clone();
+        let task = self.runtime.spawn(async move {
+            let _slot = permit;
+            chunks.put(upload).await
+        });
+        dirty.insert(index, Dirty::Uploading { data, task });
+    }
+
+    /// Turns finished uploads into block references (and failed ones back into buffers, to be
+    /// retried at the next flush), without waiting for unfinished ones.
+    fn collect_uploads(&self, dirty: &mut std::collections::BTreeMap<u64, Dirty>) {
+        let finished: Vec<u64> = dirty
+            .iter()
+            .filter(|(_, d)| matches!(d, Dirty::Uploading { task, .. } if task.is_finished()))
+            .map(|(i, _)| *i)
+            .collect();
+        for index in finished {
+            self.finish_upload(dirty, index);
+        }
+    }
+
+    fn finish_upload(
+        &self,
+        dirty: &mut std::collections::BTreeMap<u64, Dirty>,
+        index: u64,
+    ) -> Option<FsError> {
+        if !matches!(dirty.get(&index), Some(Dirty::Uploading { .. })) {
+            return None;
+        }
+        let Some(Dirty::Uploading { data, task }) = dirty.remove(&index) else { unreachable!() };
+        let outcome =
+            self.block_on(task).unwrap_or_else(|e| Err(FsError::io(format!("upload task failed: {e}"))));
+        match outcome {
+            Ok(hash) => {
+                dirty.insert(index, Dirty::Stored(BlockRef::Chunk { hash, len: data.len() as u32 }));
+                None
+            }
+            Err(e) => {
+                dirty.insert(index, Dirty::Buffer(data.to_vec()));
+                Some(e)
+            }
+        }
+    }
+
+    /// Uploads whatever is pending, waits for every upload, then commits the block map and size
+    /// in one metadata transaction: objects first, metadata second.
+    fn flush_file(&self, file: &OpenFile) -> FsResult<()> {
+        let mut st = file.state.lock().unwrap();
+        if !st.has_changes() {
+            return Ok(());
+        }
+        let buffered: Vec<u64> =
+            st.dirty.iter().filter(|(_, d)| matches!(d, Dirty::Buffer(_))).map(|(i, _)| *i).collect();
+        for index in buffered {
+            let small = matches!(st.dirty.get(&index), Some(Dirty::Buffer(d)) if d.len() as u64 <= self.inline_threshold);
+            if small {
+                if let Some(Dirty::Buffer(data)) = st.dirty.remove(&index) {
+                    st.dirty.insert(index, Dirty::Stored(BlockRef::Inline(data)));
+                }
+            } else {
+                self.seal(&mut st.dirty, index);
+            }
+        }
+        let uploading: Vec<u64> = st.dirty.keys().copied().collect();
+        let mut failure = None;
+        for index in uploading {
+            if let Some(e) = self.finish_upload(&mut st.dirty, index) {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let blocks = st
+            .dirty
+            .iter()
+            .map(|(i, d)| match d {
+                Dirty::Stored(block) => (*i, block.clone()),
+                _ => unreachable!("every block was stored above"),
+            })
+            .collect();
+        let commit = BlockCommit { truncate: None, blocks, min_size: st.size, mtime: st.mtime };
+        let attr = self.meta.commit_blocks(file.ino, &commit)?;
+        st.dirty.clear();
+        st.mtime = None;
+        st.size = attr.size;
+        Ok(())
+    }
+
+    /// Stores one block's content the way a flush would: inline if small, else as a chunk.
+    fn store_block(&self, data: Vec<u8>) -> FsResult<BlockRef> {
+        if data.len() as u64 <= self.inline_threshold {
+            return Ok(BlockRef::Inline(data));
+        }
+        let len = data.len() as u32;
+        let hash = self.block_on(self.chunks.put(Bytes::from(data)))?;
+        Ok(BlockRef::Chunk { hash, len })
+    }
+
+    fn truncate(&self, ino: Ino, size: u64) -> FsResult<Attr> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::new(errno::EFBIG, "truncate past the largest file size"));
+        }
+        let file = self.open_file(ino);
+        if let Some(file) = &file {
+            self.flush_file(file)?;
+        }
+        // Hold the file (if open) so that no write slips between the flush and the truncate.
+        let mut guard = file.as_ref().map(|f| f.state.lock().unwrap());
+        let attr = self.meta.getattr(ino)?;
+        match attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(FsError::new(21, "truncate of a directory")),
+            _ => return Err(FsError::new(errno::EINVAL, "truncate of a special file")),
+        }
+        let mut commit = BlockCommit {
+            truncate: Some(size),
+            blocks: Vec::new(),
+            min_size: 0,
+            mtime: Some(Timestamp::now()),
+        };
+        let cut = (size % self.block_size) as usize;
+        if size < attr.size && cut != 0 {
+            let index = size / self.block_size;
+            if let Some((_, block)) = self.meta.blocks(ino, index, 1)?.pop() {
+                if block.len() as usize > cut {
+                    let mut data = self.load_block(&block)?;
+                    data.truncate(cut);
+                    commit.blocks.push((index, self.store_block(data)?));
+                }
+            }
+        }
+        let attr = self.meta.commit_blocks(ino, &commit)?;
+        if let Some(st) = guard.as_mut() {
+            st.size = attr.size;
+        }
+        Ok(attr)
+    }
+}
+
+enum Source {
+    Hole,
+    Bytes(Bytes),
+    Block(BlockRef),
+}
+
+impl Drop for FileSystem {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_all() {
+            warn!("committing open files at shutdown failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The elasticfs engine: one [`FileSystem`] API over a [`elasticfs_metadata::MetaStore`] and a
+//! content-addressed [`ChunkStore`], shared by the FUSE and NFS frontends.
+
+mod block_cache;
+mod chunk_store;
+mod error;
+mod filesystem;
+mod open_file;
+mod storage;
+
+pub use block_cache::BlockCache;
+pub use chunk_store::{chunk_path, hash_of, ChunkStore};
+pub use error::{errno, FsError, FsResult};
+pub use filesystem::{Caller, FileSystem, FsConfig, SetAttrRequest};
+pub use storage::{connect_chunk_store, open_object_store};
+
+pub use elasticfs_metadata as metadata;

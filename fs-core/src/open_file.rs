@@ -1,0 +1,83 @@
+//! The state of one open inode: the bytes written through any of its handles that are not yet
+//! committed. It is per inode, not per handle, so that every handle of this client reads what
+//! the others wrote before it is flushed.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use elasticfs_metadata::{BlockRef, ChunkHash, Ino, Timestamp};
+use tokio::task::JoinHandle;
+
+use crate::error::FsResult;
+
+pub(crate) enum Dirty {
+    /// Written, not yet uploaded: the block's whole content (bytes past the end read as zeros).
+    Buffer(Vec<u8>),
+    /// Sealed and being uploaded; `data` serves reads until the upload is collected.
+    Uploading { data: Bytes, task: JoinHandle<FsResult<ChunkHash>> },
+    /// Uploaded (or small enough to stay inline): waiting for the commit.
+    Stored(BlockRef),
+}
+
+pub(crate) struct FileState {
+    /// Size including uncommitted writes.
+    pub(crate) size: u64,
+    pub(crate) dirty: BTreeMap<u64, Dirty>,
+    /// Time of the last uncommitted write; `None` when there is nothing to commit.
+    pub(crate) mtime: Option<Timestamp>,
+}
+
+impl FileState {
+    pub(crate) fn has_changes(&self) -> bool {
+        self.mtime.is_some() || !self.dirty.is_empty()
+    }
+}
+
+pub(crate) struct OpenFile {
+    pub(crate) ino: Ino,
+    pub(crate) state: Mutex<FileState>,
+}
+
+impl OpenFile {
+    pub(crate) fn new(ino: Ino, size: u64) -> Self {
+        OpenFile { ino, state: Mutex::new(FileState { size, dirty: BTreeMap::new(), mtime: None }) }
+    }
+}
+
+/// Per-handle sequential-read detection: the readahead window doubles while reads follow each
+/// other and falls back to nothing on a seek.
+#[derive(Default)]
+pub(crate) struct Readahead {
+    pub(crate) next_offset: u64,
+    pub(crate) window_blocks: u64,
+    /// Blocks before this index have been prefetched already.
+    pub(crate) prefetched_until: u64,
+}
+
+impl Readahead {
+    /// Records a read and returns the block range to prefetch, if any.
+    pub(crate) fn on_read(
+        &mut self,
+        offset: u64,
+        len: u64,
+        block_size: u64,
+        max_window: u64,
+    ) -> Option<(u64, u64)> {
+        let sequential = offset == self.next_offset;
+        self.next_offset = offset + len;
+        if !sequential {
+            self.window_blocks = 0;
+            return None;
+        }
+        self.window_blocks = (self.window_blocks * 2).clamp(1, max_window.max(1));
+        let next_block = (offset + len).div_ceil(block_size);
+        let start = next_block.max(self.prefetched_until);
+        let end = next_block + self.window_blocks;
+        if start >= end {
+            return None;
+        }
+        self.prefetched_until = end;
+        Some((start, end - start))
+    }
+}

@@ -1,0 +1,80 @@
+use std::fmt;
+
+/// Everything a metadata operation can fail with. Each variant maps to one errno so that the
+/// frontends can answer the kernel (or an NFS client) without guessing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MetaError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("file name longer than 255 bytes")]
+    NameTooLong,
+    #[error("no such extended attribute")]
+    NoXattr,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("operation not permitted")]
+    NotPermitted,
+    /// The store's format is not one this build can read.
+    #[error("{0}")]
+    Format(String),
+    /// The store itself failed (disk, corruption, lock held by another process).
+    #[error("metadata store: {0}")]
+    Store(String),
+}
+
+pub type MetaResult<T> = Result<T, MetaError>;
+
+impl MetaError {
+    /// The errno a frontend should answer with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            MetaError::NotFound => libc_errno::ENOENT,
+            MetaError::Exists => libc_errno::EEXIST,
+            MetaError::NotDir => libc_errno::ENOTDIR,
+            MetaError::IsDir => libc_errno::EISDIR,
+            MetaError::NotEmpty => libc_errno::ENOTEMPTY,
+            MetaError::Invalid(_) => libc_errno::EINVAL,
+            MetaError::NameTooLong => libc_errno::ENAMETOOLONG,
+            MetaError::NoXattr => libc_errno::ENODATA,
+            MetaError::TooManyLinks => libc_errno::EMLINK,
+            MetaError::NotPermitted => libc_errno::EPERM,
+            MetaError::Format(_) | MetaError::Store(_) => libc_errno::EIO,
+        }
+    }
+
+    pub(crate) fn store(e: impl fmt::Display) -> Self {
+        MetaError::Store(e.to_string())
+    }
+}
+
+/// Linux errno values. Kept here (not from `libc`) so that the metadata crate, which may one
+/// day serve clients on other systems, states the wire meaning of each error explicitly.
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EEXIST: i32 = 17;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const EMLINK: i32 = 31;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOTEMPTY: i32 = 39;
+    pub const ENODATA: i32 = 61;
+}
+
+impl From<sled::Error> for MetaError {
+    fn from(e: sled::Error) -> Self {
+        MetaError::store(e)
+    }
+}

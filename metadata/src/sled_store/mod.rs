@@ -1,0 +1,750 @@
+//! The embedded metadata engine: the schema of [`crate::schema`] on sled 0.34 (the last
+//! release with cross-tree transactions). Every mutation is one transaction over the trees it
+//! touches, followed by a group-committed flush, so it is durable when it returns.
+
+mod txn;
+
+use std::path::Path;
+
+use sled::transaction::{TransactionError, Transactional};
+use tracing::instrument;
+
+use crate::durability::GroupCommit;
+use crate::error::{MetaError, MetaResult};
+use crate::schema::{self, Dentry};
+use crate::store::{BlockCommit, MetaStore, RenameMode, Unlinked, XattrMode};
+use crate::types::{
+    Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
+    FORMAT_VERSION, MAX_NAME_LEN, ROOT_INO,
+};
+use txn::{fail, TxResult, Txn};
+
+const S_ISGID: u16 = 0o2000;
+/// Cookies 1 and 2 are `.` and `..`; entries start after them.
+const FIRST_COOKIE: u64 = 3;
+
+pub struct SledStore {
+    db: sled::Db,
+    trees: [sled::Tree; 10],
+    superblock: Superblock,
+    durable: GroupCommit,
+}
+
+impl SledStore {
+    /// Creates a new file system's metadata at `path` with a root directory owned by
+    /// `root_uid:root_gid`. Refuses a store that is already formatted.
+    pub fn format(path: &Path, superblock: &Superblock, root_uid: u32, root_gid: u32) -> MetaResult<Self> {
+        let db = open_db(path)?;
+        let meta = db.open_tree("superblock")?;
+        if meta.get(schema::SUPERBLOCK_KEY)?.is_some() {
+            return Err(MetaError::Format(format!(
+                "{} already holds a formatted file system; mount it, or choose an empty directory",
+                path.display()
+            )));
+        }
+        let store = Self::with_db(db, superblock.clone())?;
+        let now = Timestamp::now();
+        let root = Attr {
+            ino: ROOT_INO,
+            kind: FileKind::Dir,
+            perm: 0o755,
+            uid: root_uid,
+            gid: root_gid,
+            size: 0,
+            stored: 0,
+            nlink: 2,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            generation: 0,
+            parent: ROOT_INO,
+            entries: 0,
+            next_cookie: FIRST_COOKIE,
+        };
+        store.mutate(|t| {
+            t.put_inode(&root)?;
+            t.add_counter(schema::INODES_COUNTER, 1)
+        })?;
+        let encoded = serde_json::to_vec(superblock).map_err(MetaError::store)?;
+        meta.insert(schema::SUPERBLOCK_KEY, encoded)?;
+        store.durable.wait_durable()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store, refusing one written by a newer format.
+    pub fn open(path: &Path) -> MetaResult<Self> {
+        if !path.join("conf").exists() {
+            return Err(MetaError::Format(format!(
+                "no file system at {}: run `elasticfs format` first",
+                path.display()
+            )));
+        }
+        let db = open_db(path)?;
+        let raw = db.open_tree("superblock")?.get(schema::SUPERBLOCK_KEY)?.ok_or_else(|| {
+            MetaError::Format(format!("{} has no superblock: it was never formatted", path.display()))
+        })?;
+        let superblock: Superblock = serde_json::from_slice(&raw).map_err(|e| {
+            MetaError::Format(format!("the superblock at {} is unreadable: {e}", path.display()))
+        })?;
+        if superblock.format_version > FORMAT_VERSION {
+            return Err(MetaError::Format(format!(
+                "{} was written by a newer elasticfs (format version {}; this build reads up to {}): upgrade elasticfs",
+                path.display(),
+                superblock.format_version,
+                FORMAT_VERSION
+            )));
+        }
+        Self::with_db(db, superblock)
+    }
+
+    fn with_db(db: sled::Db, superblock: Superblock) -> MetaResult<Self> {
+        let trees = schema::TREES.map(|name| db.open_tree(name));
+        let mut opened = Vec::with_capacity(trees.len());
+        for t in trees {
+            opened.push(t?);
+        }
+        let trees: [sled::Tree; 10] = opened.try_into().expect("ten trees");
+        Ok(SledStore { durable: GroupCommit::new(db.clone()), db, trees, superblock })
+    }
+
+    fn tree(&self, name: &str) -> &sled::Tree {
+        let i = schema::TREES.iter().position(|t| *t == name).expect("known tree");
+        &self.trees[i]
+    }
+
+    /// Runs `f` as one transaction over every tree, then waits until it is durable.
+    fn mutate<T>(&self, f: impl Fn(&Txn) -> TxResult<T>) -> MetaResult<T> {
+        let value = self.transact(f)?;
+        self.durable.wait_durable()?;
+        Ok(value)
+    }
+
+    fn transact<T>(&self, f: impl Fn(&Txn) -> TxResult<T>) -> MetaResult<T> {
+        let block_size = self.superblock.block_size as u64;
+        let [a, b, c, d, e, g, h, i, j, k] = &self.trees;
+        let result = (a, b, c, d, e, g, h, i, j, k).transaction(
+            |(
+                inodes,
+                dentries,
+                cookies,
+                blocks,
+                symlinks,
+                chunk_refs,
+                unreferenced,
+                xattrs,
+                orphans,
+                counters,
+            )| {
+                f(&Txn {
+                    inodes,
+                    dentries,
+                    cookies,
+                    blocks,
+                    symlinks,
+                    chunk_refs,
+                    unreferenced,
+                    xattrs,
+                    orphans,
+                    counters,
+                    block_size,
+                    now: Timestamp::now(),
+                })
+            },
+        );
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => MetaError::store(e),
+        })
+    }
+
+    fn new_ino(&self) -> MetaResult<Ino> {
+        // sled's ids start at 0 and never repeat, even across restarts; 1 is the root.
+        Ok(self.db.generate_id()? + ROOT_INO + 1)
+    }
+
+    /// Removes extended attributes of an inode that no longer exists. Outside the transaction
+    /// that removed the inode: inode numbers are never reused, so these keys are unreachable.
+    fn drop_xattrs(&self, ino: Ino) -> MetaResult<()> {
+        let xattrs = self.tree("xattrs");
+        for key in xattrs.scan_prefix(schema::ino_key(ino)).keys() {
+            xattrs.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    fn counter(&self, key: &[u8]) -> MetaResult<u64> {
+        Ok(self.tree("counters").get(key)?.map(|v| schema::decode_u64(&v)).unwrap_or(0))
+    }
+}
+
+fn open_db(path: &Path) -> MetaResult<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(64 << 20)
+        // Durability comes from our group commit, not a timer.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+            {
+                MetaError::Store(format!(
+                    "the metadata store at {} is in use by another process (a running mount?): \
+                     unmount it first, or share it through `elasticfs meta serve`",
+                    path.display()
+                ))
+            }
+            other => MetaError::Store(format!("opening the metadata store at {}: {other}", path.display())),
+        })
+}
+
+fn check_name(name: &[u8]) -> MetaResult<()> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(MetaError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(MetaError::Invalid("file name"));
+    }
+    Ok(())
+}
+
+impl MetaStore for SledStore {
+    fn superblock(&self) -> &Superblock {
+        &self.superblock
+    }
+
+    fn getattr(&self, ino: Ino) -> MetaResult<Attr> {
+        match self.tree("inodes").get(schema::ino_key(ino))? {
+            Some(v) => Attr::decode(&v),
+            None => Err(MetaError::NotFound),
+        }
+    }
+
+    fn lookup(&self, parent: Ino, name: &[u8]) -> MetaResult<Attr> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(MetaError::NameTooLong);
+        }
+        let parent_attr = self.getattr(parent)?;
+        if !parent_attr.is_dir() {
+            return Err(MetaError::NotDir);
+        }
+        match name {
+            b"." => return Ok(parent_attr),
+            b".." => return self.getattr(parent_attr.parent),
+            _ => {}
+        }
+        match self.tree("dentries").get(schema::ino_prefixed(parent, name))? {
+            Some(v) => self.getattr(Dentry::decode(&v)?.ino),
+            None => Err(MetaError::NotFound),
+        }
+    }
+
+    #[instrument(level = "debug", skip(self, name, link_target))]
+    fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        link_target: &[u8],
+    ) -> MetaResult<Attr> {
+        check_name(name)?;
+        let ino = self.new_ino()?;
+        self.mutate(|t| {
+            let mut dir = t.dir(parent)?;
+            if t.dentry(parent, name)?.is_some() {
+                return fail(MetaError::Exists);
+            }
+            let mut attr = Attr {
+                ino,
+                kind,
+                perm,
+                uid,
+                gid,
+                size: link_target.len() as u64,
+                stored: 0,
+                nlink: if kind == FileKind::Dir { 2 } else { 1 },
+                atime: t.now,
+                mtime: t.now,
+                ctime: t.now,
+                crtime: t.now,
+                rdev,
+                generation: 0,
+                parent,
+                entries: 0,
+                next_cookie: FIRST_COOKIE,
+            };
+            // BSD group semantics of a setgid directory, as Linux applies them.
+            if dir.perm & S_ISGID != 0 {
+                attr.gid = dir.gid;
+                if kind == FileKind::Dir {
+                    attr.perm |= S_ISGID;
+                }
+            }
+            t.add_entry(&mut dir, name, ino, kind)?;
+            if kind == FileKind::Dir {
+                dir.nlink += 1;
+            }
+            t.touch(&mut dir);
+            t.put_inode(&dir)?;
+            t.put_inode(&attr)?;
+            if kind == FileKind::Symlink {
+                t.symlinks.insert(&schema::ino_key(ino), link_target)?;
+            }
+            t.add_counter(schema::INODES_COUNTER, 1)?;
+            Ok(attr)
+        })
+    }
+
+    #[instrument(level = "debug", skip(self, new_name))]
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr> {
+        check_name(new_name)?;
+        self.mutate(|t| {
+            let mut attr = t.inode(ino)?;
+            if attr.is_dir() {
+                return fail(MetaError::NotPermitted);
+            }
+            if attr.nlink == 0 {
+                return fail(MetaError::NotFound);
+            }
+            if attr.nlink == u32::MAX {
+                return fail(MetaError::TooManyLinks);
+            }
+            let mut dir = t.dir(new_parent)?;
+            if t.dentry(new_parent, new_name)?.is_some() {
+                return fail(MetaError::Exists);
+            }
+            t.add_entry(&mut dir, new_name, ino, attr.kind)?;
+            t.touch(&mut dir);
+            t.put_inode(&dir)?;
+            attr.nlink += 1;
+            attr.ctime = t.now;
+            t.put_inode(&attr)?;
+            Ok(attr)
+        })
+    }
+
+    #[instrument(level = "debug", skip(self, name))]
+    fn unlink(&self, parent: Ino, name: &[u8]) -> MetaResult<Unlinked> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(MetaError::NameTooLong);
+        }
+        self.mutate(|t| {
+            let mut dir = t.dir(parent)?;
+            let Some(entry) = t.dentry(parent, name)? else {
+                return fail(MetaError::NotFound);
+            };
+            if entry.kind == FileKind::Dir {
+                return fail(MetaError::IsDir);
+            }
+            let mut attr = t.inode(entry.ino)?;
+            t.remove_entry(&mut dir, name, &entry)?;
+            t.touch(&mut dir);
+            t.put_inode(&dir)?;
+            let orphaned = t.drop_link(&mut attr)?;
+            Ok(Unlinked { attr, orphaned })
+        })
+    }
+
+    #[instrument(level = "debug", skip(self, name))]
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> MetaResult<()> {
+        match name {
+            b"." => return Err(MetaError::Invalid("rmdir of .")),
+            b".." => return Err(MetaError::NotEmpty),
+            _ if name.len() > MAX_NAME_LEN => return Err(MetaError::NameTooLong),
+            _ => {}
+        }
+        let removed = self.mutate(|t| {
+            let mut dir = t.dir(parent)?;
+            let Some(entry) = t.dentry(parent, name)? else {
+                return fail(MetaError::NotFound);
+            };
+            if entry.kind != FileKind::Dir {
+                return fail(MetaError::NotDir);
+            }
+            let child = t.inode(entry.ino)?;
+            if child.entries > 0 {
+                return fail(MetaError::NotEmpty);
+            }
+            t.remove_entry(&mut dir, name, &entry)?;
+            dir.nlink -= 1;
+            t.touch(&mut dir);
+            t.put_inode(&dir)?;
+            t.delete_dir(&child)?;
+            Ok(child.ino)
+        })?;
+        self.drop_xattrs(removed)
+    }
+
+    #[instrument(level = "debug", skip(self, name, new_name))]
+    fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> MetaResult<Option<Unlinked>> {
+        check_name(name)?;
+        check_name(new_name)?;
+        let outcome = self.mutate(|t| rename_in(t, parent, name, new_parent, new_name, mode))?;
+        if let Some(RenameOutcome { removed_dir: Some(ino), .. }) = outcome {
+            self.drop_xattrs(ino)?;
+        }
+        Ok(outcome.and_then(|o| o.unlinked))
+    }
+
+    fn readdir(&self, dir: Ino, after: u64, limit: usize) -> MetaResult<Vec<DirEntry>> {
+        let attr = self.getattr(dir)?;
+        if !attr.is_dir() {
+            return Err(MetaError::NotDir);
+        }
+        let dentries = self.tree("dentries");
+        let start = schema::pair_key(dir, after.saturating_add(1));
+        let end = schema::pair_key(dir, u64::MAX);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.tree("cookies").range(start..=end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, name) = item?;
+            let cookie = schema::split_pair_key(&key);
+            // An entry removed between the two reads is simply not listed.
+            let Some(raw) = dentries.get(schema::ino_prefixed(dir, &name))? else {
+                continue;
+            };
+            let entry = Dentry::decode(&raw)?;
+            out.push(DirEntry { name: name.to_vec(), ino: entry.ino, kind: entry.kind, cookie });
+        }
+        Ok(out)
+    }
+
+    fn readlink(&self, ino: Ino) -> MetaResult<Vec<u8>> {
+        match self.tree("symlinks").get(schema::ino_key(ino))? {
+            Some(v) => Ok(v.to_vec()),
+            None if self.getattr(ino).is_ok() => Err(MetaError::Invalid("not a symbolic link")),
+            None => Err(MetaError::NotFound),
+        }
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    fn setattr(&self, ino: Ino, changes: &SetAttr) -> MetaResult<Attr> {
+        self.mutate(|t| {
+            let mut attr = t.inode(ino)?;
+            if let Some(perm) = changes.perm {
+                attr.perm = perm & 0o7777;
+            }
+            if let Some(uid) = changes.uid {
+                attr.uid = uid;
+            }
+            if let Some(gid) = changes.gid {
+                attr.gid = gid;
+            }
+            if let Some(atime) = changes.atime {
+                attr.atime = atime;
+            }
+            if let Some(mtime) = changes.mtime {
+                attr.mtime = mtime;
+            }
+            attr.ctime = changes.ctime.unwrap_or(t.now);
+            t.put_inode(&attr)?;
+            Ok(attr)
+        })
+    }
+
+    fn blocks(&self, ino: Ino, first: u64, count: u64) -> MetaResult<Vec<(u64, BlockRef)>> {
+        let start = schema::pair_key(ino, first);
+        let end = schema::pair_key(ino, first.saturating_add(count));
+        let mut out = Vec::new();
+        for item in self.tree("blocks").range(start..end) {
+            let (key, value) = item?;
+            out.push((schema::split_pair_key(&key), BlockRef::decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    #[instrument(level = "debug", skip(self, commit), fields(blocks = commit.blocks.len()))]
+    fn commit_blocks(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Attr> {
+        self.mutate(|t| {
+            let mut attr = t.inode(ino)?;
+            if attr.kind != FileKind::File {
+                return fail(MetaError::Invalid("block map of a non-regular file"));
+            }
+            let mut delta = 0i64;
+            if let Some(size) = commit.truncate {
+                let keep = size.div_ceil(t.block_size);
+                delta += t.drop_blocks_from(ino, keep, attr.size.max(size))?;
+                attr.size = size;
+            }
+            for (index, block) in &commit.blocks {
+                delta += t.set_block(ino, *index, Some(block))?;
+            }
+            attr.size = attr.size.max(commit.min_size);
+            attr.stored = attr.stored.saturating_add_signed(delta);
+            if let Some(mtime) = commit.mtime {
+                attr.mtime = mtime;
+                attr.ctime = mtime.max(t.now);
+            }
+            t.put_inode(&attr)?;
+            t.add_counter(schema::BYTES_COUNTER, delta)?;
+            Ok(attr)
+        })
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    fn purge(&self, ino: Ino) -> MetaResult<()> {
+        let purged = self.mutate(|t| {
+            let attr = match t.inode(ino) {
+                Ok(attr) => attr,
+                Err(sled::transaction::ConflictableTransactionError::Abort(MetaError::NotFound)) => {
+                    t.orphans.remove(&schema::ino_key(ino))?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            };
+            if attr.nlink > 0 {
+                // Linked again since it was orphaned: nothing to purge.
+                t.orphans.remove(&schema::ino_key(ino))?;
+                return Ok(false);
+            }
+            let delta = t.drop_blocks_from(ino, 0, attr.size)?;
+            t.add_counter(schema::BYTES_COUNTER, delta)?;
+            t.add_counter(schema::INODES_COUNTER, -1)?;
+            t.inodes.remove(&schema::ino_key(ino))?;
+            t.symlinks.remove(&schema::ino_key(ino))?;
+            t.orphans.remove(&schema::ino_key(ino))?;
+            Ok(true)
+        })?;
+        if purged {
+            self.drop_xattrs(ino)?;
+        }
+        Ok(())
+    }
+
+    fn orphans(&self) -> MetaResult<Vec<Ino>> {
+        let mut out = Vec::new();
+        for key in self.tree("orphans").iter().keys() {
+            out.push(u64::from_be_bytes(key?.as_ref().try_into().map_err(MetaError::store)?));
+        }
+        Ok(out)
+    }
+
+    fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> MetaResult<()> {
+        self.mutate(|t| {
+            let mut attr = t.inode(ino)?;
+            let key = schema::ino_prefixed(ino, name);
+            let exists = t.xattrs.get(&key)?.is_some();
+            match mode {
+                XattrMode::Create if exists => return fail(MetaError::Exists),
+                XattrMode::Replace if !exists => return fail(MetaError::NoXattr),
+                _ => {}
+            }
+            t.xattrs.insert(key, value)?;
+            attr.ctime = t.now;
+            t.put_inode(&attr)
+        })
+    }
+
+    fn get_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<Vec<u8>> {
+        self.getattr(ino)?;
+        match self.tree("xattrs").get(schema::ino_prefixed(ino, name))? {
+            Some(v) => Ok(v.to_vec()),
+            None => Err(MetaError::NoXattr),
+        }
+    }
+
+    fn list_xattr(&self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
+        self.getattr(ino)?;
+        let mut names = Vec::new();
+        for key in self.tree("xattrs").scan_prefix(schema::ino_key(ino)).keys() {
+            names.push(key?[8..].to_vec());
+        }
+        Ok(names)
+    }
+
+    fn remove_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<()> {
+        self.mutate(|t| {
+            let mut attr = t.inode(ino)?;
+            if t.xattrs.remove(schema::ino_prefixed(ino, name))?.is_none() {
+                return fail(MetaError::NoXattr);
+            }
+            attr.ctime = t.now;
+            t.put_inode(&attr)
+        })
+    }
+
+    fn usage(&self) -> MetaResult<Usage> {
+        Ok(Usage {
+            bytes: self.counter(schema::BYTES_COUNTER)?,
+            inodes: self.counter(schema::INODES_COUNTER)?,
+        })
+    }
+
+    fn referenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, u64)>> {
+        let mut out = Vec::new();
+        for item in self.tree("chunk_refs").iter() {
+            let (key, value) = item?;
+            out.push((key.as_ref().try_into().map_err(MetaError::store)?, schema::decode_u64(&value)));
+        }
+        Ok(out)
+    }
+
+    fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>> {
+        let mut out = Vec::new();
+        for item in self.tree("unreferenced").iter() {
+            let (key, value) = item?;
+            out.push((key.as_ref().try_into().map_err(MetaError::store)?, schema::decode_time(&value)?));
+        }
+        Ok(out)
+    }
+}
+
+struct RenameOutcome {
+    unlinked: Option<Unlinked>,
+    removed_dir: Option<Ino>,
+}
+
+/// The body of `rename`, in one transaction. Returns `None` when it had nothing to do.
+fn rename_in(
+    t: &Txn,
+    parent: Ino,
+    name: &[u8],
+    new_parent: Ino,
+    new_name: &[u8],
+    mode: RenameMode,
+) -> TxResult<Option<RenameOutcome>> {
+    t.dir(parent)?;
+    let Some(src) = t.dentry(parent, name)? else {
+        return fail(MetaError::NotFound);
+    };
+    t.dir(new_parent)?;
+    let dst = t.dentry(new_parent, new_name)?;
+    if parent == new_parent && name == new_name {
+        return match mode {
+            RenameMode::NoReplace => fail(MetaError::Exists),
+            _ => Ok(None),
+        };
+    }
+    // A directory may not move into its own subtree (in either direction for an exchange).
+    if src.kind == FileKind::Dir && parent != new_parent {
+        check_not_ancestor(t, src.ino, new_parent)?;
+    }
+    if mode == RenameMode::Exchange {
+        let Some(dst) = dst else {
+            return fail(MetaError::NotFound);
+        };
+        if dst.kind == FileKind::Dir && parent != new_parent {
+            check_not_ancestor(t, dst.ino, parent)?;
+        }
+        exchange(t, (parent, name, src), (new_parent, new_name, dst))?;
+        return Ok(Some(RenameOutcome { unlinked: None, removed_dir: None }));
+    }
+    let mut outcome = RenameOutcome { unlinked: None, removed_dir: None };
+    // The two directories may be one inode: each step reloads the record it changes.
+    if let Some(dst) = dst {
+        if mode == RenameMode::NoReplace {
+            return fail(MetaError::Exists);
+        }
+        if dst.ino == src.ino {
+            // Two names of one inode: POSIX says do nothing.
+            return Ok(None);
+        }
+        let mut victim = t.inode(dst.ino)?;
+        match (src.kind == FileKind::Dir, victim.is_dir()) {
+            (true, false) => return fail(MetaError::NotDir),
+            (false, true) => return fail(MetaError::IsDir),
+            (true, true) if victim.entries > 0 => return fail(MetaError::NotEmpty),
+            _ => {}
+        }
+        let mut dir = t.inode(new_parent)?;
+        t.remove_entry(&mut dir, new_name, &dst)?;
+        if victim.is_dir() {
+            dir.nlink -= 1;
+            t.put_inode(&dir)?;
+            t.delete_dir(&victim)?;
+            outcome.removed_dir = Some(victim.ino);
+        } else {
+            t.put_inode(&dir)?;
+            let orphaned = t.drop_link(&mut victim)?;
+            outcome.unlinked = Some(Unlinked { attr: victim, orphaned });
+        }
+    }
+    let mut from = t.inode(parent)?;
+    t.remove_entry(&mut from, name, &src)?;
+    if src.kind == FileKind::Dir {
+        from.nlink -= 1;
+    }
+    t.touch(&mut from);
+    t.put_inode(&from)?;
+    let mut to = t.inode(new_parent)?;
+    t.add_entry(&mut to, new_name, src.ino, src.kind)?;
+    if src.kind == FileKind::Dir {
+        to.nlink += 1;
+    }
+    t.touch(&mut to);
+    t.put_inode(&to)?;
+    let mut moved = t.inode(src.ino)?;
+    moved.ctime = t.now;
+    if moved.is_dir() {
+        moved.parent = new_parent;
+    }
+    t.put_inode(&moved)?;
+    Ok(Some(outcome))
+}
+
+/// RENAME_EXCHANGE: each of the two names, given as (directory, name, entry), takes the
+/// other's inode.
+fn exchange(
+    t: &Txn,
+    (parent, name, src): (Ino, &[u8], Dentry),
+    (new_parent, new_name, dst): (Ino, &[u8], Dentry),
+) -> TxResult<()> {
+    // Point each name at the other inode, keeping each name's cookie.
+    let a = Dentry { ino: dst.ino, kind: dst.kind, cookie: src.cookie };
+    let b = Dentry { ino: src.ino, kind: src.kind, cookie: dst.cookie };
+    t.dentries.insert(schema::ino_prefixed(parent, name), a.encode())?;
+    t.dentries.insert(schema::ino_prefixed(new_parent, new_name), b.encode())?;
+    if parent != new_parent {
+        let dirs_moving_in = (src.kind == FileKind::Dir) as i64 - (dst.kind == FileKind::Dir) as i64;
+        let mut to = t.inode(new_parent)?;
+        to.nlink = (to.nlink as i64 + dirs_moving_in) as u32;
+        t.touch(&mut to);
+        t.put_inode(&to)?;
+        let mut from = t.inode(parent)?;
+        from.nlink = (from.nlink as i64 - dirs_moving_in) as u32;
+        t.touch(&mut from);
+        t.put_inode(&from)?;
+    } else {
+        let mut dir = t.inode(parent)?;
+        t.touch(&mut dir);
+        t.put_inode(&dir)?;
+    }
+    for (ino, home) in [(src.ino, new_parent), (dst.ino, parent)] {
+        let mut attr = t.inode(ino)?;
+        attr.ctime = t.now;
+        if attr.is_dir() {
+            attr.parent = home;
+        }
+        t.put_inode(&attr)?;
+    }
+    Ok(())
+}
+
+/// Fails with EINVAL if `dir` is `target` or one of its ancestors.
+fn check_not_ancestor(t: &Txn, dir: Ino, target: Ino) -> TxResult<()> {
+    let mut cursor = target;
+    loop {
+        if cursor == dir {
+            return fail(MetaError::Invalid("cannot move a directory into itself"));
+        }
+        if cursor == ROOT_INO {
+            return Ok(());
+        }
+        cursor = t.inode(cursor).or_else(|_| fail(MetaError::NotFound))?.parent;
+    }
+}

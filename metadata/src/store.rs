@@ -1,0 +1,107 @@
+use crate::error::MetaResult;
+use crate::types::{
+    Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
+};
+
+/// How `rename` treats an existing destination (renameat2 flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Plain rename(2): atomically replace the destination.
+    Replace,
+    /// RENAME_NOREPLACE: fail with EEXIST if the destination exists.
+    NoReplace,
+    /// RENAME_EXCHANGE: atomically swap the two names.
+    Exchange,
+}
+
+/// What an unlink (or a replacing rename) left behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unlinked {
+    /// The inode's attributes after losing the name.
+    pub attr: Attr,
+    /// The inode lost its last name. It stays readable (it sits in the orphan list) until the
+    /// caller, once no handle holds it, calls [`MetaStore::purge`].
+    pub orphaned: bool,
+}
+
+/// A change to a file's block map, applied in one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockCommit {
+    /// Set the size to exactly this first, dropping every block that lies wholly beyond it.
+    /// The caller supplies the trimmed last block in `blocks` when the new size cuts one.
+    pub truncate: Option<u64>,
+    /// Blocks to (re)place, by block index.
+    pub blocks: Vec<(u64, BlockRef)>,
+    /// After the commit the file is at least this long (the end of the writes).
+    pub min_size: u64,
+    /// Time of the change: mtime and ctime are set to it.
+    pub mtime: Option<Timestamp>,
+}
+
+/// `setxattr` flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrMode {
+    Upsert,
+    /// XATTR_CREATE: fail if it exists.
+    Create,
+    /// XATTR_REPLACE: fail if it does not exist.
+    Replace,
+}
+
+/// The metadata interface. Every method that changes anything is one transaction and is
+/// durable when it returns.
+pub trait MetaStore: Send + Sync + 'static {
+    fn superblock(&self) -> &Superblock;
+
+    fn getattr(&self, ino: Ino) -> MetaResult<Attr>;
+    fn lookup(&self, parent: Ino, name: &[u8]) -> MetaResult<Attr>;
+    /// Creates a file, directory, symlink (with `link_target`) or special node.
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        link_target: &[u8],
+    ) -> MetaResult<Attr>;
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr>;
+    fn unlink(&self, parent: Ino, name: &[u8]) -> MetaResult<Unlinked>;
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> MetaResult<()>;
+    /// Returns what a replacing rename unlinked, if anything.
+    fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> MetaResult<Option<Unlinked>>;
+    /// Up to `limit` entries whose cookie is greater than `after`, in cookie order.
+    fn readdir(&self, dir: Ino, after: u64, limit: usize) -> MetaResult<Vec<DirEntry>>;
+    fn readlink(&self, ino: Ino) -> MetaResult<Vec<u8>>;
+    fn setattr(&self, ino: Ino, changes: &SetAttr) -> MetaResult<Attr>;
+
+    /// The blocks with index in `first..first + count` that exist (holes are absent).
+    fn blocks(&self, ino: Ino, first: u64, count: u64) -> MetaResult<Vec<(u64, BlockRef)>>;
+    fn commit_blocks(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Attr>;
+
+    /// Removes an inode that has no names left (see [`Unlinked::orphaned`]).
+    fn purge(&self, ino: Ino) -> MetaResult<()>;
+    /// Inodes unlinked while open that were never purged (a client died holding them).
+    fn orphans(&self) -> MetaResult<Vec<Ino>>;
+
+    fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> MetaResult<()>;
+    fn get_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<Vec<u8>>;
+    fn list_xattr(&self, ino: Ino) -> MetaResult<Vec<Vec<u8>>>;
+    fn remove_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<()>;
+
+    fn usage(&self) -> MetaResult<Usage>;
+    /// Every referenced chunk and its reference count (for fsck).
+    fn referenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, u64)>>;
+    /// Chunks whose reference count fell to zero, with the time it did (for GC).
+    fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>>;
+}

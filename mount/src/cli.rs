@@ -1,0 +1,231 @@
+//! The `elasticfs` command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::options::parse_size;
+use crate::volume::{self, FormatSpec};
+
+#[derive(Parser, Debug)]
+#[command(name = "elasticfs", version, about = "An elastic, shared POSIX file system on object storage")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StorageKind {
+    /// A local directory (the embedded default).
+    File,
+    /// Any S3-compatible bucket.
+    S3,
+    /// Memory only: lost at unmount (for experiments).
+    Memory,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new file system.
+    Format {
+        /// Metadata URL: sled:///path (default: ~/.local/share/elasticfs/meta).
+        #[arg(long, env = "ELASTICFS_META")]
+        meta: Option<String>,
+        #[arg(long, value_enum, default_value = "file")]
+        storage: StorageKind,
+        /// file: a directory; s3: s3://bucket[/prefix] or http(s)://endpoint/bucket[/prefix].
+        #[arg(long)]
+        bucket: Option<String>,
+        /// S3 region (default: AWS_REGION).
+        #[arg(long)]
+        region: Option<String>,
+        /// Logical block size (a power of two, 64K to 64M).
+        #[arg(long, default_value = "4M")]
+        block_size: String,
+        /// Blocks up to this size are kept inline in the metadata.
+        #[arg(long, default_value = "64K")]
+        inline_threshold: String,
+        #[arg(long, default_value = "elasticfs")]
+        name: String,
+    },
+    /// Mount a file system with FUSE.
+    Mount {
+        #[arg(long, env = "ELASTICFS_META")]
+        meta: Option<String>,
+        mountpoint: PathBuf,
+        /// Return once the mount is ready and keep serving in the background.
+        #[arg(short = 'd', long)]
+        background: bool,
+        /// Mount options (comma-separated; may repeat).
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        /// Log file for a background mount.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
+    /// Unmount a mounted file system.
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach now and clean up when no longer busy.
+        #[arg(short, long)]
+        lazy: bool,
+    },
+    /// Show a file system's settings and usage.
+    Status {
+        #[arg(long, env = "ELASTICFS_META")]
+        meta: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that every referenced chunk exists (and, with --verify-data, hashes to its name).
+    Fsck {
+        #[arg(long, env = "ELASTICFS_META")]
+        meta: Option<String>,
+        #[arg(long)]
+        verify_data: bool,
+    },
+    /// Install /sbin/mount.elasticfs so that `mount -t elasticfs` and fstab work.
+    InstallHelper {
+        #[arg(long, default_value = "/sbin/mount.elasticfs")]
+        path: PathBuf,
+    },
+}
+
+/// Runs a parsed command; `argv` is what it was parsed from (a background mount re-runs it).
+pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
+    match cli.command {
+        Command::Format { meta, storage, bucket, region, block_size, inline_threshold, name } => {
+            let meta = meta.unwrap_or_else(volume::default_meta_url);
+            let storage = storage_url(storage, bucket.as_deref(), region.as_deref())?;
+            let spec = FormatSpec {
+                name,
+                storage,
+                block_size: u32::try_from(parse_size(&block_size)?).context("block size too large")?,
+                inline_threshold: u32::try_from(parse_size(&inline_threshold)?)
+                    .context("inline threshold too large")?,
+            };
+            let sb = volume::format(&meta, &spec)?;
+            println!(
+                "formatted {} ({}) at {meta}: storage {}, block size {}",
+                sb.name, sb.uuid, sb.storage, sb.block_size
+            );
+            Ok(())
+        }
+        Command::Mount { meta, mountpoint, background, options, log } => {
+            crate::mounting::mount(meta, &mountpoint, background, &options, log, argv)
+        }
+        Command::Umount { mountpoint, lazy } => crate::mounting::umount(&mountpoint, lazy),
+        Command::Status { meta, json } => {
+            crate::status::status(&meta.unwrap_or_else(volume::default_meta_url), json)
+        }
+        Command::Fsck { meta, verify_data } => {
+            crate::status::fsck(&meta.unwrap_or_else(volume::default_meta_url), verify_data)
+        }
+        Command::InstallHelper { path } => install_helper(&path),
+    }
+}
+
+/// The storage URL kept in the superblock (never with credentials).
+fn storage_url(kind: StorageKind, bucket: Option<&str>, region: Option<&str>) -> Result<String> {
+    match kind {
+        StorageKind::Memory => Ok("memory://".into()),
+        StorageKind::File => {
+            let dir = match bucket {
+                Some(b) => PathBuf::from(b.strip_prefix("file://").unwrap_or(b)),
+                None => volume::default_home().join("chunks"),
+            };
+            let dir = if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) };
+            Ok(format!("file://{}", dir.display()))
+        }
+        StorageKind::S3 => {
+            let bucket =
+                bucket.context("--storage s3 needs --bucket s3://name or --bucket http://endpoint/name")?;
+            let mut params = Vec::new();
+            let path = if let Some(rest) = bucket.strip_prefix("s3://") {
+                rest.to_string()
+            } else if let Some((scheme, rest)) =
+                bucket.split_once("://").filter(|(s, _)| *s == "http" || *s == "https")
+            {
+                let (host, path) =
+                    rest.split_once('/').context("--bucket http://endpoint/name needs a bucket name")?;
+                params.push(format!("endpoint={scheme}://{host}"));
+                path.to_string()
+            } else {
+                bail!("--bucket {bucket:?}: use s3://name[/prefix] or http(s)://endpoint/name[/prefix]");
+            };
+            if path.trim_matches('/').is_empty() {
+                bail!("--bucket {bucket:?} names no bucket");
+            }
+            if let Some(region) = region {
+                params.push(format!("region={region}"));
+            }
+            let query = if params.is_empty() { String::new() } else { format!("?{}", params.join("&")) };
+            Ok(format!("s3://{}{query}", path.trim_matches('/')))
+        }
+    }
+}
+
+fn install_helper(path: &Path) -> Result<()> {
+    let exe = std::env::current_exe().context("finding this program")?;
+    if path.symlink_metadata().is_ok() {
+        std::fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    std::os::unix::fs::symlink(&exe, path)
+        .with_context(|| format!("linking {} to {} (run as root)", path.display(), exe.display()))?;
+    println!("installed {} -> {}", path.display(), exe.display());
+    Ok(())
+}
+
+/// `mount.elasticfs META_URL DIR [-o opts] [-s -f -n -v]`, as mount(8) calls it, as the
+/// arguments of an equivalent `elasticfs mount`.
+pub fn mount_helper_args(args: &[String]) -> Result<Vec<String>> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-o" => options.push(it.next().context("-o needs a value")?.clone()),
+            // sloppy, fake, no-mtab, verbose: nothing for us to do.
+            "-s" | "-f" | "-n" | "-v" => {}
+            other if other.starts_with("-o") => options.push(other[2..].to_string()),
+            other => positional.push(other.to_string()),
+        }
+    }
+    let [meta, dir] = positional.as_slice() else {
+        bail!("usage: mount.elasticfs META_URL MOUNTPOINT [-o options]");
+    };
+    let mut out =
+        vec!["elasticfs".into(), "mount".into(), "--meta".into(), meta.clone(), dir.clone(), "-d".into()];
+    for o in options {
+        out.push("-o".into());
+        out.push(o);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_bucket_forms() {
+        assert_eq!(storage_url(StorageKind::S3, Some("s3://b/p"), None).unwrap(), "s3://b/p");
+        assert_eq!(
+            storage_url(StorageKind::S3, Some("http://127.0.0.1:9000/b"), Some("us-east-1")).unwrap(),
+            "s3://b?endpoint=http://127.0.0.1:9000&region=us-east-1"
+        );
+        assert!(storage_url(StorageKind::S3, None, None).is_err());
+        assert!(storage_url(StorageKind::S3, Some("ftp://x/b"), None).is_err());
+    }
+
+    #[test]
+    fn helper_arguments_become_a_background_mount() {
+        let args: Vec<String> =
+            ["sled:///m", "/mnt/x", "-o", "rw,_netdev", "-n"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            mount_helper_args(&args).unwrap(),
+            ["elasticfs", "mount", "--meta", "sled:///m", "/mnt/x", "-d", "-o", "rw,_netdev"]
+        );
+    }
+}

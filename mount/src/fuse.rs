@@ -1,0 +1,510 @@
+//! The FUSE frontend: translates fuser requests into [`FileSystem`] calls and nothing more.
+//! Permission checks are the kernel's (`default_permissions`), made against the attributes
+//! this adapter reports.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use elasticfs_core::metadata::{Attr, FileKind, RenameMode, Timestamp, XattrMode};
+use elasticfs_core::{Caller, FileSystem, FsError, SetAttrRequest};
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+use tracing::{info_span, warn};
+
+/// `st_blksize`: the preferred I/O size, matching the largest FUSE write.
+const IO_SIZE: u32 = 1 << 20;
+/// Directory entries fetched from the metadata per batch while filling a readdir page.
+const READDIR_BATCH: usize = 256;
+
+pub struct FuseAdapter {
+    fs: Arc<FileSystem>,
+    attr_ttl: Duration,
+    entry_ttl: Duration,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<FileSystem>, attr_ttl: Duration, entry_ttl: Duration) -> Self {
+        FuseAdapter { fs, attr_ttl, entry_ttl }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno)
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn to_fuse_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.stored.div_ceil(512),
+        atime: attr.atime.into(),
+        mtime: attr.mtime.into(),
+        ctime: attr.ctime.into(),
+        crtime: attr.crtime.into(),
+        kind: file_type(attr.kind),
+        perm: attr.perm,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: attr.rdev,
+        blksize: IO_SIZE,
+        flags: 0,
+    }
+}
+
+fn timestamp(t: TimeOrNow) -> Timestamp {
+    match t {
+        TimeOrNow::SpecificTime(t) => t.into(),
+        TimeOrNow::Now => Timestamp::now(),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+impl FuseAdapter {
+    fn reply_entry(&self, result: Result<Attr, FsError>, reply: ReplyEntry) {
+        match result {
+            Ok(attr) => reply.entry(&self.entry_ttl, &to_fuse_attr(&attr), Generation(attr.generation)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn reply_empty(result: Result<(), FsError>, reply: ReplyEmpty) {
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn reply_xattr(data: Vec<u8>, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(data.len() as u32);
+        } else if data.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(&data);
+        }
+    }
+}
+
+impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(IO_SIZE);
+        let _ = config.set_max_readahead(IO_SIZE);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.fs.flush_all() {
+            warn!("committing open files at unmount failed: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _s = info_span!("lookup", parent = parent.0).entered();
+        self.reply_entry(self.fs.lookup(parent.0, name.as_bytes()), reply);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _s = info_span!("getattr", ino = ino.0).entered();
+        match self.fs.getattr(ino.0) {
+            Ok(attr) => reply.attr(&self.attr_ttl, &to_fuse_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let _s = info_span!("setattr", ino = ino.0).entered();
+        let req = SetAttrRequest {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            atime: atime.map(timestamp),
+            mtime: mtime.map(timestamp),
+        };
+        match self.fs.setattr(ino.0, &req) {
+            Ok(attr) => reply.attr(&self.attr_ttl, &to_fuse_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _s = info_span!("readlink", ino = ino.0).entered();
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let _s = info_span!("mknod", parent = parent.0).entered();
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => FileKind::File,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDev,
+            libc::S_IFBLK => FileKind::BlockDev,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let perm = (mode & !umask & 0o7777) as u16;
+        self.reply_entry(self.fs.mknod(parent.0, name.as_bytes(), kind, perm, rdev, caller(req)), reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _s = info_span!("mkdir", parent = parent.0).entered();
+        let perm = (mode & !umask & 0o7777) as u16;
+        self.reply_entry(
+            self.fs.mknod(parent.0, name.as_bytes(), FileKind::Dir, perm, 0, caller(req)),
+            reply,
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = info_span!("unlink", parent = parent.0).entered();
+        Self::reply_empty(self.fs.unlink(parent.0, name.as_bytes()), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = info_span!("rmdir", parent = parent.0).entered();
+        Self::reply_empty(self.fs.rmdir(parent.0, name.as_bytes()), reply);
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _s = info_span!("symlink", parent = parent.0).entered();
+        let result =
+            self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), caller(req));
+        self.reply_entry(result, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _s = info_span!("rename", parent = parent.0, newparent = newparent.0).entered();
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else if flags == RenameFlags::RENAME_EXCHANGE {
+            RenameMode::Exchange
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        Self::reply_empty(
+            self.fs.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), mode),
+            reply,
+        );
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _s = info_span!("link", ino = ino.0, newparent = newparent.0).entered();
+        self.reply_entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _s = info_span!("open", ino = ino.0).entered();
+        match self.fs.open(ino.0, flags.0 & libc::O_APPEND != 0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let _s = info_span!("read", ino = ino.0, offset, size).entered();
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let _s = info_span!("write", ino = ino.0, offset, len = data.len()).entered();
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _s = info_span!("flush", ino = ino.0).entered();
+        Self::reply_empty(self.fs.flush(fh.0), reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _s = info_span!("release", ino = ino.0).entered();
+        Self::reply_empty(self.fs.release(fh.0), reply);
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _s = info_span!("fsync", ino = ino.0).entered();
+        Self::reply_empty(self.fs.fsync(fh.0), reply);
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _s = info_span!("readdir", ino = ino.0, offset).entered();
+        let result = self.fill_dir(ino.0, offset, |entry_ino, cookie, kind, name| {
+            reply.add(INodeNo(entry_ino), cookie, file_type(kind), OsStr::from_bytes(name))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _s = info_span!("readdirplus", ino = ino.0, offset).entered();
+        let result = self.fill_dir(ino.0, offset, |entry_ino, cookie, _kind, name| {
+            // An entry removed since it was listed is skipped, not an error.
+            let Ok(attr) = self.fs.getattr(entry_ino) else { return false };
+            let fattr = to_fuse_attr(&attr);
+            reply.add(
+                INodeNo(entry_ino),
+                cookie,
+                OsStr::from_bytes(name),
+                &self.entry_ttl,
+                &fattr,
+                Generation(attr.generation),
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Capacity is elastic: report 8 EiB, as EFS does, and the counters for what is used.
+        const BSIZE: u64 = 4096;
+        const TOTAL_BLOCKS: u64 = (8u64 << 60) / BSIZE;
+        const TOTAL_FILES: u64 = 1 << 48;
+        match self.fs.statfs() {
+            Ok(usage) => {
+                let used = usage.bytes.div_ceil(BSIZE);
+                let free = TOTAL_BLOCKS - used.min(TOTAL_BLOCKS);
+                let ffree = TOTAL_FILES - usage.inodes.min(TOTAL_FILES);
+                reply.statfs(TOTAL_BLOCKS, free, free, TOTAL_FILES, ffree, BSIZE as u32, 255, BSIZE as u32)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let _s = info_span!("setxattr", ino = ino.0).entered();
+        let mode = match flags {
+            0 => XattrMode::Upsert,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        Self::reply_empty(self.fs.set_xattr(ino.0, name.as_bytes(), value, mode), reply);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _s = info_span!("getxattr", ino = ino.0).entered();
+        match self.fs.get_xattr(ino.0, name.as_bytes()) {
+            Ok(value) => Self::reply_xattr(value, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _s = info_span!("listxattr", ino = ino.0).entered();
+        match self.fs.list_xattr(ino.0) {
+            Ok(names) => {
+                let mut data = Vec::new();
+                for name in names {
+                    data.extend_from_slice(&name);
+                    data.push(0);
+                }
+                Self::reply_xattr(data, size, reply)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = info_span!("removexattr", ino = ino.0).entered();
+        Self::reply_empty(self.fs.remove_xattr(ino.0, name.as_bytes()), reply);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel checks permissions itself; this only confirms
+        // that the inode exists.
+        Self::reply_empty(self.fs.getattr(ino.0).map(|_| ()), reply);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _s = info_span!("create", parent = parent.0).entered();
+        let perm = (mode & !umask & 0o7777) as u16;
+        let exclusive = flags & libc::O_EXCL != 0;
+        let append = flags & libc::O_APPEND != 0;
+        match self.fs.create(parent.0, name.as_bytes(), perm, caller(req), exclusive, append) {
+            Ok((attr, fh)) => reply.created(
+                &self.entry_ttl,
+                &to_fuse_attr(&attr),
+                Generation(attr.generation),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _s = info_span!("fallocate", ino = ino.0, offset, length).entered();
+        Self::reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
+    }
+}
+
+impl FuseAdapter {
+    /// Lists `dir` from `offset` (a cookie) into a reply page: `.` and `..` first (cookies 1
+    /// and 2), then entries in cookie order, until `add` reports the page full.
+    fn fill_dir(
+        &self,
+        dir: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileKind, &[u8]) -> bool,
+    ) -> Result<(), FsError> {
+        if offset < 2 {
+            let attr = self.fs.getattr(dir)?;
+            if offset < 1 && add(dir, 1, FileKind::Dir, b".") {
+                return Ok(());
+            }
+            if add(attr.parent, 2, FileKind::Dir, b"..") {
+                return Ok(());
+            }
+        }
+        let mut after = offset.max(2);
+        loop {
+            let batch = self.fs.readdir(dir, after, READDIR_BATCH)?;
+            let done = batch.len() < READDIR_BATCH;
+            for entry in batch {
+                if add(entry.ino, entry.cookie, entry.kind, &entry.name) {
+                    return Ok(());
+                }
+                after = entry.cookie;
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}

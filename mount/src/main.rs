@@ -1,0 +1,27 @@
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("ELASTICFS_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut argv: Vec<String> = std::env::args().collect();
+    // Called by mount(8) as /sbin/mount.elasticfs.
+    if argv[0].rsplit('/').next().is_some_and(|n| n.starts_with("mount.elasticfs")) {
+        argv = match elasticfs_cli::cli::mount_helper_args(&argv[1..]) {
+            Ok(args) => args,
+            Err(e) => exit_with(e),
+        };
+    }
+    let cli = elasticfs_cli::cli::Cli::parse_from(&argv);
+    if let Err(e) = elasticfs_cli::cli::run(cli, &argv) {
+        exit_with(e);
+    }
+}
+
+fn exit_with(e: anyhow::Error) -> ! {
+    eprintln!("elasticfs: {e:#}");
+    std::process::exit(1)
+}

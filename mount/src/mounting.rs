@@ -1,0 +1,263 @@
+//! Mounting and unmounting: checks on the mount point, the fuser session, background mode and
+//! clean unmount on SIGINT/SIGTERM.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fuser::{Config, MountOption, SessionACL};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tracing::{info, warn};
+
+use crate::fuse::FuseAdapter;
+use crate::options::MountOptions;
+use crate::status::StatusWriter;
+use crate::volume::{self, FormatSpec};
+
+/// Set in a background mount's child: print "ready" on stdout once mounted.
+const READY_ENV: &str = "ELASTICFS_NOTIFY_READY";
+
+pub fn mount(
+    meta: Option<String>,
+    mountpoint: &Path,
+    background: bool,
+    options: &[String],
+    log: Option<PathBuf>,
+    argv: &[String],
+) -> Result<()> {
+    let opts = MountOptions::parse(options.iter().map(String::as_str))?;
+    check_mountpoint(mountpoint)?;
+    let meta = match meta {
+        Some(meta) => meta,
+        None => embedded_default()?,
+    };
+    if background {
+        return spawn_background(mountpoint, log, argv);
+    }
+    serve(&meta, mountpoint, opts)
+}
+
+/// The embedded default volume, formatted on first use.
+fn embedded_default() -> Result<String> {
+    let meta = volume::default_meta_url();
+    if !volume::is_formatted(&meta)? {
+        let spec = FormatSpec {
+            name: "elasticfs".into(),
+            storage: volume::default_storage_url(),
+            block_size: 4 << 20,
+            inline_threshold: 64 << 10,
+        };
+        volume::format(&meta, &spec)?;
+        eprintln!("formatted the default file system at {meta} (chunks in {})", spec.storage);
+    }
+    Ok(meta)
+}
+
+fn check_mountpoint(mountpoint: &Path) -> Result<()> {
+    let meta = std::fs::metadata(mountpoint).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "mount point {} does not exist: create it first (mkdir -p {})",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        _ => anyhow::anyhow!("mount point {}: {e}", mountpoint.display()),
+    })?;
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    let mut entries =
+        std::fs::read_dir(mountpoint).with_context(|| format!("reading {}", mountpoint.display()))?;
+    if entries.next().is_some() {
+        bail!(
+            "mount point {} is not empty: mounting over it would hide its files; choose an empty directory",
+            mountpoint.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the mount in this process until it is unmounted.
+fn serve(meta: &str, mountpoint: &Path, opts: MountOptions) -> Result<()> {
+    let fs = Arc::new(volume::open_filesystem(meta, opts.engine.clone())?);
+    // Embedded metadata has one client, this one: whatever was orphaned before is ours.
+    let reclaimed = fs.reclaim_orphans()?;
+    if reclaimed > 0 {
+        info!(reclaimed, "removed files unlinked while open before the last shutdown");
+    }
+    let status = StatusWriter::start(fs.clone(), meta, mountpoint)?;
+    let pid_file = PidFile::create(mountpoint)?;
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("elasticfs".into()),
+        MountOption::DefaultPermissions,
+        if opts.read_only { MountOption::RO } else { MountOption::RW },
+    ];
+    config.mount_options.extend(opts.kernel_flags.iter().map(|f| MountOption::CUSTOM(f.clone())));
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(opts.threads);
+    config.clone_fd = true;
+    let adapter = FuseAdapter::new(fs.clone(), opts.attr_ttl, opts.entry_ttl);
+    let mut session = fuser::Session::new(adapter, mountpoint, &config).with_context(|| {
+        format!("mounting {} (is /dev/fuse available, and are you root?)", mountpoint.display())
+    })?;
+    info!(mountpoint = %mountpoint.display(), meta, "mounted");
+    if std::env::var_os(READY_ENV).is_some() {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+        // SAFETY: closing our stdout, which nothing else uses from here on, so that the waiting
+        // parent sees EOF after "ready".
+        unsafe { libc::close(1) };
+    }
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            info!(signal, "unmounting on signal");
+            if let Err(e) = unmounter.unmount() {
+                warn!("unmount on signal failed: {e}");
+            }
+        }
+    });
+    session.run().context("serving the FUSE session")?;
+    status.stop();
+    fs.flush_all()?;
+    // The session (run consumed it) is gone; with our reference the engine and its lock go too.
+    drop(fs);
+    drop(pid_file);
+    info!("unmounted");
+    Ok(())
+}
+
+/// Starts this same mount in a child process and returns once it is ready (or has failed).
+fn spawn_background(mountpoint: &Path, log: Option<PathBuf>, argv: &[String]) -> Result<()> {
+    let log = log.unwrap_or_else(|| volume::default_home().join("logs").join("mount.log"));
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening log {}", log.display()))?;
+    let args: Vec<String> =
+        argv.iter().skip(1).filter(|a| *a != "-d" && *a != "--background").cloned().collect();
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(&args).env(READY_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
+    // SAFETY: setsid is async-signal-safe; detaching from the terminal's session means a
+    // closing terminal does not take the mount with it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the background mount")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    if line.trim() == "ready" {
+        println!(
+            "mounted {} in the background (pid {}, log {})",
+            mountpoint.display(),
+            child.id(),
+            log.display()
+        );
+        return Ok(());
+    }
+    let status = child.wait()?;
+    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+    bail!(
+        "the background mount exited ({status}) before it was ready; last lines of {}:\n{}",
+        log.display(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let c_path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c_path.as_ptr(), flags) } == 0 {
+        return wait_unmounted(mountpoint);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPERM) => {
+            // Not root: the setuid helper unmounts FUSE mounts for their owner.
+            let status = Command::new("fusermount3").arg("-u").arg(mountpoint).status();
+            match status {
+                Ok(s) if s.success() => Ok(()),
+                _ => bail!("unmounting {} needs root (or fusermount3 from the fuse3 package)", mountpoint.display()),
+            }
+        }
+        Some(libc::EBUSY) => bail!(
+            "{} is busy: close the files open in it (see `fuser -m {}`), or detach it now with `elasticfs umount --lazy`",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        Some(libc::EINVAL) => bail!("{} is not a mount point", mountpoint.display()),
+        _ => bail!("unmounting {}: {err}", mountpoint.display()),
+    }
+}
+
+/// umount(2) returns once the kernel has detached the mount; the serving process then commits
+/// and releases the metadata store. Wait for it to exit, so that the file system can be mounted
+/// again (or checked) as soon as this returns.
+fn wait_unmounted(mountpoint: &Path) -> Result<()> {
+    let Some(pid) = PidFile::read(mountpoint) else {
+        return Ok(());
+    };
+    for _ in 0..600 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} is unmounted, but its process {pid} is still committing after 30 s", mountpoint.display())
+}
+
+/// Records which process serves a mount point, for `elasticfs umount` to wait on.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn path(mountpoint: &Path) -> PathBuf {
+        let canonical = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
+        let key = canonical.to_string_lossy().replace('/', "_");
+        // SAFETY: geteuid has no preconditions.
+        let dir = if unsafe { libc::geteuid() } == 0 {
+            PathBuf::from("/run/elasticfs")
+        } else {
+            volume::default_home().join("run")
+        };
+        dir.join(format!("{key}.pid"))
+    }
+
+    fn create(mountpoint: &Path) -> Result<Self> {
+        let path = Self::path(mountpoint);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, std::process::id().to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(PidFile(path))
+    }
+
+    fn read(mountpoint: &Path) -> Option<u32> {
+        std::fs::read_to_string(Self::path(mountpoint)).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,140 @@
+//! `-o` mount options: ours, the kernel's generic ones, and the ones mount(8) and fstab pass
+//! along. Anything else is refused by name.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use elasticfs_core::FsConfig;
+
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub fsname: String,
+    pub threads: usize,
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+    pub engine: FsConfig,
+    /// Generic kernel flags passed through as they are (noexec, nosuid, ...).
+    pub kernel_flags: Vec<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            read_only: false,
+            // SAFETY: geteuid has no preconditions.
+            allow_other: unsafe { libc::geteuid() } == 0,
+            fsname: "elasticfs".into(),
+            threads: 8,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            engine: FsConfig::default(),
+            kernel_flags: Vec::new(),
+        }
+    }
+}
+
+const KNOWN: &str = "ro, rw, allow_other, allow_root, fsname=, threads=, cache-size=, uploads=, \
+    readahead=, attr-cache=, entry-cache=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
+    and the mount(8)/fstab options defaults, auto, noauto, user, nouser, users, _netdev, nofail";
+
+impl MountOptions {
+    /// Parses comma-separated option lists (several `-o` may be given).
+    pub fn parse<'a>(lists: impl IntoIterator<Item = &'a str>) -> Result<Self> {
+        let mut opts = MountOptions::default();
+        for item in lists.into_iter().flat_map(|l| l.split(',')).filter(|s| !s.is_empty()) {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (item, None),
+            };
+            let need = |v: Option<&'a str>| -> Result<&'a str> {
+                v.with_context(|| format!("mount option {key:?} needs a value ({key}=...)"))
+            };
+            match key {
+                "ro" => opts.read_only = true,
+                "rw" => opts.read_only = false,
+                "allow_other" | "allow_root" => opts.allow_other = true,
+                "fsname" => opts.fsname = need(value)?.to_string(),
+                "threads" => opts.threads = need(value)?.parse().context("threads= takes a number")?,
+                "cache-size" => opts.engine.cache_bytes = parse_size(need(value)?)? as usize,
+                "uploads" => {
+                    opts.engine.max_uploads = need(value)?.parse().context("uploads= takes a number")?
+                }
+                "readahead" => {
+                    opts.engine.max_readahead_blocks =
+                        need(value)?.parse().context("readahead= takes a number of blocks")?
+                }
+                "attr-cache" => opts.attr_ttl = parse_duration(need(value)?)?,
+                "entry-cache" => opts.entry_ttl = parse_duration(need(value)?)?,
+                "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "noatime" | "atime" => {
+                    opts.kernel_flags.push(key.to_string())
+                }
+                // Read by mount(8) and systemd, not by the file system.
+                "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev" | "nofail" => {}
+                other => bail!("unknown mount option {other:?}; known options: {KNOWN}"),
+            }
+        }
+        if opts.threads == 0 {
+            bail!("threads= must be at least 1");
+        }
+        Ok(opts)
+    }
+}
+
+/// `123`, `64K`, `256M`, `4MiB`, `2G`.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().with_context(|| format!("{text:?} is not a size (examples: 4M, 64KiB, 1G)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => bail!("{text:?}: unknown size unit (use K, M, G or T)"),
+    };
+    n.checked_shl(shift).filter(|v| v >> shift == n).with_context(|| format!("{text:?} is too large"))
+}
+
+/// `500ms`, `1s`, `2` (seconds).
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let t = text.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return Ok(Duration::from_millis(ms.parse().with_context(|| format!("{text:?} is not a duration"))?));
+    }
+    let secs: f64 = t
+        .strip_suffix('s')
+        .unwrap_or(t)
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration (examples: 1s, 500ms)"))?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_options_and_refuses_unknown_ones_by_name() {
+        let o = MountOptions::parse(["ro,cache-size=64M,_netdev", "attr-cache=500ms,threads=2"]).unwrap();
+        assert!(o.read_only);
+        assert_eq!(o.engine.cache_bytes, 64 << 20);
+        assert_eq!(o.attr_ttl, Duration::from_millis(500));
+        assert_eq!(o.threads, 2);
+        let err = MountOptions::parse(["rw,bogus=1"]).unwrap_err().to_string();
+        assert!(err.contains("\"bogus\""), "{err}");
+        assert!(MountOptions::parse(["fsname"]).is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+    }
+}
