@@ -467,6 +467,10 @@ impl FileSystem {
     #[instrument(level = "debug", skip(self, data), fields(len = data.len()))]
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
         let handle = self.handle(fh)?;
+        if data.is_empty() {
+            // POSIX: writing nothing changes nothing, not even the size.
+            return Ok(0);
+        }
         let file = &handle.file;
         let bs = self.block_size;
         let mut st = file.state.lock().unwrap();

@@ -217,12 +217,21 @@ fn wait_unmounted(mountpoint: &Path) -> Result<()> {
         return Ok(());
     };
     for _ in 0..600 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !process_alive(pid) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("{} is unmounted, but its process {pid} is still committing after 30 s", mountpoint.display())
+}
+
+/// Whether `pid` is running (a zombie, exited but not yet reaped by its parent, is not).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 /// Records which process serves a mount point, for `elasticfs umount` to wait on.

@@ -1,1 +1,264 @@
+//! Harness for the end-to-end tests: runs the real `elasticfs` binary, mounts for real with
+//! FUSE, and serves real S3 over HTTP on 127.0.0.1 from an in-process `s3s-fs` server.
 
+pub mod posix_suite;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The `elasticfs` binary built beside this test (`cargo build --workspace --bins` first).
+pub fn elasticfs_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("elasticfs");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (same profile) first",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether FUSE can be used here. Under CI a missing FUSE fails the run instead of skipping.
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0;
+    if !ok {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but /dev/fuse or root is missing");
+        eprintln!("skipping: FUSE tests need /dev/fuse and root");
+    }
+    ok
+}
+
+/// Runs `elasticfs ARGS`, panicking with its output if it fails.
+pub fn elasticfs(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out =
+        Command::new(elasticfs_bin()).args(args).envs(env.iter().copied()).output().expect("run elasticfs");
+    assert!(
+        out.status.success(),
+        "elasticfs {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `elasticfs ARGS` expecting failure; returns its error output.
+pub fn elasticfs_fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out =
+        Command::new(elasticfs_bin()).args(args).envs(env.iter().copied()).output().expect("run elasticfs");
+    assert!(!out.status.success(), "elasticfs {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A formatted file system in a temporary directory.
+pub struct Volume {
+    pub dir: tempfile::TempDir,
+    pub meta: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Volume {
+    /// A file system whose chunks live in a local directory.
+    pub fn local() -> Volume {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = format!("sled://{}/meta", dir.path().display());
+        let chunks = dir.path().join("chunks");
+        let vol = Volume { meta, dir, env: Vec::new() };
+        vol.format(&["--storage", "file", "--bucket", chunks.to_str().unwrap()]);
+        vol
+    }
+
+    /// A file system whose chunks live in `server`'s bucket.
+    pub fn s3(server: &S3Server) -> Volume {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = format!("sled://{}/meta", dir.path().display());
+        let vol = Volume { meta, dir, env: server.env() };
+        vol.format(&["--storage", "s3", "--bucket", &server.bucket_url()]);
+        vol
+    }
+
+    fn format(&self, storage: &[&str]) {
+        let mut args =
+            vec!["format", "--meta", &self.meta, "--block-size", "1M", "--inline-threshold", "16K"];
+        args.extend_from_slice(storage);
+        elasticfs(&args, &self.env_refs());
+    }
+
+    pub fn env_refs(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    /// Mounts the volume at a fresh directory, in a foreground child process.
+    pub fn mount(&self) -> Mount {
+        let at = self.dir.path().join(format!("mnt-{}", std::process::id()));
+        std::fs::create_dir_all(&at).unwrap();
+        Mount::start(self, at)
+    }
+
+    pub fn mount_at(&self, at: &Path) -> Mount {
+        Mount::start(self, at.to_path_buf())
+    }
+}
+
+/// A running `elasticfs mount`.
+pub struct Mount {
+    pub path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    fn start(vol: &Volume, path: PathBuf) -> Mount {
+        let mut child = Command::new(elasticfs_bin())
+            .args(["mount", "--meta", &vol.meta, path.to_str().unwrap(), "-o", "threads=4"])
+            .envs(vol.env_refs())
+            .env("ELASTICFS_NOTIFY_READY", "1")
+            .env("ELASTICFS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start elasticfs mount");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        if line.trim() != "ready" {
+            let status = child.wait().unwrap();
+            panic!("elasticfs mount of {} failed: {status}", path.display());
+        }
+        Mount { path, child: Some(child) }
+    }
+
+    /// Unmounts cleanly and waits for the process to commit and exit.
+    pub fn unmount(mut self) {
+        elasticfs(&["umount", self.path.to_str().unwrap()], &[]);
+        let status = self.child.take().unwrap().wait().unwrap();
+        assert!(status.success(), "mount process exited with {status}");
+    }
+
+    /// SIGKILLs the mount process (a crash). The dead mount stays attached (its users get
+    /// ENOTCONN) until [`detach`] is called, so that nothing can write into the directory
+    /// underneath by mistake.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+/// Detaches a (dead) mount.
+pub fn detach(path: &Path) {
+    lazy_unmount(path);
+}
+
+fn lazy_unmount(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C string.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            lazy_unmount(&self.path);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An S3 server (s3s-fs) on 127.0.0.1 with one bucket, serving from its own thread.
+pub struct S3Server {
+    pub port: u16,
+    pub root: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub const S3_ACCESS_KEY: &str = "elasticfs-test";
+pub const S3_SECRET_KEY: &str = "elasticfs-test-secret";
+pub const S3_BUCKET: &str = "efs-test";
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(S3_BUCKET)).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let data_dir = root.path().to_path_buf();
+        std::thread::spawn(move || {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let fs = s3s_fs::FileSystem::new(&data_dir).unwrap();
+                let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+                builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));
+                let service = builder.build();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                loop {
+                    let socket = tokio::select! {
+                        accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+                        _ = &mut rx => break,
+                    };
+                    let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+            });
+        });
+        S3Server { port, root, shutdown: Some(tx) }
+    }
+
+    pub fn bucket_url(&self) -> String {
+        format!("http://127.0.0.1:{}/{S3_BUCKET}", self.port)
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Bytes of objects in the bucket (as the server stores them).
+    pub fn bucket_objects(&self) -> usize {
+        walk_files(&self.root.path().join(S3_BUCKET)).len()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes: blake3's extendable output keyed by `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    out
+}

@@ -1,0 +1,129 @@
+//! The embedded engine's namespace rules, durability of the format and refusal of bad stores.
+
+use elasticfs_metadata::{
+    FileKind, MetaError, MetaStore, RenameMode, SledStore, Superblock, FORMAT_VERSION, ROOT_INO,
+};
+
+fn store() -> (tempfile::TempDir, SledStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = Superblock::new("t", 65536, 1024, "memory://");
+    let s = SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap();
+    (dir, s)
+}
+
+fn mkdir(s: &SledStore, parent: u64, name: &str) -> u64 {
+    s.create(parent, name.as_bytes(), FileKind::Dir, 0o755, 0, 0, 0, b"").unwrap().ino
+}
+
+fn mkfile(s: &SledStore, parent: u64, name: &str) -> u64 {
+    s.create(parent, name.as_bytes(), FileKind::File, 0o644, 0, 0, 0, b"").unwrap().ino
+}
+
+#[test]
+fn rename_refuses_cycles_and_keeps_link_counts() {
+    let (_d, s) = store();
+    let a = mkdir(&s, ROOT_INO, "a");
+    let b = mkdir(&s, a, "b");
+    let c = mkdir(&s, b, "c");
+    assert_eq!(
+        s.rename(ROOT_INO, b"a", c, b"a", RenameMode::Replace),
+        Err(MetaError::Invalid("cannot move a directory into itself"))
+    );
+    assert!(matches!(s.rename(a, b"b", b, b"x", RenameMode::Replace), Err(MetaError::Invalid(_))));
+    s.rename(b, b"c", ROOT_INO, b"c", RenameMode::Replace).unwrap();
+    assert_eq!(s.getattr(ROOT_INO).unwrap().nlink, 4); // ., a, c and its own ..
+    assert_eq!(s.getattr(b).unwrap().nlink, 2);
+    assert_eq!(s.lookup(c, b"..").unwrap().ino, ROOT_INO);
+}
+
+#[test]
+fn rename_replace_noreplace_and_exchange() {
+    let (_d, s) = store();
+    let f = mkfile(&s, ROOT_INO, "f");
+    let g = mkfile(&s, ROOT_INO, "g");
+    let d = mkdir(&s, ROOT_INO, "d");
+    assert_eq!(s.rename(ROOT_INO, b"f", ROOT_INO, b"g", RenameMode::NoReplace), Err(MetaError::Exists));
+    assert_eq!(s.rename(ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Replace), Err(MetaError::IsDir));
+    assert_eq!(s.rename(ROOT_INO, b"d", ROOT_INO, b"f", RenameMode::Replace), Err(MetaError::NotDir));
+    s.rename(ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Exchange).unwrap();
+    assert_eq!(s.lookup(ROOT_INO, b"d").unwrap().ino, f);
+    assert_eq!(s.lookup(ROOT_INO, b"f").unwrap().ino, d);
+    let replaced = s.rename(ROOT_INO, b"d", ROOT_INO, b"g", RenameMode::Replace).unwrap().unwrap();
+    assert_eq!(replaced.attr.ino, g);
+    assert!(replaced.orphaned);
+    assert_eq!(s.orphans().unwrap(), vec![g]);
+    s.purge(g).unwrap();
+    assert_eq!(s.getattr(g), Err(MetaError::NotFound));
+    assert_eq!(s.usage().unwrap().inodes, 3); // root, f (now "g"), d (now "f")
+}
+
+#[test]
+fn readdir_resumes_from_any_cookie_exactly_once() {
+    let (_d, s) = store();
+    for i in 0..500 {
+        mkfile(&s, ROOT_INO, &format!("e{i}"));
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.readdir(ROOT_INO, after, 37).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().unwrap().cookie;
+        // Deleting entries already listed does not disturb the listing.
+        for e in &page {
+            if e.name.ends_with(b"7") {
+                s.unlink(ROOT_INO, &e.name).unwrap();
+            }
+        }
+        seen.extend(page.into_iter().map(|e| e.name));
+    }
+    assert_eq!(seen.len(), 500);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 500);
+}
+
+#[test]
+fn names_are_checked() {
+    let (_d, s) = store();
+    let long = "x".repeat(256);
+    assert_eq!(
+        s.create(ROOT_INO, long.as_bytes(), FileKind::File, 0o644, 0, 0, 0, b""),
+        Err(MetaError::NameTooLong)
+    );
+    assert!(matches!(
+        s.create(ROOT_INO, b"a/b", FileKind::File, 0o644, 0, 0, 0, b""),
+        Err(MetaError::Invalid(_))
+    ));
+    mkfile(&s, ROOT_INO, &"x".repeat(255));
+    assert_eq!(s.rmdir(ROOT_INO, b"nope"), Err(MetaError::NotFound));
+}
+
+#[test]
+fn reopened_store_has_everything_and_a_second_opener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta");
+    let sb = Superblock::new("t", 65536, 1024, "memory://");
+    {
+        let s = SledStore::format(&path, &sb, 0, 0).unwrap();
+        mkfile(&s, ROOT_INO, "kept");
+        let err = SledStore::open(&path).err().unwrap();
+        assert!(err.to_string().contains("in use by another process"), "{err}");
+    }
+    let s = SledStore::open(&path).unwrap();
+    assert!(s.lookup(ROOT_INO, b"kept").is_ok());
+    assert_eq!(s.superblock(), &sb);
+}
+
+#[test]
+fn a_newer_format_version_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta");
+    let mut sb = Superblock::new("t", 65536, 1024, "memory://");
+    sb.format_version = FORMAT_VERSION + 1;
+    drop(SledStore::format(&path, &sb, 0, 0).unwrap());
+    let err = SledStore::open(&path).err().unwrap().to_string();
+    assert!(err.contains("newer elasticfs") && err.contains("upgrade"), "{err}");
+}

@@ -1,0 +1,74 @@
+//! The POSIX suite on a real FUSE mount with chunks in a local directory, then a remount that
+//! must show the same data, and the bad-input checks of the command line.
+
+use elasticfs_tests::posix_suite::{self, hash_file};
+use elasticfs_tests::{elasticfs, elasticfs_fails, fuse_available, Volume};
+
+#[test]
+fn posix_suite_on_a_local_directory_survives_remount() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::local();
+    let mount = vol.mount();
+    let large = posix_suite::run_all(&mount.path, 1 << 30, 10_000);
+    let at = mount.path.clone();
+    mount.unmount();
+    let again = vol.mount_at(&at);
+    assert_eq!(hash_file(&again.path.join("large.bin")), large);
+    assert_eq!(std::fs::read_dir(again.path.join("many")).unwrap().count(), 10_000);
+    again.unmount();
+    let report = elasticfs(&["fsck", "--meta", &vol.meta, "--verify-data"], &[]);
+    assert!(report.contains("0 missing, 0 corrupt"), "{report}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::local();
+    let missing = vol.dir.path().join("no-such-dir");
+    let err = elasticfs_fails(&["mount", "--meta", &vol.meta, missing.to_str().unwrap()], &[]);
+    assert!(err.contains("does not exist") && err.contains("mkdir -p"), "{err}");
+
+    let full = vol.dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("precious"), b"keep me").unwrap();
+    let err = elasticfs_fails(&["mount", "--meta", &vol.meta, full.to_str().unwrap()], &[]);
+    assert!(err.contains("not empty"), "{err}");
+    assert_eq!(std::fs::read(full.join("precious")).unwrap(), b"keep me");
+
+    let empty = vol.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err =
+        elasticfs_fails(&["mount", "--meta", &vol.meta, empty.to_str().unwrap(), "-o", "rw,frobnicate"], &[]);
+    assert!(err.contains("unknown mount option \"frobnicate\""), "{err}");
+
+    // A store that a running mount holds is refused, naming the reason.
+    let mount = vol.mount();
+    let err = elasticfs_fails(&["mount", "--meta", &vol.meta, empty.to_str().unwrap()], &[]);
+    assert!(err.contains("in use by another process"), "{err}");
+    mount.unmount();
+
+    // Formatting twice is refused; a store from a newer format version is refused.
+    let err = elasticfs_fails(&["format", "--meta", &vol.meta], &[]);
+    assert!(err.contains("already holds a formatted file system"), "{err}");
+}
+
+#[test]
+fn unreachable_bucket_is_reported_at_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = format!("sled://{}/meta", dir.path().display());
+    // Nothing listens on port 9 of loopback.
+    let env = [("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y"), ("AWS_REGION", "us-east-1")];
+    let out = std::process::Command::new(elasticfs_tests::elasticfs_bin())
+        .args(["format", "--meta", &meta, "--storage", "s3", "--bucket", "http://127.0.0.1:9/nobucket"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not usable") && err.contains("endpoint"), "{err}");
+    assert!(!dir.path().join("meta").exists(), "a failed format leaves nothing behind");
+}
