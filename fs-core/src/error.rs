@@ -16,12 +16,8 @@ impl FsError {
     }
 
     pub fn io(message: impl Into<String>) -> Self {
-        Self::new(libc_eio(), message)
+        Self::new(errno::EIO, message)
     }
-}
-
-const fn libc_eio() -> i32 {
-    5
 }
 
 impl From<MetaError> for FsError {
@@ -35,8 +31,9 @@ pub mod errno {
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
     pub const EBADF: i32 = 9;
+    pub const EISDIR: i32 = 21;
     pub const EINVAL: i32 = 22;
     pub const EFBIG: i32 = 27;
-    pub const ENOSPC: i32 = 28;
+    pub const ENAMETOOLONG: i32 = 36;
     pub const EOPNOTSUPP: i32 = 95;
 }

@@ -680,7 +680,7 @@ impl FileSystem {
         let attr = self.meta.getattr(ino)?;
         match attr.kind {
             FileKind::File => {}
-            FileKind::Dir => return Err(FsError::new(21, "truncate of a directory")),
+            FileKind::Dir => return Err(FsError::new(errno::EISDIR, "truncate of a directory")),
             _ => return Err(FsError::new(errno::EINVAL, "truncate of a special file")),
         }
         let mut commit = BlockCommit {

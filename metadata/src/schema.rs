@@ -22,19 +22,6 @@ use crate::codec::{Reader, Writer};
 use crate::error::MetaResult;
 use crate::types::{FileKind, Ino, Timestamp};
 
-pub(crate) const TREES: [&str; 10] = [
-    "inodes",
-    "dentries",
-    "cookies",
-    "blocks",
-    "symlinks",
-    "chunk_refs",
-    "unreferenced",
-    "xattrs",
-    "orphans",
-    "counters",
-];
-
 pub(crate) const SUPERBLOCK_KEY: &[u8] = b"superblock";
 pub(crate) const BYTES_COUNTER: &[u8] = b"bytes";
 pub(crate) const INODES_COUNTER: &[u8] = b"inodes";

@@ -29,7 +29,7 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    fn code(self) -> u8 {
+    pub(crate) fn encode(self) -> u8 {
         match self {
             FileKind::File => 1,
             FileKind::Dir => 2,
@@ -41,7 +41,7 @@ impl FileKind {
         }
     }
 
-    fn from_code(code: u8) -> MetaResult<Self> {
+    pub(crate) fn decode(code: u8) -> MetaResult<Self> {
         Ok(match code {
             1 => FileKind::File,
             2 => FileKind::Dir,
@@ -52,14 +52,6 @@ impl FileKind {
             7 => FileKind::BlockDev,
             _ => return Err(MetaError::Store(format!("unknown file kind {code}"))),
         })
-    }
-
-    pub(crate) fn encode(self) -> u8 {
-        self.code()
-    }
-
-    pub(crate) fn decode(code: u8) -> MetaResult<Self> {
-        Self::from_code(code)
     }
 }
 

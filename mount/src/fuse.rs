@@ -78,6 +78,12 @@ fn timestamp(t: TimeOrNow) -> Timestamp {
     }
 }
 
+/// Permission bits of a new node: the requested mode less the caller's umask. (The kernel has
+/// usually applied the umask already; applying it again is harmless.)
+fn perm(mode: u32, umask: u32) -> u16 {
+    (mode & !umask & 0o7777) as u16
+}
+
 fn caller(req: &Request) -> Caller {
     Caller { uid: req.uid(), gid: req.gid() }
 }
@@ -194,15 +200,16 @@ impl fuser::Filesystem for FuseAdapter {
             libc::S_IFBLK => FileKind::BlockDev,
             _ => return reply.error(Errno::EINVAL),
         };
-        let perm = (mode & !umask & 0o7777) as u16;
-        self.reply_entry(self.fs.mknod(parent.0, name.as_bytes(), kind, perm, rdev, caller(req)), reply);
+        self.reply_entry(
+            self.fs.mknod(parent.0, name.as_bytes(), kind, perm(mode, umask), rdev, caller(req)),
+            reply,
+        );
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let _s = info_span!("mkdir", parent = parent.0).entered();
-        let perm = (mode & !umask & 0o7777) as u16;
         self.reply_entry(
-            self.fs.mknod(parent.0, name.as_bytes(), FileKind::Dir, perm, 0, caller(req)),
+            self.fs.mknod(parent.0, name.as_bytes(), FileKind::Dir, perm(mode, umask), 0, caller(req)),
             reply,
         );
     }
@@ -444,10 +451,9 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let _s = info_span!("create", parent = parent.0).entered();
-        let perm = (mode & !umask & 0o7777) as u16;
         let exclusive = flags & libc::O_EXCL != 0;
         let append = flags & libc::O_APPEND != 0;
-        match self.fs.create(parent.0, name.as_bytes(), perm, caller(req), exclusive, append) {
+        match self.fs.create(parent.0, name.as_bytes(), perm(mode, umask), caller(req), exclusive, append) {
             Ok((attr, fh)) => reply.created(
                 &self.entry_ttl,
                 &to_fuse_attr(&attr),

@@ -120,14 +120,17 @@ pub fn fsck(meta_url: &str, verify_data: bool) -> Result<()> {
     let (mut missing, mut corrupt) = (0u64, 0u64);
     for (hash, _refs) in &referenced {
         let name = hex::encode(hash);
-        if !runtime.block_on(chunks.exists(hash))? {
+        // With --verify-data one GET both proves the object exists and checks its hash; only a
+        // failed GET needs a HEAD to tell a missing object from a corrupt one.
+        let fetched = if verify_data { runtime.block_on(chunks.get(*hash)).err() } else { None };
+        let present =
+            if verify_data && fetched.is_none() { true } else { runtime.block_on(chunks.exists(hash))? };
+        if !present {
             bar.println(format!("missing chunk {name}"));
             missing += 1;
-        } else if verify_data {
-            if let Err(e) = runtime.block_on(chunks.get(*hash)) {
-                bar.println(format!("bad chunk {name}: {e}"));
-                corrupt += 1;
-            }
+        } else if let Some(e) = fetched {
+            bar.println(format!("bad chunk {name}: {e}"));
+            corrupt += 1;
         }
         bar.inc(1);
     }

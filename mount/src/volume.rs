@@ -1,6 +1,6 @@
 //! Where a file system lives: its metadata URL, and opening or formatting it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -86,5 +86,5 @@ pub fn open_filesystem(meta_url: &str, config: FsConfig) -> Result<FileSystem> {
 /// Whether `meta_url` already holds a file system.
 pub fn is_formatted(meta_url: &str) -> Result<bool> {
     let MetaUrl::Sled(path) = MetaUrl::parse(meta_url)?;
-    Ok(Path::new(&path).join("conf").exists())
+    Ok(SledStore::exists(&path))
 }

@@ -23,9 +23,40 @@ const S_ISGID: u16 = 0o2000;
 /// Cookies 1 and 2 are `.` and `..`; entries start after them.
 const FIRST_COOKIE: u64 = 3;
 
+/// The trees of the schema (see [`crate::schema`]).
+struct Trees {
+    inodes: sled::Tree,
+    dentries: sled::Tree,
+    cookies: sled::Tree,
+    blocks: sled::Tree,
+    symlinks: sled::Tree,
+    chunk_refs: sled::Tree,
+    unreferenced: sled::Tree,
+    xattrs: sled::Tree,
+    orphans: sled::Tree,
+    counters: sled::Tree,
+}
+
+impl Trees {
+    fn open(db: &sled::Db) -> MetaResult<Self> {
+        Ok(Trees {
+            inodes: db.open_tree("inodes")?,
+            dentries: db.open_tree("dentries")?,
+            cookies: db.open_tree("cookies")?,
+            blocks: db.open_tree("blocks")?,
+            symlinks: db.open_tree("symlinks")?,
+            chunk_refs: db.open_tree("chunk_refs")?,
+            unreferenced: db.open_tree("unreferenced")?,
+            xattrs: db.open_tree("xattrs")?,
+            orphans: db.open_tree("orphans")?,
+            counters: db.open_tree("counters")?,
+        })
+    }
+}
+
 pub struct SledStore {
     db: sled::Db,
-    trees: [sled::Tree; 10],
+    trees: Trees,
     superblock: Superblock,
     durable: GroupCommit,
 }
@@ -75,7 +106,7 @@ impl SledStore {
 
     /// Opens an existing store, refusing one written by a newer format.
     pub fn open(path: &Path) -> MetaResult<Self> {
-        if !path.join("conf").exists() {
+        if !Self::exists(path) {
             return Err(MetaError::Format(format!(
                 "no file system at {}: run `elasticfs format` first",
                 path.display()
@@ -100,18 +131,14 @@ impl SledStore {
     }
 
     fn with_db(db: sled::Db, superblock: Superblock) -> MetaResult<Self> {
-        let trees = schema::TREES.map(|name| db.open_tree(name));
-        let mut opened = Vec::with_capacity(trees.len());
-        for t in trees {
-            opened.push(t?);
-        }
-        let trees: [sled::Tree; 10] = opened.try_into().expect("ten trees");
+        let trees = Trees::open(&db)?;
         Ok(SledStore { durable: GroupCommit::new(db.clone()), db, trees, superblock })
     }
 
-    fn tree(&self, name: &str) -> &sled::Tree {
-        let i = schema::TREES.iter().position(|t| *t == name).expect("known tree");
-        &self.trees[i]
+    /// Whether `path` holds a store (formatted or not yet), without opening it.
+    pub fn exists(path: &Path) -> bool {
+        // sled writes its `conf` file when it creates a database.
+        path.join("conf").exists()
     }
 
     /// Runs `f` as one transaction over every tree, then waits until it is durable.
@@ -123,8 +150,20 @@ impl SledStore {
 
     fn transact<T>(&self, f: impl Fn(&Txn) -> TxResult<T>) -> MetaResult<T> {
         let block_size = self.superblock.block_size as u64;
-        let [a, b, c, d, e, g, h, i, j, k] = &self.trees;
-        let result = (a, b, c, d, e, g, h, i, j, k).transaction(
+        let t = &self.trees;
+        let all = (
+            &t.inodes,
+            &t.dentries,
+            &t.cookies,
+            &t.blocks,
+            &t.symlinks,
+            &t.chunk_refs,
+            &t.unreferenced,
+            &t.xattrs,
+            &t.orphans,
+            &t.counters,
+        );
+        let result = all.transaction(
             |(
                 inodes,
                 dentries,
@@ -167,7 +206,7 @@ impl SledStore {
     /// Removes extended attributes of an inode that no longer exists. Outside the transaction
     /// that removed the inode: inode numbers are never reused, so these keys are unreachable.
     fn drop_xattrs(&self, ino: Ino) -> MetaResult<()> {
-        let xattrs = self.tree("xattrs");
+        let xattrs = &self.trees.xattrs;
         for key in xattrs.scan_prefix(schema::ino_key(ino)).keys() {
             xattrs.remove(key?)?;
         }
@@ -175,7 +214,7 @@ impl SledStore {
     }
 
     fn counter(&self, key: &[u8]) -> MetaResult<u64> {
-        Ok(self.tree("counters").get(key)?.map(|v| schema::decode_u64(&v)).unwrap_or(0))
+        Ok(self.trees.counters.get(key)?.map(|v| schema::decode_u64(&v)).unwrap_or(0))
     }
 }
 
@@ -216,7 +255,7 @@ impl MetaStore for SledStore {
     }
 
     fn getattr(&self, ino: Ino) -> MetaResult<Attr> {
-        match self.tree("inodes").get(schema::ino_key(ino))? {
+        match self.trees.inodes.get(schema::ino_key(ino))? {
             Some(v) => Attr::decode(&v),
             None => Err(MetaError::NotFound),
         }
@@ -235,7 +274,7 @@ impl MetaStore for SledStore {
             b".." => return self.getattr(parent_attr.parent),
             _ => {}
         }
-        match self.tree("dentries").get(schema::ino_prefixed(parent, name))? {
+        match self.trees.dentries.get(schema::ino_prefixed(parent, name))? {
             Some(v) => self.getattr(Dentry::decode(&v)?.ino),
             None => Err(MetaError::NotFound),
         }
@@ -404,11 +443,11 @@ impl MetaStore for SledStore {
         if !attr.is_dir() {
             return Err(MetaError::NotDir);
         }
-        let dentries = self.tree("dentries");
+        let dentries = &self.trees.dentries;
         let start = schema::pair_key(dir, after.saturating_add(1));
         let end = schema::pair_key(dir, u64::MAX);
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.tree("cookies").range(start..=end) {
+        for item in self.trees.cookies.range(start..=end) {
             if out.len() >= limit {
                 break;
             }
@@ -425,7 +464,7 @@ impl MetaStore for SledStore {
     }
 
     fn readlink(&self, ino: Ino) -> MetaResult<Vec<u8>> {
-        match self.tree("symlinks").get(schema::ino_key(ino))? {
+        match self.trees.symlinks.get(schema::ino_key(ino))? {
             Some(v) => Ok(v.to_vec()),
             None if self.getattr(ino).is_ok() => Err(MetaError::Invalid("not a symbolic link")),
             None => Err(MetaError::NotFound),
@@ -461,7 +500,7 @@ impl MetaStore for SledStore {
         let start = schema::pair_key(ino, first);
         let end = schema::pair_key(ino, first.saturating_add(count));
         let mut out = Vec::new();
-        for item in self.tree("blocks").range(start..end) {
+        for item in self.trees.blocks.range(start..end) {
             let (key, value) = item?;
             out.push((schema::split_pair_key(&key), BlockRef::decode(&value)?));
         }
@@ -528,7 +567,7 @@ impl MetaStore for SledStore {
 
     fn orphans(&self) -> MetaResult<Vec<Ino>> {
         let mut out = Vec::new();
-        for key in self.tree("orphans").iter().keys() {
+        for key in self.trees.orphans.iter().keys() {
             out.push(u64::from_be_bytes(key?.as_ref().try_into().map_err(MetaError::store)?));
         }
         Ok(out)
@@ -552,7 +591,7 @@ impl MetaStore for SledStore {
 
     fn get_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<Vec<u8>> {
         self.getattr(ino)?;
-        match self.tree("xattrs").get(schema::ino_prefixed(ino, name))? {
+        match self.trees.xattrs.get(schema::ino_prefixed(ino, name))? {
             Some(v) => Ok(v.to_vec()),
             None => Err(MetaError::NoXattr),
         }
@@ -561,7 +600,7 @@ impl MetaStore for SledStore {
     fn list_xattr(&self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
         self.getattr(ino)?;
         let mut names = Vec::new();
-        for key in self.tree("xattrs").scan_prefix(schema::ino_key(ino)).keys() {
+        for key in self.trees.xattrs.scan_prefix(schema::ino_key(ino)).keys() {
             names.push(key?[8..].to_vec());
         }
         Ok(names)
@@ -587,7 +626,7 @@ impl MetaStore for SledStore {
 
     fn referenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, u64)>> {
         let mut out = Vec::new();
-        for item in self.tree("chunk_refs").iter() {
+        for item in self.trees.chunk_refs.iter() {
             let (key, value) = item?;
             out.push((key.as_ref().try_into().map_err(MetaError::store)?, schema::decode_u64(&value)));
         }
@@ -596,7 +635,7 @@ impl MetaStore for SledStore {
 
     fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>> {
         let mut out = Vec::new();
-        for item in self.tree("unreferenced").iter() {
+        for item in self.trees.unreferenced.iter() {
             let (key, value) = item?;
             out.push((key.as_ref().try_into().map_err(MetaError::store)?, schema::decode_time(&value)?));
         }
