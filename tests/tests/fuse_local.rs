@@ -72,3 +72,29 @@ fn unreachable_bucket_is_reported_at_format() {
     assert!(err.contains("not usable") && err.contains("endpoint"), "{err}");
     assert!(!dir.path().join("meta").exists(), "a failed format leaves nothing behind");
 }
+
+#[test]
+fn fsck_finds_missing_and_corrupt_chunks() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::local();
+    let mount = vol.mount();
+    // Three distinct 1 MiB blocks: three chunk objects.
+    posix_suite::write_pattern_file(&mount.path.join("data"), 5, 3 << 20);
+    mount.unmount();
+    let clean = elasticfs(&["fsck", "--meta", &vol.meta, "--verify-data"], &[]);
+    assert!(clean.contains("3 referenced chunks: 0 missing, 0 corrupt"), "{clean}");
+
+    let mut objects = elasticfs_tests::walk_files(&vol.dir.path().join("chunks/chunks"));
+    objects.sort();
+    assert_eq!(objects.len(), 3);
+    std::fs::write(&objects[0], b"not the bytes this name promises").unwrap();
+    std::fs::remove_file(&objects[1]).unwrap();
+
+    // Without --verify-data only the missing object shows; with it, the corrupt one too.
+    let err = elasticfs_fails(&["fsck", "--meta", &vol.meta], &[]);
+    assert!(err.contains("1 damaged chunk references"), "{err}");
+    let err = elasticfs_fails(&["fsck", "--meta", &vol.meta, "--verify-data"], &[]);
+    assert!(err.contains("2 damaged chunk references"), "{err}");
+}
