@@ -21,6 +21,9 @@ use crate::open_file::{Dirty, OpenFile, Readahead};
 /// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
 const MAX_FILE_SIZE: u64 = 1 << 44;
 
+/// Stripes of the lock that keeps opens and removing unlinks of one inode apart.
+const OPEN_GATES: usize = 64;
+
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
@@ -78,6 +81,7 @@ pub struct FileSystem {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
     upload_slots: Arc<Semaphore>,
+    open_gates: Vec<Mutex<()>>,
 }
 
 impl FileSystem {
@@ -100,6 +104,7 @@ impl FileSystem {
             open_files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            open_gates: (0..OPEN_GATES).map(|_| Mutex::new(())).collect(),
         })
     }
 
@@ -192,8 +197,12 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        let unlinked = self.meta.unlink(parent, name)?;
+        let victim = self.meta.lookup(parent, name)?.ino;
+        let _gate = self.open_gate(victim);
+        let closed = self.closed(victim);
+        let unlinked = self.meta.unlink(parent, name, closed)?;
         if unlinked.orphaned {
+            drop(_gate);
             self.purge_unless_open(unlinked.attr.ino)?;
         }
         Ok(())
@@ -213,12 +222,30 @@ impl FileSystem {
         new_name: &[u8],
         mode: RenameMode,
     ) -> FsResult<()> {
-        if let Some(replaced) = self.meta.rename(parent, name, new_parent, new_name, mode)? {
-            if replaced.orphaned {
-                self.purge_unless_open(replaced.attr.ino)?;
-            }
+        let victim = match self.meta.lookup(new_parent, new_name) {
+            Ok(attr) if mode == RenameMode::Replace => Some(attr.ino),
+            _ => None,
+        };
+        let _gate = victim.map(|ino| self.open_gate(ino));
+        let closed = victim.and_then(|ino| self.closed(ino));
+        let replaced = self.meta.rename(parent, name, new_parent, new_name, mode, closed)?;
+        drop(_gate);
+        match replaced {
+            Some(replaced) if replaced.orphaned => self.purge_unless_open(replaced.attr.ino),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// `ino` if no handle of this client holds it: an unlink may then remove it outright.
+    /// Call with the inode's open gate held, so that no open slips in before the unlink.
+    fn closed(&self, ino: Ino) -> Option<Ino> {
+        (!self.open_files.lock().unwrap().contains_key(&ino)).then_some(ino)
+    }
+
+    /// Serialises opening an inode with unlinks that may remove it (striped by inode number,
+    /// so that unrelated opens rarely wait).
+    fn open_gate(&self, ino: Ino) -> std::sync::MutexGuard<'_, ()> {
+        self.open_gates[(ino % OPEN_GATES as u64) as usize].lock().unwrap()
     }
 
     /// Entries after cookie `after` (0 = from the start), at most `limit` of them.
@@ -284,6 +311,7 @@ impl FileSystem {
     /// Opens a regular file and returns its handle number.
     #[instrument(level = "debug", skip(self))]
     pub fn open(&self, ino: Ino, append: bool) -> FsResult<u64> {
+        let _gate = self.open_gate(ino);
         let attr = self.meta.getattr(ino)?;
         let file = {
             let mut open = self.open_files.lock().unwrap();
@@ -344,6 +372,7 @@ impl FileSystem {
         };
         let flushed = self.flush_file(&handle.file);
         let ino = handle.file.ino;
+        let _gate = self.open_gate(ino);
         let last = {
             let mut open = self.open_files.lock().unwrap();
             let entry = open.get_mut(&ino).expect("an open handle has an open entry");
@@ -373,6 +402,7 @@ impl FileSystem {
     }
 
     fn purge_unless_open(&self, ino: Ino) -> FsResult<()> {
+        let _gate = self.open_gate(ino);
         if !self.open_files.lock().unwrap().contains_key(&ino) {
             self.meta.purge(ino)?;
         }
@@ -488,6 +518,11 @@ impl FileSystem {
             let size = st.size;
             let buffer = self.dirty_buffer(file.ino, &mut st.dirty, index, size)?;
             if buffer.len() < within + n {
+                if within + n > self.inline_threshold as usize {
+                    // Past the inline size the block will most likely fill: one allocation of
+                    // the whole block instead of a doubling series of copies.
+                    buffer.reserve_exact(bs as usize - buffer.len());
+                }
                 buffer.resize(within + n, 0);
             }
             buffer[within..within + n].copy_from_slice(&rest[..n]);

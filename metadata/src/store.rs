@@ -22,6 +22,9 @@ pub struct Unlinked {
     /// The inode lost its last name. It stays readable (it sits in the orphan list) until the
     /// caller, once no handle holds it, calls [`MetaStore::purge`].
     pub orphaned: bool,
+    /// The inode lost its last name and was removed in the same transaction (it was the
+    /// `closed` inode the caller named).
+    pub purged: bool,
 }
 
 /// A change to a file's block map, applied in one transaction.
@@ -69,9 +72,14 @@ pub trait MetaStore: Send + Sync + 'static {
         link_target: &[u8],
     ) -> MetaResult<Attr>;
     fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr>;
-    fn unlink(&self, parent: Ino, name: &[u8]) -> MetaResult<Unlinked>;
+    /// Removes a name. `closed` is the inode the caller believes the name points to, if no
+    /// handle of the caller holds it open: when that inode loses its last name it is removed
+    /// in the same transaction instead of becoming an orphan (one durable commit, not two).
+    fn unlink(&self, parent: Ino, name: &[u8], closed: Option<Ino>) -> MetaResult<Unlinked>;
     fn rmdir(&self, parent: Ino, name: &[u8]) -> MetaResult<()>;
-    /// Returns what a replacing rename unlinked, if anything.
+    /// Returns what a replacing rename unlinked, if anything. `closed` is as for `unlink`, for
+    /// the inode the destination name points to.
+    #[allow(clippy::too_many_arguments)]
     fn rename(
         &self,
         parent: Ino,
@@ -79,6 +87,7 @@ pub trait MetaStore: Send + Sync + 'static {
         new_parent: Ino,
         new_name: &[u8],
         mode: RenameMode,
+        closed: Option<Ino>,
     ) -> MetaResult<Option<Unlinked>>;
     /// Up to `limit` entries whose cookie is greater than `after`, in cookie order.
     fn readdir(&self, dir: Ino, after: u64, limit: usize) -> MetaResult<Vec<DirEntry>>;

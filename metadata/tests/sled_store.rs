@@ -1,7 +1,7 @@
 //! The embedded engine's namespace rules, durability of the format and refusal of bad stores.
 
 use elasticfs_metadata::{
-    FileKind, MetaError, MetaStore, RenameMode, SledStore, Superblock, FORMAT_VERSION, ROOT_INO,
+    FileKind, MetaError, MetaStore, RenameMode, SledStore, Superblock, XattrMode, FORMAT_VERSION, ROOT_INO,
 };
 
 fn store() -> (tempfile::TempDir, SledStore) {
@@ -26,11 +26,11 @@ fn rename_refuses_cycles_and_keeps_link_counts() {
     let b = mkdir(&s, a, "b");
     let c = mkdir(&s, b, "c");
     assert_eq!(
-        s.rename(ROOT_INO, b"a", c, b"a", RenameMode::Replace),
+        s.rename(ROOT_INO, b"a", c, b"a", RenameMode::Replace, None),
         Err(MetaError::Invalid("cannot move a directory into itself"))
     );
-    assert!(matches!(s.rename(a, b"b", b, b"x", RenameMode::Replace), Err(MetaError::Invalid(_))));
-    s.rename(b, b"c", ROOT_INO, b"c", RenameMode::Replace).unwrap();
+    assert!(matches!(s.rename(a, b"b", b, b"x", RenameMode::Replace, None), Err(MetaError::Invalid(_))));
+    s.rename(b, b"c", ROOT_INO, b"c", RenameMode::Replace, None).unwrap();
     assert_eq!(s.getattr(ROOT_INO).unwrap().nlink, 4); // ., a, c and its own ..
     assert_eq!(s.getattr(b).unwrap().nlink, 2);
     assert_eq!(s.lookup(c, b"..").unwrap().ino, ROOT_INO);
@@ -42,19 +42,45 @@ fn rename_replace_noreplace_and_exchange() {
     let f = mkfile(&s, ROOT_INO, "f");
     let g = mkfile(&s, ROOT_INO, "g");
     let d = mkdir(&s, ROOT_INO, "d");
-    assert_eq!(s.rename(ROOT_INO, b"f", ROOT_INO, b"g", RenameMode::NoReplace), Err(MetaError::Exists));
-    assert_eq!(s.rename(ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Replace), Err(MetaError::IsDir));
-    assert_eq!(s.rename(ROOT_INO, b"d", ROOT_INO, b"f", RenameMode::Replace), Err(MetaError::NotDir));
-    s.rename(ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Exchange).unwrap();
+    assert_eq!(s.rename(ROOT_INO, b"f", ROOT_INO, b"g", RenameMode::NoReplace, None), Err(MetaError::Exists));
+    assert_eq!(s.rename(ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Replace, None), Err(MetaError::IsDir));
+    assert_eq!(s.rename(ROOT_INO, b"d", ROOT_INO, b"f", RenameMode::Replace, None), Err(MetaError::NotDir));
+    s.rename(ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Exchange, None).unwrap();
     assert_eq!(s.lookup(ROOT_INO, b"d").unwrap().ino, f);
     assert_eq!(s.lookup(ROOT_INO, b"f").unwrap().ino, d);
-    let replaced = s.rename(ROOT_INO, b"d", ROOT_INO, b"g", RenameMode::Replace).unwrap().unwrap();
+    let replaced = s.rename(ROOT_INO, b"d", ROOT_INO, b"g", RenameMode::Replace, None).unwrap().unwrap();
     assert_eq!(replaced.attr.ino, g);
     assert!(replaced.orphaned);
     assert_eq!(s.orphans().unwrap(), vec![g]);
     s.purge(g).unwrap();
     assert_eq!(s.getattr(g), Err(MetaError::NotFound));
     assert_eq!(s.usage().unwrap().inodes, 3); // root, f (now "g"), d (now "f")
+}
+
+#[test]
+fn unlink_removes_a_closed_file_in_the_same_transaction() {
+    let (_d, s) = store();
+    let kept = mkfile(&s, ROOT_INO, "kept");
+    let gone = mkfile(&s, ROOT_INO, "gone");
+    let linked = mkfile(&s, ROOT_INO, "linked");
+    s.link(linked, ROOT_INO, b"second").unwrap();
+    s.set_xattr(gone, b"user.a", b"1", XattrMode::Upsert).unwrap();
+
+    let open_here = s.unlink(ROOT_INO, b"kept", None).unwrap();
+    assert!(open_here.orphaned && !open_here.purged);
+    let closed = s.unlink(ROOT_INO, b"gone", Some(gone)).unwrap();
+    assert!(closed.purged && !closed.orphaned);
+    assert_eq!(s.getattr(gone), Err(MetaError::NotFound));
+    assert_eq!(s.list_xattr(gone), Err(MetaError::NotFound));
+    // A name that is not the last one removes nothing, whatever the caller says.
+    let one_of_two = s.unlink(ROOT_INO, b"linked", Some(linked)).unwrap();
+    assert!(!one_of_two.purged && !one_of_two.orphaned);
+    assert_eq!(s.getattr(linked).unwrap().nlink, 1);
+    // A caller that named another inode than the name's (a race) gets the orphan path.
+    let raced = s.unlink(ROOT_INO, b"second", Some(kept)).unwrap();
+    assert!(raced.orphaned && !raced.purged);
+    assert_eq!(s.orphans().unwrap(), vec![kept, linked]);
+    assert_eq!(s.usage().unwrap().inodes, 3); // root and the two orphans
 }
 
 #[test]
@@ -74,7 +100,7 @@ fn readdir_resumes_from_any_cookie_exactly_once() {
         // Deleting entries already listed does not disturb the listing.
         for e in &page {
             if e.name.ends_with(b"7") {
-                s.unlink(ROOT_INO, &e.name).unwrap();
+                s.unlink(ROOT_INO, &e.name, None).unwrap();
             }
         }
         seen.extend(page.into_iter().map(|e| e.name));

@@ -205,6 +205,14 @@ impl SledStore {
 
     /// Removes extended attributes of an inode that no longer exists. Outside the transaction
     /// that removed the inode: inode numbers are never reused, so these keys are unreachable.
+    /// The part of removing an inode that cannot be in its transaction.
+    fn after_unlink(&self, unlinked: Unlinked) -> MetaResult<Unlinked> {
+        if unlinked.purged {
+            self.drop_xattrs(unlinked.attr.ino)?;
+        }
+        Ok(unlinked)
+    }
+
     fn drop_xattrs(&self, ino: Ino) -> MetaResult<()> {
         let xattrs = &self.trees.xattrs;
         for key in xattrs.scan_prefix(schema::ino_key(ino)).keys() {
@@ -369,7 +377,7 @@ impl MetaStore for SledStore {
     }
 
     #[instrument(level = "debug", skip(self, name))]
-    fn unlink(&self, parent: Ino, name: &[u8]) -> MetaResult<Unlinked> {
+    fn unlink(&self, parent: Ino, name: &[u8], closed: Option<Ino>) -> MetaResult<Unlinked> {
         if name.len() > MAX_NAME_LEN {
             return Err(MetaError::NameTooLong);
         }
@@ -381,13 +389,13 @@ impl MetaStore for SledStore {
             if entry.kind == FileKind::Dir {
                 return fail(MetaError::IsDir);
             }
-            let mut attr = t.inode(entry.ino)?;
+            let attr = t.inode(entry.ino)?;
             t.remove_entry(&mut dir, name, &entry)?;
             t.touch(&mut dir);
             t.put_inode(&dir)?;
-            let orphaned = t.drop_link(&mut attr)?;
-            Ok(Unlinked { attr, orphaned })
+            t.drop_link(attr, closed)
         })
+        .and_then(|unlinked| self.after_unlink(unlinked))
     }
 
     #[instrument(level = "debug", skip(self, name))]
@@ -428,14 +436,15 @@ impl MetaStore for SledStore {
         new_parent: Ino,
         new_name: &[u8],
         mode: RenameMode,
+        closed: Option<Ino>,
     ) -> MetaResult<Option<Unlinked>> {
         check_name(name)?;
         check_name(new_name)?;
-        let outcome = self.mutate(|t| rename_in(t, parent, name, new_parent, new_name, mode))?;
+        let outcome = self.mutate(|t| rename_in(t, parent, name, new_parent, new_name, mode, closed))?;
         if let Some(RenameOutcome { removed_dir: Some(ino), .. }) = outcome {
             self.drop_xattrs(ino)?;
         }
-        Ok(outcome.and_then(|o| o.unlinked))
+        outcome.and_then(|o| o.unlinked).map(|u| self.after_unlink(u)).transpose()
     }
 
     fn readdir(&self, dir: Ino, after: u64, limit: usize) -> MetaResult<Vec<DirEntry>> {
@@ -551,12 +560,7 @@ impl MetaStore for SledStore {
                 t.orphans.remove(&schema::ino_key(ino))?;
                 return Ok(false);
             }
-            let delta = t.drop_blocks_from(ino, 0, attr.size)?;
-            t.add_counter(schema::BYTES_COUNTER, delta)?;
-            t.add_counter(schema::INODES_COUNTER, -1)?;
-            t.inodes.remove(&schema::ino_key(ino))?;
-            t.symlinks.remove(&schema::ino_key(ino))?;
-            t.orphans.remove(&schema::ino_key(ino))?;
+            t.remove_inode(&attr)?;
             Ok(true)
         })?;
         if purged {
@@ -656,6 +660,7 @@ fn rename_in(
     new_parent: Ino,
     new_name: &[u8],
     mode: RenameMode,
+    closed: Option<Ino>,
 ) -> TxResult<Option<RenameOutcome>> {
     t.dir(parent)?;
     let Some(src) = t.dentry(parent, name)? else {
@@ -693,7 +698,7 @@ fn rename_in(
             // Two names of one inode: POSIX says do nothing.
             return Ok(None);
         }
-        let mut victim = t.inode(dst.ino)?;
+        let victim = t.inode(dst.ino)?;
         match (src.kind == FileKind::Dir, victim.is_dir()) {
             (true, false) => return fail(MetaError::NotDir),
             (false, true) => return fail(MetaError::IsDir),
@@ -709,8 +714,7 @@ fn rename_in(
             outcome.removed_dir = Some(victim.ino);
         } else {
             t.put_inode(&dir)?;
-            let orphaned = t.drop_link(&mut victim)?;
-            outcome.unlinked = Some(Unlinked { attr: victim, orphaned });
+            outcome.unlinked = Some(t.drop_link(victim, closed)?);
         }
     }
     let mut from = t.inode(parent)?;

@@ -5,6 +5,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use crate::error::MetaError;
 use crate::schema::{self, Dentry};
+use crate::store::Unlinked;
 use crate::types::{Attr, BlockRef, ChunkHash, FileKind, Ino, Timestamp};
 
 pub(super) type TxResult<T> = Result<T, ConflictableTransactionError<MetaError>>;
@@ -149,16 +150,35 @@ impl Txn<'_> {
         Ok(delta)
     }
 
-    /// Drops a name's hold on `attr` (already loaded); orphans it when that was the last name.
-    pub(super) fn drop_link(&self, attr: &mut Attr) -> TxResult<bool> {
+    /// Drops a name's hold on `attr` (already loaded). When that was the last name the inode
+    /// is removed if it is the caller's `closed` one, else kept as an orphan.
+    pub(super) fn drop_link(&self, mut attr: Attr, closed: Option<Ino>) -> TxResult<Unlinked> {
         attr.nlink = attr.nlink.saturating_sub(1);
         attr.ctime = self.now;
-        self.put_inode(attr)?;
-        let orphaned = attr.nlink == 0;
-        if orphaned {
-            self.orphans.insert(&schema::ino_key(attr.ino), &[])?;
+        let last = attr.nlink == 0;
+        let purged = last && closed == Some(attr.ino);
+        if purged {
+            self.remove_inode(&attr)?;
+        } else {
+            self.put_inode(&attr)?;
+            if last {
+                self.orphans.insert(&schema::ino_key(attr.ino), &[])?;
+            }
         }
-        Ok(orphaned)
+        Ok(Unlinked { attr, orphaned: last && !purged, purged })
+    }
+
+    /// Deletes a file with no names left: its blocks, its record and its orphan entry. Its
+    /// extended attributes are not in the transaction (they need a range scan): the caller
+    /// drops them after the commit.
+    pub(super) fn remove_inode(&self, attr: &Attr) -> TxResult<()> {
+        let delta = self.drop_blocks_from(attr.ino, 0, attr.size)?;
+        self.add_counter(schema::BYTES_COUNTER, delta)?;
+        self.add_counter(schema::INODES_COUNTER, -1)?;
+        self.inodes.remove(&schema::ino_key(attr.ino))?;
+        self.symlinks.remove(&schema::ino_key(attr.ino))?;
+        self.orphans.remove(&schema::ino_key(attr.ino))?;
+        Ok(())
     }
 
     /// Deletes an empty directory's inode outright (directories are never kept as orphans).
