@@ -1,29 +1,53 @@
 //! Content-addressed chunks in an object store: `chunks/<2 hex>/<blake3 hex>`. A PUT is
-//! idempotent (the name is the content), every GET is verified against the name, and
-//! concurrent misses on one chunk share one fetch.
+//! idempotent (the name is the content), every GET is verified against the name (a ranged
+//! GET against the chunk's segment hashes, see [`crate::segments`]), and concurrent misses on
+//! one chunk or segment share one fetch.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use elasticfs_metadata::ChunkHash;
+use futures::future::try_join_all;
+use lru::LruCache;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::OnceCell;
-use tracing::{error, instrument};
+use tracing::{error, instrument, warn};
 
-use crate::block_cache::BlockCache;
+use crate::block_cache::{BlockCache, CacheKey, Part};
+use crate::disk_cache::DiskCache;
 use crate::error::{FsError, FsResult};
+use crate::segments::{SegmentHashes, SEGMENT_LEN};
 
 pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     cache: BlockCache,
-    inflight: Mutex<HashMap<ChunkHash, Arc<OnceCell<Bytes>>>>,
+    disk: Option<Arc<DiskCache>>,
+    /// Chunks this process stored lately, and when: storing one again is skipped.
+    recent_uploads: Mutex<LruCache<ChunkHash, Instant>>,
+    inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Bytes>>>>,
 }
+
+/// How many recent uploads are remembered.
+const RECENT_UPLOADS: usize = 65536;
+/// How long an upload is trusted to still be in the bucket: identical data written again
+/// within this time is not uploaded again. Garbage collection must wait longer than this
+/// before deleting a chunk that lost its last reference (DESIGN §6), so that a commit that
+/// names such a chunk always finds it.
+pub const RECENT_UPLOAD_TRUST: Duration = Duration::from_secs(600);
 
 pub fn chunk_path(hash: &ChunkHash) -> Path {
     let hex = hex::encode(hash);
     Path::from(format!("chunks/{}/{}", &hex[..2], hex))
+}
+
+/// The side object holding a chunk's segment hashes (see [`crate::segments`]).
+pub fn segments_path(hash: &ChunkHash) -> Path {
+    let hex = hex::encode(hash);
+    Path::from(format!("chunks/{}/{}.segs", &hex[..2], hex))
 }
 
 pub fn hash_of(data: &[u8]) -> ChunkHash {
@@ -32,7 +56,23 @@ pub fn hash_of(data: &[u8]) -> ChunkHash {
 
 impl ChunkStore {
     pub fn new(store: Arc<dyn ObjectStore>, cache_bytes: usize) -> Self {
-        ChunkStore { store, cache: BlockCache::new(cache_bytes), inflight: Mutex::new(HashMap::new()) }
+        ChunkStore {
+            store,
+            cache: BlockCache::new(cache_bytes),
+            disk: None,
+            recent_uploads: Mutex::new(LruCache::new(RECENT_UPLOADS.try_into().expect("non-zero"))),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Keeps what is downloaded on local disk too.
+    pub fn with_disk_cache(mut self, disk: DiskCache) -> Self {
+        self.disk = Some(Arc::new(disk));
+        self
+    }
+
+    pub fn disk_cache(&self) -> Option<&DiskCache> {
+        self.disk.as_deref()
     }
 
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
@@ -44,30 +84,111 @@ impl ChunkStore {
     }
 
     /// Stores `data` and returns its name. Safe to repeat: the same bytes make the same object.
+    /// A chunk of several segments gets its segment hash list stored beside it.
     #[instrument(level = "debug", skip_all, fields(len = data.len()))]
     pub async fn put(&self, data: Bytes) -> FsResult<ChunkHash> {
-        let hash = hash_of(&data);
-        self.store.put(&chunk_path(&hash), PutPayload::from_bytes(data.clone())).await.map_err(|e| {
-            error!(chunk = %hex::encode(hash), "upload failed: {e}");
-            FsError::io(format!("uploading chunk {}: {e}", hex::encode(hash)))
-        })?;
-        self.cache.insert(hash, data);
+        let segments = SegmentHashes::applies_to(data.len() as u64).then(|| SegmentHashes::compute(&data));
+        let hash = match &segments {
+            Some((_, hash)) => *hash,
+            None => hash_of(&data),
+        };
+        let stored_lately =
+            self.recent_uploads.lock().unwrap().get(&hash).is_some_and(|t| t.elapsed() < RECENT_UPLOAD_TRUST);
+        if !stored_lately {
+            match &segments {
+                None => self.put_object(chunk_path(&hash), data.clone()).await?,
+                Some((segments, _)) => {
+                    let list = Bytes::from(segments.encode());
+                    futures::try_join!(
+                        self.put_object(segments_path(&hash), list.clone()),
+                        self.put_object(chunk_path(&hash), data.clone())
+                    )?;
+                    self.cache.insert((hash, Part::SegmentHashes), list);
+                }
+            }
+            self.recent_uploads.lock().unwrap().put(hash, Instant::now());
+        }
+        self.cache.insert((hash, Part::Whole), data);
         Ok(hash)
+    }
+
+    async fn put_object(&self, path: Path, data: Bytes) -> FsResult<()> {
+        self.store.put(&path, PutPayload::from_bytes(data)).await.map(|_| ()).map_err(|e| {
+            error!(%path, "upload failed: {e}");
+            FsError::io(format!("uploading {path}: {e}"))
+        })
     }
 
     /// The verified contents of chunk `hash`.
     #[instrument(level = "debug", skip_all, fields(chunk = %hex::encode(&hash[..6])))]
     pub async fn get(&self, hash: ChunkHash) -> FsResult<Bytes> {
-        if let Some(data) = self.cache.get(&hash) {
+        self.single_flight((hash, Part::Whole), || self.fetch(hash)).await
+    }
+
+    /// Bytes `range` of chunk `hash` (which is `chunk_len` long), verified, fetching only the
+    /// segments the range touches when the whole chunk is not at hand.
+    #[instrument(level = "debug", skip_all, fields(chunk = %hex::encode(&hash[..6]), start = range.start))]
+    pub async fn get_range(&self, hash: ChunkHash, chunk_len: u64, range: Range<u64>) -> FsResult<Bytes> {
+        let whole = self.cache.get(&(hash, Part::Whole));
+        let segments = match whole {
+            None if SegmentHashes::applies_to(chunk_len) => self.segment_hashes(hash, chunk_len).await,
+            _ => None,
+        };
+        let Some(segments) = segments else {
+            // Small chunk, cached chunk, or no usable segment list: read it whole.
+            let data = match whole {
+                Some(data) => data,
+                None => self.get(hash).await?,
+            };
+            let end = range.end.min(data.len() as u64);
+            return Ok(data.slice(range.start.min(end) as usize..end as usize));
+        };
+        let (first, last) = (range.start / SEGMENT_LEN, (range.end.max(1) - 1) / SEGMENT_LEN);
+        let parts = try_join_all((first..=last.min(segments.count() - 1)).map(|index| {
+            let segments = &segments;
+            self.single_flight((hash, Part::Segment(index as u32)), move || {
+                self.fetch_segment(hash, segments, index)
+            })
+        }))
+        .await?;
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        for (index, part) in (first..).zip(parts) {
+            let seg = segments.range(index);
+            let from = range.start.max(seg.start) - seg.start;
+            let to = range.end.min(seg.end) - seg.start;
+            out.extend_from_slice(&part[from as usize..to as usize]);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Runs `fetch` for `key` unless it is cached or another caller is already fetching it,
+    /// in which case this one waits for that result.
+    async fn single_flight<F, Fut>(&self, key: CacheKey, fetch: F) -> FsResult<Bytes>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = FsResult<Bytes>>,
+    {
+        if let Some(data) = self.cache.get(&key) {
             return Ok(data);
         }
-        let cell = self.inflight.lock().unwrap().entry(hash).or_default().clone();
-        let result = cell.get_or_try_init(|| self.fetch(hash)).await.cloned();
-        self.inflight.lock().unwrap().remove(&hash);
+        let cell = self.inflight.lock().unwrap().entry(key).or_default().clone();
+        let result = cell
+            .get_or_try_init(|| async {
+                let data = fetch().await?;
+                self.cache.insert(key, data.clone());
+                Ok(data)
+            })
+            .await
+            .cloned();
+        self.inflight.lock().unwrap().remove(&key);
         result
     }
 
     async fn fetch(&self, hash: ChunkHash) -> FsResult<Bytes> {
+        let key = (hash, Part::Whole);
+        if let Some(data) = self.read_disk_cache(key, |data| hash_of(data) == hash).await {
+            return Ok(data);
+        }
         let path = chunk_path(&hash);
         let data = async { self.store.get(&path).await?.bytes().await }.await.map_err(|e| {
             error!(%path, "download failed: {e}");
@@ -79,7 +200,79 @@ impl ChunkStore {
                 "chunk {path} is corrupt (its content does not match its name)"
             )));
         }
-        self.cache.insert(hash, data.clone());
+        self.write_disk_cache(key, &data);
+        Ok(data)
+    }
+
+    /// The disk cache's copy of `key`, if it has one that passes `verify` (a copy that does
+    /// not is dropped).
+    async fn read_disk_cache(&self, key: CacheKey, verify: impl FnOnce(&[u8]) -> bool) -> Option<Bytes> {
+        let disk = self.disk.clone()?;
+        let lookup = disk.clone();
+        let data = tokio::task::spawn_blocking(move || lookup.get(&key)).await.ok()??;
+        if verify(&data) {
+            return Some(Bytes::from(data));
+        }
+        warn!(dir = %disk.dir().display(), "a disk cache file did not match its hash: fetching it again");
+        disk.discard(&key);
+        None
+    }
+
+    /// Copies verified bytes to the disk cache in the background.
+    fn write_disk_cache(&self, key: CacheKey, data: &Bytes) {
+        if let Some(disk) = self.disk.clone() {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || disk.insert(key, &data));
+        }
+    }
+
+    /// The chunk's verified segment list, or `None` if it is missing or does not match the
+    /// chunk's name (then the caller reads the chunk whole, which is verified on its own).
+    async fn segment_hashes(&self, hash: ChunkHash, chunk_len: u64) -> Option<SegmentHashes> {
+        let key = (hash, Part::SegmentHashes);
+        let path = segments_path(&hash);
+        let fetched = self
+            .single_flight(key, || async {
+                let bytes = async { self.store.get(&path).await?.bytes().await }
+                    .await
+                    .map_err(|e| FsError::io(format!("downloading {path}: {e}")))?;
+                match SegmentHashes::decode(&bytes, chunk_len, &hash) {
+                    Some(_) => Ok(bytes),
+                    None => Err(FsError::io(format!("{path} does not match its chunk"))),
+                }
+            })
+            .await;
+        match fetched {
+            // Only lists that matched the name are ever cached.
+            Ok(bytes) => SegmentHashes::decode(&bytes, chunk_len, &hash),
+            Err(e) => {
+                warn!("reading the chunk whole instead of a range: {e}");
+                // Remembered as unusable (an empty list never decodes), so that later reads of
+                // this chunk neither retry the download nor warn again.
+                self.cache.insert(key, Bytes::new());
+                None
+            }
+        }
+    }
+
+    async fn fetch_segment(&self, hash: ChunkHash, segments: &SegmentHashes, index: u64) -> FsResult<Bytes> {
+        let key = (hash, Part::Segment(index as u32));
+        if let Some(data) = self.read_disk_cache(key, |data| segments.verify(index, data)).await {
+            return Ok(data);
+        }
+        let path = chunk_path(&hash);
+        let range = segments.range(index);
+        let data = self.store.get_range(&path, range).await.map_err(|e| {
+            error!(%path, segment = index, "ranged download failed: {e}");
+            FsError::io(format!("downloading segment {index} of chunk {path}: {e}"))
+        })?;
+        if !segments.verify(index, &data) {
+            error!(%path, segment = index, "segment does not match its hash: refusing to return it");
+            return Err(FsError::io(format!(
+                "segment {index} of chunk {path} is corrupt (it does not match the chunk's hash tree)"
+            )));
+        }
+        self.write_disk_cache(key, &data);
         Ok(data)
     }
 

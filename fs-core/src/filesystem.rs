@@ -14,6 +14,7 @@ use futures::future::try_join_all;
 use tokio::sync::Semaphore;
 use tracing::{instrument, warn};
 
+use crate::block_cache::Part;
 use crate::chunk_store::ChunkStore;
 use crate::error::{errno, FsError, FsResult};
 use crate::open_file::{Dirty, OpenFile, Readahead};
@@ -62,6 +63,9 @@ pub struct SetAttrRequest {
 struct Handle {
     file: Arc<OpenFile>,
     append: bool,
+    /// The file is as it was at this client's previous open: the kernel's cached pages of it
+    /// are still right.
+    unchanged: bool,
     readahead: Mutex<Readahead>,
 }
 
@@ -82,7 +86,15 @@ pub struct FileSystem {
     next_handle: AtomicU64,
     upload_slots: Arc<Semaphore>,
     open_gates: Vec<Mutex<()>>,
+    /// What each recently opened file looked like at its last open (see [`Handle::unchanged`]).
+    last_opened: Mutex<lru::LruCache<Ino, Version>>,
 }
+
+/// What tells one state of a file's content from another.
+type Version = (Timestamp, Timestamp, u64);
+
+/// Files whose last-open version is remembered.
+const REMEMBERED_OPENS: usize = 65536;
 
 impl FileSystem {
     pub fn new(meta: Arc<dyn MetaStore>, chunks: ChunkStore, config: FsConfig) -> FsResult<Self> {
@@ -105,6 +117,7 @@ impl FileSystem {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             open_gates: (0..OPEN_GATES).map(|_| Mutex::new(())).collect(),
+            last_opened: Mutex::new(lru::LruCache::new(REMEMBERED_OPENS.try_into().expect("non-zero"))),
         })
     }
 
@@ -328,10 +341,19 @@ impl FileSystem {
                 st.size = attr.size;
             }
         }
+        let version = (attr.mtime, attr.ctime, attr.size);
+        let unchanged = self.last_opened.lock().unwrap().put(ino, version) == Some(version);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { file, append, readahead: Mutex::new(Readahead::default()) };
+        let handle = Handle { file, append, unchanged, readahead: Mutex::new(Readahead::default()) };
         self.handles.lock().unwrap().insert(fh, Arc::new(handle));
         Ok(fh)
+    }
+
+    /// Whether the file of handle `fh` is unchanged since this client last opened it, so that a
+    /// frontend's page cache of it may be kept (close-to-open: a change by anyone since then
+    /// changes its times or size, and the cache is dropped).
+    pub fn unchanged_since_last_open(&self, fh: u64) -> bool {
+        self.handle(fh).is_ok_and(|h| h.unchanged)
     }
 
     /// Creates and opens a regular file. Without `exclusive`, an existing file is opened.
@@ -416,7 +438,8 @@ impl FileSystem {
         let handle = self.handle(fh)?;
         let file = &handle.file;
         let bs = self.block_size;
-        // Under the file's lock: what each block of the range is made of.
+        // Under the file's lock: what each block of the range is made of. Uncommitted bytes
+        // are copied for just the part of the block the read covers.
         let (end, sources) = {
             let st = file.state.lock().unwrap();
             let end = st.size.min(offset.saturating_add(len as u64));
@@ -430,48 +453,54 @@ impl FileSystem {
             }
             let mut sources = Vec::with_capacity((last - first + 1) as usize);
             for index in first..=last {
+                let block_start = index * bs;
+                let within = offset.max(block_start) - block_start..end.min(block_start + bs) - block_start;
                 let source = match st.dirty.get(&index) {
-                    Some(Dirty::Buffer(data)) => Source::Bytes(Bytes::copy_from_slice(data)),
-                    Some(Dirty::Uploading { data, .. }) => Source::Bytes(data.clone()),
+                    Some(Dirty::Buffer(data)) => Source::Bytes(Bytes::copy_from_slice(clip(data, &within))),
+                    Some(Dirty::Uploading { data, .. }) => {
+                        Source::Bytes(data.slice(clip_range(data, &within)))
+                    }
                     Some(Dirty::Stored(block)) => Source::Block(block.clone()),
                     None => committed.remove(&index).map_or(Source::Hole, Source::Block),
                 };
-                sources.push((index, source));
+                sources.push((block_start + within.start, within, source));
             }
             (end, sources)
         };
-        let prefetch = handle.readahead.lock().unwrap().on_read(
-            offset,
-            end - offset,
-            bs,
-            self.config.max_readahead_blocks,
-        );
-        if let Some((first, count)) = prefetch {
-            self.prefetch(file.ino, first, count);
-        }
-        let contents = self.block_on(try_join_all(sources.into_iter().map(|(index, source)| {
+        let random = {
+            let mut readahead = handle.readahead.lock().unwrap();
+            let prefetch = readahead.on_read(offset, end - offset, bs, self.config.max_readahead_blocks);
+            if let Some((first, count)) = prefetch {
+                self.prefetch(file.ino, first, count);
+            }
+            readahead.is_random()
+        };
+        let pieces = self.block_on(try_join_all(sources.into_iter().map(|(at, within, source)| {
             let chunks = self.chunks.clone();
             async move {
                 let data = match source {
                     Source::Hole => Bytes::new(),
                     Source::Bytes(data) => data,
-                    Source::Block(BlockRef::Inline(data)) => Bytes::from(data),
-                    Source::Block(BlockRef::Chunk { hash, .. }) => chunks.get(hash).await?,
+                    Source::Block(BlockRef::Inline(data)) => Bytes::copy_from_slice(clip(&data, &within)),
+                    // A random read fetches only the segments it touches; a sequential one the
+                    // whole block, which readahead is fetching anyway.
+                    Source::Block(BlockRef::Chunk { hash, len }) if random => {
+                        let end = within.end.min(len as u64);
+                        chunks.get_range(hash, len as u64, within.start.min(end)..end).await?
+                    }
+                    Source::Block(BlockRef::Chunk { hash, .. }) => {
+                        let data = chunks.get(hash).await?;
+                        data.slice(clip_range(&data, &within))
+                    }
                 };
-                Ok::<_, FsError>((index, data))
+                Ok::<_, FsError>((at, data))
             }
         })))?;
+        // Whatever a piece does not cover (holes, the end of a short block) reads as zeros.
         let mut out = vec![0u8; (end - offset) as usize];
-        for (index, data) in contents {
-            let block_start = index * bs;
-            let from = offset.max(block_start);
-            let to = end.min(block_start + bs);
-            let (a, b) = ((from - block_start) as usize, (to - block_start) as usize);
-            if a < data.len() {
-                let b_in = b.min(data.len());
-                let dst = (from - offset) as usize;
-                out[dst..dst + (b_in - a)].copy_from_slice(&data[a..b_in]);
-            }
+        for (at, data) in pieces {
+            let dst = (at - offset) as usize;
+            out[dst..dst + data.len()].copy_from_slice(&data);
         }
         Ok(out)
     }
@@ -484,7 +513,7 @@ impl FileSystem {
         };
         for (_, block) in blocks {
             if let BlockRef::Chunk { hash, .. } = block {
-                if self.chunks.cache().get(&hash).is_none() {
+                if self.chunks.cache().get(&(hash, Part::Whole)).is_none() {
                     let chunks = self.chunks.clone();
                     self.runtime.spawn(async move {
                         let _ = chunks.get(hash).await;
@@ -755,4 +784,14 @@ impl Drop for FileSystem {
             warn!("committing open files at shutdown failed: {e}");
         }
     }
+}
+
+/// The part of `range` (offsets within a block) that `data`, the block's stored bytes, covers.
+fn clip_range(data: &[u8], range: &std::ops::Range<u64>) -> std::ops::Range<usize> {
+    let end = (range.end as usize).min(data.len());
+    (range.start as usize).min(end)..end
+}
+
+fn clip<'a>(data: &'a [u8], range: &std::ops::Range<u64>) -> &'a [u8] {
+    &data[clip_range(data, range)]
 }

@@ -3,13 +3,16 @@
 
 mod block_cache;
 mod chunk_store;
+mod disk_cache;
 mod error;
 mod filesystem;
 mod open_file;
+mod segments;
 mod storage;
 
 pub use block_cache::BlockCache;
-pub use chunk_store::{chunk_path, hash_of, ChunkStore};
+pub use chunk_store::{chunk_path, hash_of, segments_path, ChunkStore};
+pub use disk_cache::DiskCache;
 pub use error::{errno, FsError, FsResult};
 pub use filesystem::{Caller, FileSystem, FsConfig, SetAttrRequest};
 pub use storage::{connect_chunk_store, open_object_store};

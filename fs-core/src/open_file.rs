@@ -56,6 +56,11 @@ pub(crate) struct Readahead {
 }
 
 impl Readahead {
+    /// Whether the last read did not follow the one before it.
+    pub(crate) fn is_random(&self) -> bool {
+        self.window_blocks == 0
+    }
+
     /// Records a read and returns the block range to prefetch, if any.
     pub(crate) fn on_read(
         &mut self,

@@ -1,6 +1,7 @@
 //! Random operation sequences run against the engine and against a plain in-memory model of a
 //! few files; every read must agree (the way Mountpoint for S3 checks its file system). Small
-//! blocks and a small inline threshold make every sequence cross chunk and inline paths.
+//! blocks and a small inline threshold make every sequence cross chunk and inline paths; a
+//! second run with blocks of several 64 KiB segments and no cache exercises ranged reads.
 
 use std::sync::Arc;
 
@@ -9,6 +10,8 @@ use elasticfs_core::{open_object_store, Caller, ChunkStore, FileSystem, FsConfig
 use proptest::prelude::*;
 
 const BLOCK: u64 = 4096;
+/// Four verifiable segments per block.
+const SEGMENTED_BLOCK: u64 = 256 << 10;
 const FILES: usize = 3;
 
 #[derive(Clone, Debug)]
@@ -21,13 +24,13 @@ enum Op {
     Recreate { file: usize },
 }
 
-fn op() -> impl Strategy<Value = Op> {
+fn op(block: u64) -> impl Strategy<Value = Op> {
     let file = 0..FILES;
     prop_oneof![
-        4 => (file.clone(), 0..4 * BLOCK, 0..(2 * BLOCK as usize), any::<u8>())
+        4 => (file.clone(), 0..4 * block, 0..(2 * block as usize), any::<u8>())
             .prop_map(|(file, offset, len, seed)| Op::Write { file, offset, len, seed }),
-        1 => (file.clone(), 0..5 * BLOCK).prop_map(|(file, size)| Op::Truncate { file, size }),
-        3 => (file.clone(), 0..5 * BLOCK, 0..(3 * BLOCK as u32)).prop_map(|(file, offset, len)| Op::Read { file, offset, len }),
+        1 => (file.clone(), 0..5 * block).prop_map(|(file, size)| Op::Truncate { file, size }),
+        3 => (file.clone(), 0..5 * block, 0..(3 * block as u32)).prop_map(|(file, offset, len)| Op::Read { file, offset, len }),
         1 => file.clone().prop_map(|file| Op::Flush { file }),
         1 => file.clone().prop_map(|file| Op::Reopen { file }),
         1 => file.prop_map(|file| Op::Recreate { file }),
@@ -44,18 +47,15 @@ struct Harness {
 const ROOT: Caller = Caller { uid: 0, gid: 0 };
 
 impl Harness {
-    fn new() -> Self {
+    fn new(block: u64, cache_bytes: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let sb = Superblock::new("model", BLOCK as u32, 1024, "memory://");
+        let sb = Superblock::new("model", block as u32, 1024, "memory://");
         let meta: Arc<dyn MetaStore> =
             Arc::new(SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap());
-        let chunks = ChunkStore::new(open_object_store("memory://").unwrap(), 1 << 20);
-        let fs = FileSystem::new(
-            meta,
-            chunks,
-            FsConfig { cache_bytes: 1 << 20, max_uploads: 2, max_readahead_blocks: 2 },
-        )
-        .unwrap();
+        let chunks = ChunkStore::new(open_object_store("memory://").unwrap(), cache_bytes);
+        let fs =
+            FileSystem::new(meta, chunks, FsConfig { cache_bytes, max_uploads: 2, max_readahead_blocks: 2 })
+                .unwrap();
         let mut handles = Vec::new();
         for i in 0..FILES {
             let (_, fh) = fs.create(ROOT_INO, format!("f{i}").as_bytes(), 0o644, ROOT, true, false).unwrap();
@@ -134,8 +134,21 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
-        let mut h = Harness::new();
+    fn engine_matches_the_model(ops in prop::collection::vec(op(BLOCK), 1..40)) {
+        let mut h = Harness::new(BLOCK, 1 << 20);
+        for op in &ops {
+            h.apply(op);
+        }
+        h.check_committed();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ranged_reads_match_the_model(ops in prop::collection::vec(op(SEGMENTED_BLOCK), 1..24)) {
+        let mut h = Harness::new(SEGMENTED_BLOCK, 0);
         for op in &ops {
             h.apply(op);
         }
@@ -145,7 +158,7 @@ proptest! {
 
 #[test]
 fn holes_read_as_zeros_and_cost_nothing() {
-    let mut h = Harness::new();
+    let mut h = Harness::new(BLOCK, 1 << 20);
     h.apply(&Op::Write { file: 0, offset: 10 * BLOCK, len: 10, seed: 1 });
     h.apply(&Op::Read { file: 0, offset: 0, len: (11 * BLOCK) as u32 });
     h.apply(&Op::Flush { file: 0 });

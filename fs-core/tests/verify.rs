@@ -33,3 +33,59 @@ fn a_corrupted_chunk_is_an_io_error_not_wrong_data() {
     assert_eq!(err.errno, elasticfs_core::errno::EIO);
     assert!(err.message.contains("corrupt"), "{err}");
 }
+
+#[test]
+fn random_reads_fetch_verified_segments_and_refuse_a_corrupt_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = Superblock::new("ranges", 1 << 20, 1024, "memory://");
+    let meta: Arc<dyn MetaStore> = Arc::new(SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap());
+    let store = open_object_store("memory://").unwrap();
+    let fs = FileSystem::new(
+        meta,
+        ChunkStore::new(store.clone(), 0),
+        FsConfig { cache_bytes: 0, ..Default::default() },
+    )
+    .unwrap();
+    let (attr, fh) = fs.create(ROOT_INO, b"f", 0o644, Caller { uid: 0, gid: 0 }, true, false).unwrap();
+    let data: Vec<u8> = (0..(1u32 << 20) - 300).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    fs.write(fh, 0, &data).unwrap();
+    fs.release(fh).unwrap();
+    let block = fs.meta().blocks(attr.ino, 0, 1).unwrap().pop().unwrap().1;
+    let elasticfs_core::metadata::BlockRef::Chunk { hash, .. } = block else { panic!("expected a chunk") };
+
+    // Reads that jump around (the first one already does) take the ranged path; some cross
+    // segment boundaries, one runs past the end of the file.
+    let check = |fh: u64, at: usize, len: usize| {
+        let got = fs.read(fh, at as u64, len as u32).unwrap();
+        assert_eq!(got, data[at..(at + len).min(data.len())], "read of {len} at {at}");
+    };
+    let fh = fs.open(attr.ino, false).unwrap();
+    for (at, len) in [(700_000, 4096), (65_000, 4096), (3, 200_000), (1_048_000, 4096), (131_072, 65_536)] {
+        check(fh, at, len);
+    }
+
+    // Without its segment list a chunk is read whole, still verified.
+    let segs = elasticfs_core::segments_path(&hash);
+    let list = fs.block_on(async { store.get(&segs).await.unwrap().bytes().await.unwrap() });
+    fs.block_on(store.delete(&segs)).unwrap();
+    let fh2 = fs.open(attr.ino, false).unwrap();
+    check(fh2, 500_000, 4096);
+    check(fh2, 10, 4096);
+
+    // One flipped byte in segment 5: reads of that segment fail, others still succeed.
+    fs.block_on(store.put(&segs, PutPayload::from(list))).unwrap();
+    let mut corrupt = data.clone();
+    corrupt[5 * 65_536 + 100] ^= 0xff;
+    fs.block_on(store.put(&chunk_path(&hash), PutPayload::from(corrupt))).unwrap();
+    let fresh = FileSystem::new(
+        fs.meta().clone(),
+        ChunkStore::new(store.clone(), 0),
+        FsConfig { cache_bytes: 0, ..Default::default() },
+    )
+    .unwrap();
+    let fh3 = fresh.open(attr.ino, false).unwrap();
+    let err = fresh.read(fh3, 5 * 65_536 + 10, 4096).unwrap_err();
+    assert_eq!(err.errno, elasticfs_core::errno::EIO);
+    assert!(err.message.contains("segment 5"), "{err}");
+    assert_eq!(fresh.read(fh3, 65_536 * 2, 4096).unwrap(), data[65_536 * 2..65_536 * 2 + 4096]);
+}

@@ -82,7 +82,7 @@ fn check_mountpoint(mountpoint: &Path) -> Result<()> {
 
 /// Runs the mount in this process until it is unmounted.
 fn serve(meta: &str, mountpoint: &Path, opts: MountOptions) -> Result<()> {
-    let fs = Arc::new(volume::open_filesystem(meta, opts.engine.clone())?);
+    let fs = Arc::new(volume::open_filesystem(meta, &opts)?);
     // Embedded metadata has one client, this one: whatever was orphaned before is ours.
     let reclaimed = fs.reclaim_orphans()?;
     if reclaimed > 0 {

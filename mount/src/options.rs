@@ -1,6 +1,7 @@
 //! `-o` mount options: ours, the kernel's generic ones, and the ones mount(8) and fstab pass
 //! along. Anything else is refused by name.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +16,10 @@ pub struct MountOptions {
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
     pub engine: FsConfig,
+    /// The disk cache's directory (default: one per file system under the user's cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Bytes the disk cache may hold; 0 turns it off.
+    pub disk_cache_bytes: u64,
     /// Generic kernel flags passed through as they are (noexec, nosuid, ...).
     pub kernel_flags: Vec<String>,
 }
@@ -30,13 +35,15 @@ impl Default for MountOptions {
             attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
             engine: FsConfig::default(),
+            cache_dir: None,
+            disk_cache_bytes: 10 << 30,
             kernel_flags: Vec::new(),
         }
     }
 }
 
-const KNOWN: &str = "ro, rw, allow_other, allow_root, fsname=, threads=, cache-size=, uploads=, \
-    readahead=, attr-cache=, entry-cache=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
+const KNOWN: &str = "ro, rw, allow_other, allow_root, fsname=, threads=, cache-size=, cache-dir=, \
+    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
     and the mount(8)/fstab options defaults, auto, noauto, user, nouser, users, _netdev, nofail";
 
 impl MountOptions {
@@ -58,6 +65,8 @@ impl MountOptions {
                 "fsname" => opts.fsname = need(value)?.to_string(),
                 "threads" => opts.threads = need(value)?.parse().context("threads= takes a number")?,
                 "cache-size" => opts.engine.cache_bytes = parse_size(need(value)?)? as usize,
+                "cache-dir" => opts.cache_dir = Some(PathBuf::from(need(value)?)),
+                "disk-cache" => opts.disk_cache_bytes = parse_size(need(value)?)?,
                 "uploads" => {
                     opts.engine.max_uploads = need(value)?.parse().context("uploads= takes a number")?
                 }

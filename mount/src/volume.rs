@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use elasticfs_core::metadata::{MetaStore, SledStore, Superblock};
-use elasticfs_core::{connect_chunk_store, FileSystem, FsConfig};
+use elasticfs_core::{connect_chunk_store, DiskCache, FileSystem};
+
+use crate::options::MountOptions;
 
 /// The embedded default volume: `~/.local/share/elasticfs/` (metadata and chunks side by side).
 pub fn default_home() -> PathBuf {
@@ -75,12 +77,30 @@ pub fn open_meta(meta_url: &str) -> Result<Arc<dyn MetaStore>> {
     Ok(Arc::new(SledStore::open(&path)?))
 }
 
-/// Opens the engine over an existing file system.
-pub fn open_filesystem(meta_url: &str, config: FsConfig) -> Result<FileSystem> {
+/// Opens the engine over an existing file system, with a disk cache unless its size is 0.
+pub fn open_filesystem(meta_url: &str, opts: &MountOptions) -> Result<FileSystem> {
     let meta = open_meta(meta_url)?;
     let storage = meta.superblock().storage.clone();
-    let chunks = connect_chunk_store(&storage, config.cache_bytes)?;
-    Ok(FileSystem::new(meta, chunks, config)?)
+    let mut chunks = connect_chunk_store(&storage, opts.engine.cache_bytes)?;
+    if opts.disk_cache_bytes > 0 {
+        let dir =
+            opts.cache_dir.clone().unwrap_or_else(|| default_cache_root().join(&meta.superblock().uuid));
+        chunks = chunks.with_disk_cache(DiskCache::open(&dir, opts.disk_cache_bytes)?);
+    }
+    Ok(FileSystem::new(meta, chunks, opts.engine.clone())?)
+}
+
+/// `/var/cache/elasticfs` for root, else the user's cache directory.
+fn default_cache_root() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/elasticfs");
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("elasticfs")
 }
 
 /// Whether `meta_url` already holds a file system.

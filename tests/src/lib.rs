@@ -89,15 +89,26 @@ impl Volume {
         self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
     }
 
-    /// Mounts the volume at a fresh directory, in a foreground child process.
+    /// Mounts the volume at a fresh directory, in a foreground child process, with its disk
+    /// cache inside the volume's directory.
     pub fn mount(&self) -> Mount {
-        let at = self.dir.path().join(format!("mnt-{}", std::process::id()));
-        std::fs::create_dir_all(&at).unwrap();
-        Mount::start(self, at)
+        self.mount_with("", None)
     }
 
     pub fn mount_at(&self, at: &Path) -> Mount {
-        Mount::start(self, at.to_path_buf())
+        Mount::start(self, at.to_path_buf(), &self.default_options(), None)
+    }
+
+    /// Mounts with extra `-o` options (after the defaults, so they win), the mount's log going
+    /// to `log` if given.
+    pub fn mount_with(&self, options: &str, log: Option<&Path>) -> Mount {
+        let at = self.dir.path().join(format!("mnt-{}", std::process::id()));
+        std::fs::create_dir_all(&at).unwrap();
+        Mount::start(self, at, &format!("{},{options}", self.default_options()), log)
+    }
+
+    fn default_options(&self) -> String {
+        format!("threads=4,cache-dir={}", self.dir.path().join("cache").display())
     }
 }
 
@@ -108,15 +119,18 @@ pub struct Mount {
 }
 
 impl Mount {
-    fn start(vol: &Volume, path: PathBuf) -> Mount {
-        let mut child = Command::new(elasticfs_bin())
-            .args(["mount", "--meta", &vol.meta, path.to_str().unwrap(), "-o", "threads=4"])
+    fn start(vol: &Volume, path: PathBuf, options: &str, log: Option<&Path>) -> Mount {
+        let mut command = Command::new(elasticfs_bin());
+        command
+            .args(["mount", "--meta", &vol.meta, path.to_str().unwrap(), "-o", options])
             .envs(vol.env_refs())
             .env("ELASTICFS_NOTIFY_READY", "1")
             .env("ELASTICFS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start elasticfs mount");
+            .stdout(Stdio::piped());
+        if let Some(log) = log {
+            command.stderr(std::fs::File::create(log).unwrap());
+        }
+        let mut child = command.spawn().expect("start elasticfs mount");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         if line.trim() != "ready" {

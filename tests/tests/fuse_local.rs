@@ -86,7 +86,10 @@ fn fsck_finds_missing_and_corrupt_chunks() {
     let clean = elasticfs(&["fsck", "--meta", &vol.meta, "--verify-data"], &[]);
     assert!(clean.contains("3 referenced chunks: 0 missing, 0 corrupt"), "{clean}");
 
-    let mut objects = elasticfs_tests::walk_files(&vol.dir.path().join("chunks/chunks"));
+    let mut objects: Vec<_> = elasticfs_tests::walk_files(&vol.dir.path().join("chunks/chunks"))
+        .into_iter()
+        .filter(|p| p.extension().is_none()) // leave the `.segs` lists out
+        .collect();
     objects.sort();
     assert_eq!(objects.len(), 3);
     std::fs::write(&objects[0], b"not the bytes this name promises").unwrap();
@@ -97,4 +100,40 @@ fn fsck_finds_missing_and_corrupt_chunks() {
     assert!(err.contains("1 damaged chunk references"), "{err}");
     let err = elasticfs_fails(&["fsck", "--meta", &vol.meta, "--verify-data"], &[]);
     assert!(err.contains("2 damaged chunk references"), "{err}");
+}
+
+#[test]
+fn a_full_cache_disk_slows_reads_down_but_never_fails_them() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::local();
+    let mount = vol.mount();
+    posix_suite::write_pattern_file(&mount.path.join("data"), 9, 24 << 20);
+    let expected = hash_file(&mount.path.join("data"));
+    mount.unmount();
+
+    // A 4 MiB tmpfs as the disk cache, told it may hold 1 GiB; a 1 MiB memory cache.
+    let small = vol.dir.path().join("small-cache");
+    std::fs::create_dir(&small).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs", small.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting a tmpfs for the cache");
+    let log = vol.dir.path().join("mount.log");
+    let options = format!("cache-dir={},disk-cache=1G,cache-size=1M", small.display());
+    let mount = vol.mount_with(&options, Some(&log));
+    for _ in 0..2 {
+        // Each pass needs data the full disk could not keep: fetched again, verified, right.
+        std::process::Command::new("sh").args(["-c", "echo 3 > /proc/sys/vm/drop_caches"]).status().unwrap();
+        assert_eq!(hash_file(&mount.path.join("data")), expected);
+    }
+    mount.unmount();
+    let cached: u64 = elasticfs_tests::walk_files(&small).iter().map(|p| p.metadata().unwrap().len()).sum();
+    std::process::Command::new("umount").arg(&small).status().unwrap();
+    assert!(cached > 0 && cached <= 4 << 20, "the cache filled what it could: {cached} bytes");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("cannot write to the disk cache"), "the full disk is reported:\n{log}");
+    assert_eq!(log.matches("cannot write to the disk cache").count(), 1, "once, not per read:\n{log}");
 }
