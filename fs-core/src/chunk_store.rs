@@ -26,11 +26,15 @@ pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     cache: BlockCache,
     disk: Option<Arc<DiskCache>>,
+    /// Bounds the whole-chunk fetches that random reads start (see `fetch_whole_in_background`).
+    background_fetches: Arc<tokio::sync::Semaphore>,
     /// Chunks this process stored lately, and when: storing one again is skipped.
     recent_uploads: Mutex<LruCache<ChunkHash, Instant>>,
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Bytes>>>>,
 }
 
+/// Whole-chunk fetches that random reads may have running at once.
+const BACKGROUND_FETCHES: usize = 4;
 /// How many recent uploads are remembered.
 const RECENT_UPLOADS: usize = 65536;
 /// How long an upload is trusted to still be in the bucket: identical data written again
@@ -60,6 +64,7 @@ impl ChunkStore {
             store,
             cache: BlockCache::new(cache_bytes),
             disk: None,
+            background_fetches: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_FETCHES)),
             recent_uploads: Mutex::new(LruCache::new(RECENT_UPLOADS.try_into().expect("non-zero"))),
             inflight: Mutex::new(HashMap::new()),
         }
@@ -128,7 +133,12 @@ impl ChunkStore {
     /// Bytes `range` of chunk `hash` (which is `chunk_len` long), verified, fetching only the
     /// segments the range touches when the whole chunk is not at hand.
     #[instrument(level = "debug", skip_all, fields(chunk = %hex::encode(&hash[..6]), start = range.start))]
-    pub async fn get_range(&self, hash: ChunkHash, chunk_len: u64, range: Range<u64>) -> FsResult<Bytes> {
+    pub async fn get_range(
+        self: &Arc<Self>,
+        hash: ChunkHash,
+        chunk_len: u64,
+        range: Range<u64>,
+    ) -> FsResult<Bytes> {
         let whole = self.cache.get(&(hash, Part::Whole));
         let segments = match whole {
             None if SegmentHashes::applies_to(chunk_len) => self.segment_hashes(hash, chunk_len).await,
@@ -151,6 +161,7 @@ impl ChunkStore {
             })
         }))
         .await?;
+        self.fetch_whole_in_background(hash);
         let mut out = Vec::with_capacity((range.end - range.start) as usize);
         for (index, part) in (first..).zip(parts) {
             let seg = segments.range(index);
@@ -218,6 +229,43 @@ impl ChunkStore {
         None
     }
 
+    /// Segment `index` out of the disk cache's copy of the whole chunk, verified.
+    async fn read_disk_cache_range(
+        &self,
+        hash: ChunkHash,
+        segments: &SegmentHashes,
+        index: u64,
+    ) -> Option<Bytes> {
+        let disk = self.disk.clone()?;
+        let key = (hash, Part::Whole);
+        let range = segments.range(index);
+        let lookup = disk.clone();
+        let data = tokio::task::spawn_blocking(move || lookup.get_range(&key, range)).await.ok()??;
+        if segments.verify(index, &data) {
+            return Some(Bytes::from(data));
+        }
+        warn!(dir = %disk.dir().display(), "a disk cache file did not match its hash: fetching it again");
+        disk.discard(&key);
+        None
+    }
+
+    /// After a ranged read, fetches the rest of the chunk in the background when there is a
+    /// disk cache to keep it and a free prefetch slot: random reads over a file that fits the
+    /// cache soon need no requests at all, while a sparse reader of a huge data set costs at
+    /// most the few whole-chunk fetches the slots allow.
+    fn fetch_whole_in_background(self: &Arc<Self>, hash: ChunkHash) {
+        let Some(disk) = &self.disk else { return };
+        if disk.contains(&(hash, Part::Whole)) || self.cache.get(&(hash, Part::Whole)).is_some() {
+            return;
+        }
+        let Ok(slot) = self.background_fetches.clone().try_acquire_owned() else { return };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = this.get(hash).await;
+        });
+    }
+
     /// Copies verified bytes to the disk cache in the background.
     fn write_disk_cache(&self, key: CacheKey, data: &Bytes) {
         if let Some(disk) = self.disk.clone() {
@@ -258,6 +306,9 @@ impl ChunkStore {
     async fn fetch_segment(&self, hash: ChunkHash, segments: &SegmentHashes, index: u64) -> FsResult<Bytes> {
         let key = (hash, Part::Segment(index as u32));
         if let Some(data) = self.read_disk_cache(key, |data| segments.verify(index, data)).await {
+            return Ok(data);
+        }
+        if let Some(data) = self.read_disk_cache_range(hash, segments, index).await {
             return Ok(data);
         }
         let path = chunk_path(&hash);

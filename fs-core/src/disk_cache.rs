@@ -84,6 +84,26 @@ impl DiskCache {
         }
     }
 
+    /// Bytes `range` of the cached `key`, unverified, if it is cached whole.
+    pub fn get_range(&self, key: &CacheKey, range: std::ops::Range<u64>) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        self.state.lock().unwrap().lru.get(key)?;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let read = std::fs::File::open(self.path(key)).and_then(|f| f.read_exact_at(&mut buf, range.start));
+        match read {
+            Ok(()) => Some(buf),
+            Err(_) => {
+                self.discard(key);
+                None
+            }
+        }
+    }
+
+    /// Whether `key` is cached (without reading it).
+    pub fn contains(&self, key: &CacheKey) -> bool {
+        self.state.lock().unwrap().lru.contains(key)
+    }
+
     /// Forgets `key` (its file failed verification or vanished).
     pub fn discard(&self, key: &CacheKey) {
         let mut st = self.state.lock().unwrap();
