@@ -26,6 +26,8 @@ pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     cache: BlockCache,
     disk: Option<Arc<DiskCache>>,
+    /// Bounds the copies to the disk cache in flight (see `write_disk_cache`).
+    disk_writers: Arc<tokio::sync::Semaphore>,
     /// Bounds the whole-chunk fetches that random reads start (see `fetch_whole_in_background`).
     background_fetches: Arc<tokio::sync::Semaphore>,
     /// Chunks this process stored lately, and when: storing one again is skipped.
@@ -33,6 +35,8 @@ pub struct ChunkStore {
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Bytes>>>>,
 }
 
+/// Copies to the disk cache that may be queued at once.
+const DISK_CACHE_WRITERS: usize = 2;
 /// Whole-chunk fetches that random reads may have running at once.
 const BACKGROUND_FETCHES: usize = 4;
 /// How many recent uploads are remembered.
@@ -64,6 +68,7 @@ impl ChunkStore {
             store,
             cache: BlockCache::new(cache_bytes),
             disk: None,
+            disk_writers: Arc::new(tokio::sync::Semaphore::new(DISK_CACHE_WRITERS)),
             background_fetches: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_FETCHES)),
             recent_uploads: Mutex::new(LruCache::new(RECENT_UPLOADS.try_into().expect("non-zero"))),
             inflight: Mutex::new(HashMap::new()),
@@ -266,12 +271,18 @@ impl ChunkStore {
         });
     }
 
-    /// Copies verified bytes to the disk cache in the background.
+    /// Copies verified bytes to the disk cache in the background. Best effort: with
+    /// `DISK_CACHE_WRITERS` copies already queued, this one is skipped, so that filling the
+    /// cache never takes the CPU and disk a fast sequential read needs (a skipped chunk is only
+    /// a later miss).
     fn write_disk_cache(&self, key: CacheKey, data: &Bytes) {
-        if let Some(disk) = self.disk.clone() {
-            let data = data.clone();
-            tokio::task::spawn_blocking(move || disk.insert(key, &data));
-        }
+        let Some(disk) = self.disk.clone() else { return };
+        let Ok(slot) = self.disk_writers.clone().try_acquire_owned() else { return };
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            disk.insert(key, &data)
+        });
     }
 
     /// The chunk's verified segment list, or `None` if it is missing or does not match the

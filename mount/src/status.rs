@@ -54,6 +54,10 @@ impl StatusWriter {
                         "mountpoint": mountpoint,
                         "pid": std::process::id(),
                         "cache_bytes": fs.chunks().cache().size(),
+                        "disk_cache": fs.chunks().disk_cache().map(|d| json!({
+                            "dir": d.dir(),
+                            "bytes": d.size(),
+                        })),
                         "updated_secs": elasticfs_core::metadata::Timestamp::now().secs,
                     });
                     let doc = report(fs.meta().superblock(), usage, Some(mount));
@@ -103,7 +107,14 @@ pub fn status(meta_url: &str, as_json: bool) -> Result<()> {
     println!("block size      {} bytes (inline up to {})", field("block_size"), field("inline_threshold"));
     println!("used            {} bytes in {} inodes", field("used_bytes"), field("used_inodes"));
     match doc["mount"].as_object() {
-        Some(m) => println!("mounted         at {} by pid {}", m["mountpoint"], m["pid"]),
+        Some(m) => {
+            println!("mounted         at {} by pid {}", m["mountpoint"], m["pid"]);
+            println!("memory cache    {} bytes", m["cache_bytes"]);
+            match m["disk_cache"].as_object() {
+                Some(d) => println!("disk cache      {} bytes in {}", d["bytes"], d["dir"]),
+                None => println!("disk cache      off"),
+            }
+        }
         None => println!("mounted         no"),
     }
     Ok(())
