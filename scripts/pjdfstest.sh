@@ -18,7 +18,7 @@ mkdir -p "$work/mnt" "$secondary"
 mount -t tmpfs -o size=64m pjd-secondary "$secondary"
 bin="$root/target/release/elasticfs"
 "$bin" format --meta "sled://$work/meta" --storage file --bucket "$work/chunks" >/dev/null
-"$bin" mount --meta "sled://$work/meta" "$work/mnt" -d --log "$work/mount.log" >/dev/null
+"$bin" mount --meta "sled://$work/meta" "$work/mnt" -d --log "$work/mount.log" -o cache-dir="$work/cache" >/dev/null
 cleanup() {
   "$bin" umount "$work/mnt" 2>/dev/null || umount -l "$work/mnt" 2>/dev/null || true
   umount "$secondary" 2>/dev/null || true
