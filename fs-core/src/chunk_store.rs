@@ -202,7 +202,7 @@ impl ChunkStore {
 
     async fn fetch(&self, hash: ChunkHash) -> FsResult<Bytes> {
         let key = (hash, Part::Whole);
-        if let Some(data) = self.read_disk_cache(key, |data| hash_of(data) == hash).await {
+        if let Some(data) = self.read_disk_cache(key, None, |data| hash_of(data) == hash).await {
             return Ok(data);
         }
         let path = chunk_path(&hash);
@@ -220,33 +220,18 @@ impl ChunkStore {
         Ok(data)
     }
 
-    /// The disk cache's copy of `key`, if it has one that passes `verify` (a copy that does
-    /// not is dropped).
-    async fn read_disk_cache(&self, key: CacheKey, verify: impl FnOnce(&[u8]) -> bool) -> Option<Bytes> {
-        let disk = self.disk.clone()?;
-        let lookup = disk.clone();
-        let data = tokio::task::spawn_blocking(move || lookup.get(&key)).await.ok()??;
-        if verify(&data) {
-            return Some(Bytes::from(data));
-        }
-        warn!(dir = %disk.dir().display(), "a disk cache file did not match its hash: fetching it again");
-        disk.discard(&key);
-        None
-    }
-
-    /// Segment `index` out of the disk cache's copy of the whole chunk, verified.
-    async fn read_disk_cache_range(
+    /// The disk cache's copy of `key` (or of `range` of it), if it has one that passes
+    /// `verify` (a copy that does not is dropped).
+    async fn read_disk_cache(
         &self,
-        hash: ChunkHash,
-        segments: &SegmentHashes,
-        index: u64,
+        key: CacheKey,
+        range: Option<Range<u64>>,
+        verify: impl FnOnce(&[u8]) -> bool,
     ) -> Option<Bytes> {
         let disk = self.disk.clone()?;
-        let key = (hash, Part::Whole);
-        let range = segments.range(index);
         let lookup = disk.clone();
-        let data = tokio::task::spawn_blocking(move || lookup.get_range(&key, range)).await.ok()??;
-        if segments.verify(index, &data) {
+        let data = tokio::task::spawn_blocking(move || lookup.get(&key, range)).await.ok()??;
+        if verify(&data) {
             return Some(Bytes::from(data));
         }
         warn!(dir = %disk.dir().display(), "a disk cache file did not match its hash: fetching it again");
@@ -302,8 +287,9 @@ impl ChunkStore {
             })
             .await;
         match fetched {
-            // Only lists that matched the name are ever cached.
-            Ok(bytes) => SegmentHashes::decode(&bytes, chunk_len, &hash),
+            // Only lists that matched the name are ever cached: no need to hash them up again
+            // on every random read.
+            Ok(bytes) => SegmentHashes::decode_verified(&bytes, chunk_len),
             Err(e) => {
                 warn!("reading the chunk whole instead of a range: {e}");
                 // Remembered as unusable (an empty list never decodes), so that later reads of
@@ -316,14 +302,16 @@ impl ChunkStore {
 
     async fn fetch_segment(&self, hash: ChunkHash, segments: &SegmentHashes, index: u64) -> FsResult<Bytes> {
         let key = (hash, Part::Segment(index as u32));
-        if let Some(data) = self.read_disk_cache(key, |data| segments.verify(index, data)).await {
+        let range = segments.range(index);
+        let verify = |data: &[u8]| segments.verify(index, data);
+        // The segment cached on its own, or cut out of the cached whole chunk.
+        if let Some(data) = self.read_disk_cache(key, None, verify).await {
             return Ok(data);
         }
-        if let Some(data) = self.read_disk_cache_range(hash, segments, index).await {
+        if let Some(data) = self.read_disk_cache((hash, Part::Whole), Some(range.clone()), verify).await {
             return Ok(data);
         }
         let path = chunk_path(&hash);
-        let range = segments.range(index);
         let data = self.store.get_range(&path, range).await.map_err(|e| {
             error!(%path, segment = index, "ranged download failed: {e}");
             FsError::io(format!("downloading segment {index} of chunk {path}: {e}"))

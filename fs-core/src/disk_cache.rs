@@ -72,31 +72,20 @@ impl DiskCache {
         self.state.lock().unwrap().bytes
     }
 
-    /// The cached bytes of `key`, unverified (the caller checks them against their hash).
-    pub fn get(&self, key: &CacheKey) -> Option<Vec<u8>> {
-        self.state.lock().unwrap().lru.get(key)?;
-        match std::fs::read(self.path(key)) {
-            Ok(data) => Some(data),
-            Err(_) => {
-                self.discard(key);
-                None
-            }
-        }
-    }
-
-    /// Bytes `range` of the cached `key`, unverified, if it is cached whole.
-    pub fn get_range(&self, key: &CacheKey, range: std::ops::Range<u64>) -> Option<Vec<u8>> {
+    /// The cached bytes of `key`, or of `range` of them, unverified (the caller checks them
+    /// against their hash). A file that cannot be read is forgotten.
+    pub fn get(&self, key: &CacheKey, range: Option<std::ops::Range<u64>>) -> Option<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         self.state.lock().unwrap().lru.get(key)?;
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        let read = std::fs::File::open(self.path(key)).and_then(|f| f.read_exact_at(&mut buf, range.start));
-        match read {
-            Ok(()) => Some(buf),
-            Err(_) => {
-                self.discard(key);
-                None
+        let path = self.path(key);
+        let read = match range {
+            None => std::fs::read(path),
+            Some(range) => {
+                let mut buf = vec![0u8; (range.end - range.start) as usize];
+                std::fs::File::open(path).and_then(|f| f.read_exact_at(&mut buf, range.start)).map(|()| buf)
             }
-        }
+        };
+        read.inspect_err(|_| self.discard(key)).ok()
     }
 
     /// Whether `key` is cached (without reading it).
@@ -232,16 +221,17 @@ mod tests {
         let cache = DiskCache::open(dir.path(), 10).unwrap();
         cache.insert(([1; 32], Part::Whole), b"aaaa");
         cache.insert(([2; 32], Part::Segment(3)), b"bbbb");
-        assert_eq!(cache.get(&([1; 32], Part::Whole)).unwrap(), b"aaaa");
+        assert_eq!(cache.get(&([1; 32], Part::Whole), None).unwrap(), b"aaaa");
         cache.insert(([3; 32], Part::Whole), b"cccc"); // evicts 2, the least recently used
-        assert!(cache.get(&([2; 32], Part::Segment(3))).is_none());
+        assert!(cache.get(&([2; 32], Part::Segment(3)), None).is_none());
         assert_eq!(cache.size(), 8);
         drop(cache);
         let again = DiskCache::open(dir.path(), 10).unwrap();
         assert_eq!(again.size(), 8);
-        assert_eq!(again.get(&([3; 32], Part::Whole)).unwrap(), b"cccc");
+        assert_eq!(again.get(&([3; 32], Part::Whole), None).unwrap(), b"cccc");
+        assert_eq!(again.get(&([3; 32], Part::Whole), Some(1..3)).unwrap(), b"cc");
         again.discard(&([3; 32], Part::Whole));
-        assert!(again.get(&([3; 32], Part::Whole)).is_none());
+        assert!(again.get(&([3; 32], Part::Whole), None).is_none());
     }
 
     #[test]

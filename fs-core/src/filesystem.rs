@@ -211,11 +211,11 @@ impl FileSystem {
     #[instrument(level = "debug", skip(self, name))]
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
         let victim = self.meta.lookup(parent, name)?.ino;
-        let _gate = self.open_gate(victim);
+        let gate = self.open_gate(victim);
         let closed = self.closed(victim);
         let unlinked = self.meta.unlink(parent, name, closed)?;
+        drop(gate);
         if unlinked.orphaned {
-            drop(_gate);
             self.purge_unless_open(unlinked.attr.ino)?;
         }
         Ok(())
@@ -235,14 +235,15 @@ impl FileSystem {
         new_name: &[u8],
         mode: RenameMode,
     ) -> FsResult<()> {
-        let victim = match self.meta.lookup(new_parent, new_name) {
-            Ok(attr) if mode == RenameMode::Replace => Some(attr.ino),
-            _ => None,
+        // Only a plain rename can unlink what its destination names.
+        let victim = match mode {
+            RenameMode::Replace => self.meta.lookup(new_parent, new_name).ok().map(|attr| attr.ino),
+            RenameMode::NoReplace | RenameMode::Exchange => None,
         };
-        let _gate = victim.map(|ino| self.open_gate(ino));
+        let gate = victim.map(|ino| self.open_gate(ino));
         let closed = victim.and_then(|ino| self.closed(ino));
         let replaced = self.meta.rename(parent, name, new_parent, new_name, mode, closed)?;
-        drop(_gate);
+        drop(gate);
         match replaced {
             Some(replaced) if replaced.orphaned => self.purge_unless_open(replaced.attr.ino),
             _ => Ok(()),

@@ -47,13 +47,18 @@ impl SegmentHashes {
 
     /// Parses a side object and accepts it only if it hashes up to `name`.
     pub fn decode(bytes: &[u8], chunk_len: u64, name: &ChunkHash) -> Option<Self> {
+        Self::decode_verified(bytes, chunk_len).filter(|hashes| hashes.root() == *name)
+    }
+
+    /// Parses a list that [`SegmentHashes::decode`] or [`SegmentHashes::compute`] already
+    /// checked against its chunk's name (a cached one): only its shape is checked again.
+    pub fn decode_verified(bytes: &[u8], chunk_len: u64) -> Option<Self> {
         let count = chunk_len.div_ceil(SEGMENT_LEN) as usize;
         if !Self::applies_to(chunk_len) || bytes.len() != count * CV_LEN {
             return None;
         }
         let cvs = bytes.chunks(CV_LEN).map(|cv| cv.try_into().expect("exact chunks")).collect();
-        let hashes = SegmentHashes { chunk_len, cvs };
-        (hashes.root() == *name).then_some(hashes)
+        Some(SegmentHashes { chunk_len, cvs })
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -2,32 +2,44 @@
 
 use std::sync::Arc;
 
-use elasticfs_core::metadata::{MetaStore, SledStore, Superblock, ROOT_INO};
+use elasticfs_core::metadata::{BlockRef, ChunkHash, Ino, MetaStore, SledStore, Superblock, ROOT_INO};
 use elasticfs_core::{chunk_path, open_object_store, Caller, ChunkStore, FileSystem, FsConfig};
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+/// An engine over fresh metadata and an in-memory bucket, with no cache at all, so that every
+/// read goes to the store.
+fn uncached_engine(block_size: u32) -> (tempfile::TempDir, FileSystem, Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = Superblock::new("verify", block_size, 1024, "memory://");
+    let meta: Arc<dyn MetaStore> = Arc::new(SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap());
+    let store = open_object_store("memory://").unwrap();
+    let fs = uncached(meta, store.clone());
+    (dir, fs, store)
+}
+
+fn uncached(meta: Arc<dyn MetaStore>, store: Arc<dyn ObjectStore>) -> FileSystem {
+    FileSystem::new(meta, ChunkStore::new(store, 0), FsConfig { cache_bytes: 0, ..Default::default() })
+        .unwrap()
+}
+
+/// Writes `data` (one block) as file `f`; returns its inode and the name of its chunk.
+fn write_file(fs: &FileSystem, data: &[u8]) -> (Ino, ChunkHash) {
+    let (attr, fh) = fs.create(ROOT_INO, b"f", 0o644, Caller { uid: 0, gid: 0 }, true, false).unwrap();
+    fs.write(fh, 0, data).unwrap();
+    fs.release(fh).unwrap();
+    let block = fs.meta().blocks(attr.ino, 0, 1).unwrap().pop().unwrap().1;
+    let BlockRef::Chunk { hash, .. } = block else { panic!("expected a chunk") };
+    (attr.ino, hash)
+}
 
 #[test]
 fn a_corrupted_chunk_is_an_io_error_not_wrong_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let sb = Superblock::new("verify", 65536, 1024, "memory://");
-    let meta: Arc<dyn MetaStore> = Arc::new(SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap());
-    let store = open_object_store("memory://").unwrap();
-    // No cache: every read goes to the store.
-    let fs = FileSystem::new(
-        meta,
-        ChunkStore::new(store.clone(), 0),
-        FsConfig { cache_bytes: 0, ..Default::default() },
-    )
-    .unwrap();
-    let (attr, fh) = fs.create(ROOT_INO, b"f", 0o644, Caller { uid: 0, gid: 0 }, true, false).unwrap();
+    let (_dir, fs, store) = uncached_engine(65536);
     let data = vec![7u8; 100_000];
-    fs.write(fh, 0, &data).unwrap();
-    fs.release(fh).unwrap();
-    let fh = fs.open(attr.ino, false).unwrap();
+    let (ino, hash) = write_file(&fs, &data);
+    let fh = fs.open(ino, false).unwrap();
     assert_eq!(fs.read(fh, 0, 100_000).unwrap(), data);
 
-    let block = fs.meta().blocks(attr.ino, 0, 1).unwrap().pop().unwrap().1;
-    let elasticfs_core::metadata::BlockRef::Chunk { hash, .. } = block else { panic!("expected a chunk") };
     fs.block_on(store.put(&chunk_path(&hash), PutPayload::from_static(b"garbage"))).unwrap();
     let err = fs.read(fh, 0, 10).unwrap_err();
     assert_eq!(err.errno, elasticfs_core::errno::EIO);
@@ -36,22 +48,9 @@ fn a_corrupted_chunk_is_an_io_error_not_wrong_data() {
 
 #[test]
 fn random_reads_fetch_verified_segments_and_refuse_a_corrupt_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let sb = Superblock::new("ranges", 1 << 20, 1024, "memory://");
-    let meta: Arc<dyn MetaStore> = Arc::new(SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap());
-    let store = open_object_store("memory://").unwrap();
-    let fs = FileSystem::new(
-        meta,
-        ChunkStore::new(store.clone(), 0),
-        FsConfig { cache_bytes: 0, ..Default::default() },
-    )
-    .unwrap();
-    let (attr, fh) = fs.create(ROOT_INO, b"f", 0o644, Caller { uid: 0, gid: 0 }, true, false).unwrap();
+    let (_dir, fs, store) = uncached_engine(1 << 20);
     let data: Vec<u8> = (0..(1u32 << 20) - 300).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    fs.write(fh, 0, &data).unwrap();
-    fs.release(fh).unwrap();
-    let block = fs.meta().blocks(attr.ino, 0, 1).unwrap().pop().unwrap().1;
-    let elasticfs_core::metadata::BlockRef::Chunk { hash, .. } = block else { panic!("expected a chunk") };
+    let (ino, hash) = write_file(&fs, &data);
 
     // Reads that jump around (the first one already does) take the ranged path; some cross
     // segment boundaries, one runs past the end of the file.
@@ -59,7 +58,7 @@ fn random_reads_fetch_verified_segments_and_refuse_a_corrupt_one() {
         let got = fs.read(fh, at as u64, len as u32).unwrap();
         assert_eq!(got, data[at..(at + len).min(data.len())], "read of {len} at {at}");
     };
-    let fh = fs.open(attr.ino, false).unwrap();
+    let fh = fs.open(ino, false).unwrap();
     for (at, len) in [(700_000, 4096), (65_000, 4096), (3, 200_000), (1_048_000, 4096), (131_072, 65_536)] {
         check(fh, at, len);
     }
@@ -68,7 +67,7 @@ fn random_reads_fetch_verified_segments_and_refuse_a_corrupt_one() {
     let segs = elasticfs_core::segments_path(&hash);
     let list = fs.block_on(async { store.get(&segs).await.unwrap().bytes().await.unwrap() });
     fs.block_on(store.delete(&segs)).unwrap();
-    let fh2 = fs.open(attr.ino, false).unwrap();
+    let fh2 = fs.open(ino, false).unwrap();
     check(fh2, 500_000, 4096);
     check(fh2, 10, 4096);
 
@@ -77,13 +76,8 @@ fn random_reads_fetch_verified_segments_and_refuse_a_corrupt_one() {
     let mut corrupt = data.clone();
     corrupt[5 * 65_536 + 100] ^= 0xff;
     fs.block_on(store.put(&chunk_path(&hash), PutPayload::from(corrupt))).unwrap();
-    let fresh = FileSystem::new(
-        fs.meta().clone(),
-        ChunkStore::new(store.clone(), 0),
-        FsConfig { cache_bytes: 0, ..Default::default() },
-    )
-    .unwrap();
-    let fh3 = fresh.open(attr.ino, false).unwrap();
+    let fresh = uncached(fs.meta().clone(), store.clone());
+    let fh3 = fresh.open(ino, false).unwrap();
     let err = fresh.read(fh3, 5 * 65_536 + 10, 4096).unwrap_err();
     assert_eq!(err.errno, elasticfs_core::errno::EIO);
     assert!(err.message.contains("segment 5"), "{err}");

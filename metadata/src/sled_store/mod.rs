@@ -203,8 +203,6 @@ impl SledStore {
         Ok(self.db.generate_id()? + ROOT_INO + 1)
     }
 
-    /// Removes extended attributes of an inode that no longer exists. Outside the transaction
-    /// that removed the inode: inode numbers are never reused, so these keys are unreachable.
     /// The part of removing an inode that cannot be in its transaction.
     fn after_unlink(&self, unlinked: Unlinked) -> MetaResult<Unlinked> {
         if unlinked.purged {
@@ -213,6 +211,8 @@ impl SledStore {
         Ok(unlinked)
     }
 
+    /// Removes extended attributes of an inode that no longer exists. Outside the transaction
+    /// that removed the inode: inode numbers are never reused, so these keys are unreachable.
     fn drop_xattrs(&self, ino: Ino) -> MetaResult<()> {
         let xattrs = &self.trees.xattrs;
         for key in xattrs.scan_prefix(schema::ino_key(ino)).keys() {
