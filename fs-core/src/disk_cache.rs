@@ -132,16 +132,7 @@ impl DiskCache {
                 let _ = std::fs::remove_file(&tmp);
                 // Most likely the disk is full: cache no more than what fits now.
                 st.limit = st.bytes.min(self.capacity);
-                let now = Instant::now();
-                if st.last_full_warning.is_none_or(|t| now.duration_since(t) >= FULL_WARNING_EVERY) {
-                    st.last_full_warning = Some(now);
-                    warn!(
-                        dir = %self.dir.display(),
-                        cached = st.bytes,
-                        "cannot write to the disk cache ({e}); reads go on without it: free space \
-                         there, or lower -o disk-cache=SIZE"
-                    );
-                }
+                self.report_full(&mut st, &e.to_string());
             }
         }
     }
@@ -149,11 +140,28 @@ impl DiskCache {
     fn make_room(&self, st: &mut State, incoming: u64) {
         if free_ratio(&self.dir).is_some_and(|r| r < MIN_FREE_RATIO) {
             st.limit = st.bytes.saturating_sub(incoming);
+            let reason = format!("less than {:.0}% of its file system is free", MIN_FREE_RATIO * 100.0);
+            self.report_full(st, &reason);
         }
         while st.bytes + incoming > st.limit {
             let Some((old, len)) = st.lru.pop_lru() else { break };
             st.bytes -= len;
             let _ = std::fs::remove_file(self.path(&old));
+        }
+    }
+
+    /// Says, at most once a minute, that the cache cannot grow: whether a write failed or the
+    /// disk's free-space reserve was reached first, the user's fix is the same.
+    fn report_full(&self, st: &mut State, reason: &str) {
+        let now = Instant::now();
+        if st.last_full_warning.is_none_or(|t| now.duration_since(t) >= FULL_WARNING_EVERY) {
+            st.last_full_warning = Some(now);
+            warn!(
+                dir = %self.dir.display(),
+                cached = st.bytes,
+                "cannot write to the disk cache ({reason}); reads go on without it: free space \
+                 there, or lower -o disk-cache=SIZE"
+            );
         }
     }
 
