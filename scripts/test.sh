@@ -15,6 +15,9 @@ require() {
 modprobe fuse 2>/dev/null || true
 [ -e /dev/fuse ] || require "/dev/fuse is missing (load the fuse module)"
 
+# The TLS test makes its certificate with openssl.
+command -v openssl >/dev/null || apt-get install -y openssl >/dev/null || require "openssl is missing"
+
 cargo build --release --workspace --bins
 if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
   scripts/pjdfstest.sh

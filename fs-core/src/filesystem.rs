@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use elasticfs_metadata::{
-    Attr, BlockCommit, BlockRef, DirEntry, FileKind, Ino, MetaError, MetaStore, RenameMode, SetAttr,
-    Timestamp, Usage, XattrMode,
+    Attr, BlockCommit, BlockRef, DirEntry, FileKind, Ino, LockKind, LockRequest, MetaError, MetaStore,
+    RenameMode, SetAttr, Timestamp, Usage, XattrMode,
 };
 use futures::future::try_join_all;
 use tokio::sync::Semaphore;
@@ -17,6 +17,7 @@ use tracing::{instrument, warn};
 use crate::block_cache::Part;
 use crate::chunk_store::ChunkStore;
 use crate::error::{errno, FsError, FsResult};
+use crate::locks::LockTable;
 use crate::open_file::{Dirty, OpenFile, Readahead};
 
 /// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
@@ -88,6 +89,7 @@ pub struct FileSystem {
     open_gates: Vec<Mutex<()>>,
     /// What each recently opened file looked like at its last open (see [`Handle::unchanged`]).
     last_opened: Mutex<lru::LruCache<Ino, Version>>,
+    locks: LockTable,
 }
 
 /// What tells one state of a file's content from another.
@@ -106,6 +108,7 @@ impl FileSystem {
             .map_err(|e| FsError::io(format!("starting the I/O runtime: {e}")))?;
         let sb = meta.superblock().clone();
         Ok(FileSystem {
+            locks: LockTable::new(meta.clone()),
             meta,
             chunks: Arc::new(chunks),
             runtime,
@@ -125,6 +128,29 @@ impl FileSystem {
         &self.meta
     }
 
+    pub fn locks(&self) -> &LockTable {
+        &self.locks
+    }
+
+    /// Sets or releases a lock through handle `fh`, with the consistency NFS gives locks: an
+    /// unlock first commits what the handle's file wrote, and a granted lock makes this client
+    /// see what others committed before it (the caller drops its own caches of the file).
+    pub fn set_lock(&self, fh: u64, ino: Ino, req: &LockRequest, wait: bool) -> FsResult<()> {
+        if req.kind == LockKind::Unlock {
+            self.flush(fh)?;
+            return self.locks.set(ino, req, false);
+        }
+        self.locks.set(ino, req, wait)?;
+        if let Some(file) = self.open_file(ino) {
+            let attr = self.meta.getattr(ino)?;
+            let mut st = file.state.lock().unwrap();
+            if !st.has_changes() {
+                st.size = attr.size;
+            }
+        }
+        Ok(())
+    }
+
     pub fn chunks(&self) -> &Arc<ChunkStore> {
         &self.chunks
     }
@@ -136,16 +162,6 @@ impl FileSystem {
     /// Runs object-store work to completion from a blocking caller.
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)
-    }
-
-    /// Purges inodes that were unlinked while open by a client that then died. Only correct
-    /// when this is the only client of the metadata (the embedded engine).
-    pub fn reclaim_orphans(&self) -> FsResult<usize> {
-        let orphans = self.meta.orphans()?;
-        for ino in &orphans {
-            self.meta.purge(*ino)?;
-        }
-        Ok(orphans.len())
     }
 
     // ----- attributes and names -------------------------------------------------------------

@@ -6,6 +6,7 @@ mod chunk_store;
 mod disk_cache;
 mod error;
 mod filesystem;
+mod locks;
 mod open_file;
 mod segments;
 mod storage;
@@ -15,6 +16,7 @@ pub use chunk_store::{chunk_path, hash_of, segments_path, ChunkStore};
 pub use disk_cache::DiskCache;
 pub use error::{errno, FsError, FsResult};
 pub use filesystem::{Caller, FileSystem, FsConfig, SetAttrRequest};
+pub use locks::LockTable;
 pub use storage::{connect_chunk_store, open_object_store};
 
 pub use elasticfs_metadata as metadata;

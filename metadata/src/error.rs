@@ -1,8 +1,12 @@
+use std::borrow::Cow;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Everything a metadata operation can fail with. Each variant maps to one errno so that the
-/// frontends can answer the kernel (or an NFS client) without guessing.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// frontends can answer the kernel (or an NFS client) without guessing. Errors cross the
+/// network as they are (see [`crate::remote`]).
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaError {
     #[error("no such file or directory")]
     NotFound,
@@ -15,7 +19,7 @@ pub enum MetaError {
     #[error("directory not empty")]
     NotEmpty,
     #[error("invalid argument: {0}")]
-    Invalid(&'static str),
+    Invalid(Cow<'static, str>),
     #[error("file name longer than 255 bytes")]
     NameTooLong,
     #[error("no such extended attribute")]
@@ -24,9 +28,18 @@ pub enum MetaError {
     TooManyLinks,
     #[error("operation not permitted")]
     NotPermitted,
+    /// A lock request conflicts with a lock held by another owner.
+    #[error("the lock is held by another owner")]
+    WouldBlock,
     /// The store's format is not one this build can read.
     #[error("{0}")]
     Format(String),
+    /// The metadata service could not be reached, refused us, or did not answer in time.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The metadata service ended this client's session (no heartbeat within its lease).
+    #[error("the client's session has expired")]
+    SessionExpired,
     /// The store itself failed (disk, corruption, lock held by another process).
     #[error("metadata store: {0}")]
     Store(String),
@@ -48,11 +61,15 @@ impl MetaError {
             MetaError::NoXattr => libc_errno::ENODATA,
             MetaError::TooManyLinks => libc_errno::EMLINK,
             MetaError::NotPermitted => libc_errno::EPERM,
-            MetaError::Format(_) | MetaError::Store(_) => libc_errno::EIO,
+            MetaError::WouldBlock => libc_errno::EAGAIN,
+            MetaError::Format(_)
+            | MetaError::Store(_)
+            | MetaError::Unavailable(_)
+            | MetaError::SessionExpired => libc_errno::EIO,
         }
     }
 
-    pub(crate) fn store(e: impl fmt::Display) -> Self {
+    pub fn store(e: impl fmt::Display) -> Self {
         MetaError::Store(e.to_string())
     }
 }
@@ -63,6 +80,7 @@ mod libc_errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
+    pub const EAGAIN: i32 = 11;
     pub const EEXIST: i32 = 17;
     pub const ENOTDIR: i32 = 20;
     pub const EISDIR: i32 = 21;

@@ -8,12 +8,17 @@
 mod codec;
 mod durability;
 mod error;
+mod locks;
+pub mod remote;
 mod schema;
+mod session;
 mod sled_store;
 mod store;
 mod types;
 
 pub use error::{MetaError, MetaResult};
+pub use locks::{LockKind, LockRecord, LockRequest};
+pub use session::{ClientInfo, SessionId, SessionRecord};
 pub use sled_store::SledStore;
 pub use store::{BlockCommit, MetaStore, RenameMode, Unlinked, XattrMode};
 pub use types::{

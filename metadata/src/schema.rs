@@ -12,8 +12,10 @@
 //! | `chunk_refs`  | blake3 hash (32 bytes)           | reference count (u64 LE)           |
 //! | `unreferenced`| blake3 hash                      | time the count reached zero        |
 //! | `xattrs`      | ino (u64 BE) ++ name             | value                              |
-//! | `orphans`     | ino (u64 BE)                     | empty                              |
+//! | `orphans`     | ino (u64 BE)                     | session that holds it (u64 LE)     |
 //! | `counters`    | `"bytes"`, `"inodes"`            | u64 LE                             |
+//! | `sessions`    | session id (u64 BE)              | postcard [`crate::SessionRecord`]  |
+//! | `locks`       | ino (u64 BE)                     | postcard `Vec<`[`crate::LockRecord`]`>` |
 //!
 //! Big-endian numbers in keys keep sled's byte order equal to numeric order, so a directory's
 //! entries and a file's blocks are contiguous ranges.

@@ -1,10 +1,14 @@
+use serde::{Deserialize, Serialize};
+
 use crate::error::MetaResult;
+use crate::locks::{LockRecord, LockRequest};
+use crate::session::SessionRecord;
 use crate::types::{
     Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
 };
 
 /// How `rename` treats an existing destination (renameat2 flags).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RenameMode {
     /// Plain rename(2): atomically replace the destination.
     Replace,
@@ -15,7 +19,7 @@ pub enum RenameMode {
 }
 
 /// What an unlink (or a replacing rename) left behind.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unlinked {
     /// The inode's attributes after losing the name.
     pub attr: Attr,
@@ -28,7 +32,7 @@ pub struct Unlinked {
 }
 
 /// A change to a file's block map, applied in one transaction.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockCommit {
     /// Set the size to exactly this first, dropping every block that lies wholly beyond it.
     /// The caller supplies the trimmed last block in `blocks` when the new size cuts one.
@@ -42,7 +46,7 @@ pub struct BlockCommit {
 }
 
 /// `setxattr` flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum XattrMode {
     Upsert,
     /// XATTR_CREATE: fail if it exists.
@@ -113,4 +117,14 @@ pub trait MetaStore: Send + Sync + 'static {
     fn referenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, u64)>>;
     /// Chunks whose reference count fell to zero, with the time it did (for GC).
     fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>>;
+
+    /// The live client sessions.
+    fn sessions(&self) -> MetaResult<Vec<SessionRecord>>;
+    /// Sets, changes or releases a lock of this session's `req.owner` on `ino`; fails with
+    /// [`crate::MetaError::WouldBlock`] if another owner holds a conflicting lock.
+    fn set_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<()>;
+    /// The first lock that would keep `req` from being granted, if any.
+    fn get_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<Option<LockRecord>>;
+    /// Releases every lock this session's `owner` holds on `ino` (at close or process exit).
+    fn release_locks(&self, ino: Ino, owner: u64) -> MetaResult<()>;
 }

@@ -17,7 +17,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// A chunk's name: the blake3 hash of its bytes.
 pub type ChunkHash = [u8; 32];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FileKind {
     File,
     Dir,
@@ -56,7 +56,7 @@ impl FileKind {
 }
 
 /// Seconds and nanoseconds since the Unix epoch (negative seconds allowed, as in `timespec`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub struct Timestamp {
     pub secs: i64,
     pub nanos: u32,
@@ -96,7 +96,7 @@ impl From<Timestamp> for SystemTime {
 }
 
 /// An inode's attributes, as kept in the `inodes` tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attr {
     pub ino: Ino,
     pub kind: FileKind,
@@ -209,7 +209,7 @@ impl Attr {
 
 /// The attribute changes of one `setattr`. `None` leaves a field alone. Size changes go
 /// through [`crate::MetaStore::commit_blocks`] because they change the block map.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetAttr {
     pub perm: Option<u16>,
     pub uid: Option<u32>,
@@ -220,7 +220,7 @@ pub struct SetAttr {
 }
 
 /// One logical block of a file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlockRef {
     /// Small files and tails live in the metadata itself: no object at all.
     Inline(Vec<u8>),
@@ -266,7 +266,7 @@ impl BlockRef {
 }
 
 /// One directory entry as `readdir` returns it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
     pub name: Vec<u8>,
     pub ino: Ino,
@@ -305,7 +305,7 @@ impl Superblock {
 }
 
 /// Usage counters, kept in the same transactions as the changes they count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Bytes held by all blocks of all inodes (holes excluded, duplicates counted per file).
     pub bytes: u64,

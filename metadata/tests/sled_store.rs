@@ -1,7 +1,8 @@
 //! The embedded engine's namespace rules, durability of the format and refusal of bad stores.
 
 use elasticfs_metadata::{
-    FileKind, MetaError, MetaStore, RenameMode, SledStore, Superblock, XattrMode, FORMAT_VERSION, ROOT_INO,
+    ClientInfo, FileKind, LockKind, LockRequest, MetaError, MetaStore, RenameMode, SledStore, Superblock,
+    XattrMode, FORMAT_VERSION, ROOT_INO,
 };
 
 fn store() -> (tempfile::TempDir, SledStore) {
@@ -27,7 +28,7 @@ fn rename_refuses_cycles_and_keeps_link_counts() {
     let c = mkdir(&s, b, "c");
     assert_eq!(
         s.rename(ROOT_INO, b"a", c, b"a", RenameMode::Replace, None),
-        Err(MetaError::Invalid("cannot move a directory into itself"))
+        Err(MetaError::Invalid("cannot move a directory into itself".into()))
     );
     assert!(matches!(s.rename(a, b"b", b, b"x", RenameMode::Replace, None), Err(MetaError::Invalid(_))));
     s.rename(b, b"c", ROOT_INO, b"c", RenameMode::Replace, None).unwrap();
@@ -152,4 +153,32 @@ fn a_newer_format_version_is_refused_with_a_clear_message() {
     drop(SledStore::format(&path, &sb, 0, 0).unwrap());
     let err = SledStore::open(&path).err().unwrap().to_string();
     assert!(err.contains("newer elasticfs") && err.contains("upgrade"), "{err}");
+}
+
+#[test]
+fn ending_a_session_releases_its_locks_and_reclaims_its_orphans() {
+    let (_d, s) = store();
+    let a = s.start_session(ClientInfo::this_process("/a")).unwrap();
+    let b = s.start_session(ClientInfo::this_process("/b")).unwrap();
+    assert_eq!(s.sessions().unwrap().len(), 2);
+    let file = mkfile(&a, ROOT_INO, "f");
+    let write = |owner| LockRequest { owner, pid: 1, kind: LockKind::Write, start: 0, end: u64::MAX };
+    a.set_lock(file, &write(7)).unwrap();
+    assert_eq!(b.set_lock(file, &write(7)), Err(MetaError::WouldBlock));
+    assert_eq!(b.get_lock(file, &write(7)).unwrap().unwrap().session, a.session_id());
+    // A unlinks the file while it holds it open: an orphan of session A.
+    let kept = mkfile(&a, ROOT_INO, "kept");
+    assert!(a.unlink(ROOT_INO, b"kept", None).unwrap().orphaned);
+    // B's own orphan is not A's to reclaim.
+    let theirs = mkfile(&b, ROOT_INO, "theirs");
+    assert!(b.unlink(ROOT_INO, b"theirs", None).unwrap().orphaned);
+
+    s.end_session(a.session_id()).unwrap();
+    b.set_lock(file, &write(7)).unwrap();
+    assert_eq!(s.getattr(kept), Err(MetaError::NotFound));
+    assert_eq!(s.orphans().unwrap(), vec![theirs]);
+    assert_eq!(s.sessions().unwrap().len(), 1);
+    // Releasing by owner frees the file for everyone.
+    b.release_locks(file, 7).unwrap();
+    assert!(a.session(99).get_lock(file, &write(1)).unwrap().is_none());
 }

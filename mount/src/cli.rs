@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::options::parse_size;
-use crate::volume::{self, FormatSpec};
+use crate::options::{parse_duration, parse_size};
+use crate::volume::{self, FormatSpec, MetaAccess};
 
 #[derive(Parser, Debug)]
 #[command(name = "elasticfs", version, about = "An elastic, shared POSIX file system on object storage")]
@@ -29,9 +29,13 @@ pub enum StorageKind {
 pub enum Command {
     /// Create a new file system.
     Format {
-        /// Metadata URL: sled:///path (default: ~/.local/share/elasticfs/meta).
+        /// Metadata URL: sled:///path (default: ~/.local/share/elasticfs/meta), tcp://host:port
+        /// or tls://host:port?ca=FILE (a metadata service).
         #[arg(long, env = "ELASTICFS_META")]
         meta: Option<String>,
+        /// The metadata service's shared token.
+        #[arg(long, env = "ELASTICFS_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "file")]
         storage: StorageKind,
         /// file: a directory; s3: s3://bucket[/prefix] or http(s)://endpoint/bucket[/prefix].
@@ -53,6 +57,9 @@ pub enum Command {
     Mount {
         #[arg(long, env = "ELASTICFS_META")]
         meta: Option<String>,
+        /// The metadata service's shared token.
+        #[arg(long, env = "ELASTICFS_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
         mountpoint: PathBuf,
         /// Return once the mount is ready and keep serving in the background.
         #[arg(short = 'd', long)]
@@ -75,6 +82,9 @@ pub enum Command {
     Status {
         #[arg(long, env = "ELASTICFS_META")]
         meta: Option<String>,
+        /// The metadata service's shared token.
+        #[arg(long, env = "ELASTICFS_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -82,8 +92,16 @@ pub enum Command {
     Fsck {
         #[arg(long, env = "ELASTICFS_META")]
         meta: Option<String>,
+        /// The metadata service's shared token.
+        #[arg(long, env = "ELASTICFS_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
         #[arg(long)]
         verify_data: bool,
+    },
+    /// The shared metadata service.
+    Meta {
+        #[command(subcommand)]
+        command: MetaCommand,
     },
     /// Install /sbin/mount.elasticfs so that `mount -t elasticfs` and fstab work.
     InstallHelper {
@@ -92,11 +110,37 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum MetaCommand {
+    /// Serve a metadata store to every client of the file system.
+    Serve {
+        /// The store's directory (formatted over the network with `elasticfs format --meta tcp://…`).
+        #[arg(long)]
+        db: PathBuf,
+        /// Address to listen on, e.g. 0.0.0.0:9400 (port 0 picks a free one).
+        #[arg(long)]
+        listen: String,
+        /// Clients must present the token in this file.
+        #[arg(long, env = "ELASTICFS_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// PEM certificate chain: serve TLS (clients use tls://host:port?ca=…).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// A client that sends no heartbeat for this long loses its session, locks and
+        /// open-after-unlink files.
+        #[arg(long, default_value = "30s")]
+        lease: String,
+    },
+}
+
 /// Runs a parsed command; `argv` is what it was parsed from (a background mount re-runs it).
 pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
     match cli.command {
-        Command::Format { meta, storage, bucket, region, block_size, inline_threshold, name } => {
-            let meta = meta.unwrap_or_else(volume::default_meta_url);
+        Command::Format { meta, token_file, storage, bucket, region, block_size, inline_threshold, name } => {
+            let access = MetaAccess::new(meta, token_file);
             let storage = storage_url(storage, bucket.as_deref(), region.as_deref())?;
             let spec = FormatSpec {
                 name,
@@ -105,23 +149,32 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
                 inline_threshold: u32::try_from(parse_size(&inline_threshold)?)
                     .context("inline threshold too large")?,
             };
-            let sb = volume::format(&meta, &spec)?;
+            let sb = volume::format(&access, &spec)?;
             println!(
-                "formatted {} ({}) at {meta}: storage {}, block size {}",
-                sb.name, sb.uuid, sb.storage, sb.block_size
+                "formatted {} ({}) at {}: storage {}, block size {}",
+                sb.name, sb.uuid, access.url, sb.storage, sb.block_size
             );
             Ok(())
         }
-        Command::Mount { meta, mountpoint, background, options, log } => {
-            crate::mounting::mount(meta, &mountpoint, background, &options, log, argv)
+        Command::Mount { meta, token_file, mountpoint, background, options, log } => {
+            crate::mounting::mount(meta, token_file, &mountpoint, background, &options, log, argv)
         }
         Command::Umount { mountpoint, lazy } => crate::mounting::umount(&mountpoint, lazy),
-        Command::Status { meta, json } => {
-            crate::status::status(&meta.unwrap_or_else(volume::default_meta_url), json)
+        Command::Status { meta, token_file, json } => {
+            crate::status::status(&MetaAccess::new(meta, token_file), json)
         }
-        Command::Fsck { meta, verify_data } => {
-            crate::status::fsck(&meta.unwrap_or_else(volume::default_meta_url), verify_data)
+        Command::Fsck { meta, token_file, verify_data } => {
+            crate::status::fsck(&MetaAccess::new(meta, token_file), verify_data)
         }
+        Command::Meta {
+            command: MetaCommand::Serve { db, listen, token_file, tls_cert, tls_key, lease },
+        } => crate::serve_meta::serve(crate::serve_meta::ServeArgs {
+            db,
+            listen,
+            token_file,
+            tls: tls_cert.zip(tls_key),
+            lease: parse_duration(&lease)?,
+        }),
         Command::InstallHelper { path } => install_helper(&path),
     }
 }

@@ -5,16 +5,16 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use elasticfs_core::metadata::{Attr, FileKind, RenameMode, Timestamp, XattrMode};
+use elasticfs_core::metadata::{Attr, FileKind, LockKind, LockRequest, RenameMode, Timestamp, XattrMode};
 use elasticfs_core::{Caller, FileSystem, FsError, SetAttrRequest};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{info_span, warn};
 
@@ -27,12 +27,37 @@ pub struct FuseAdapter {
     fs: Arc<FileSystem>,
     attr_ttl: Duration,
     entry_ttl: Duration,
+    /// Set once the session exists (the adapter is made before it).
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<FileSystem>, attr_ttl: Duration, entry_ttl: Duration) -> Self {
-        FuseAdapter { fs, attr_ttl, entry_ttl }
+    /// The adapter, and the slot to put the session's notifier in once it is mounted.
+    pub fn new(
+        fs: Arc<FileSystem>,
+        attr_ttl: Duration,
+        entry_ttl: Duration,
+    ) -> (Self, Arc<OnceLock<Notifier>>) {
+        let notifier = Arc::new(OnceLock::new());
+        (FuseAdapter { fs, attr_ttl, entry_ttl, notifier: notifier.clone() }, notifier)
     }
+}
+
+/// A lock request from the kernel's `fcntl`/`flock` fields.
+fn lock_request(
+    lock_owner: LockOwner,
+    start: u64,
+    end: u64,
+    typ: i32,
+    pid: u32,
+) -> Result<LockRequest, Errno> {
+    let kind = match typ {
+        libc::F_RDLCK => LockKind::Read,
+        libc::F_WRLCK => LockKind::Write,
+        libc::F_UNLCK => LockKind::Unlock,
+        _ => return Err(Errno::EINVAL),
+    };
+    Ok(LockRequest { owner: lock_owner.0, pid, kind, start, end })
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -118,6 +143,14 @@ impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(IO_SIZE);
         let _ = config.set_max_readahead(IO_SIZE);
+        // Locks go to the metadata, so that every client sees them. The kernel sends flock
+        // requests as whole-file locks of the open file (fuser does not pass the flock flag on),
+        // as the Linux NFS client also does.
+        if let Err(missing) =
+            config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+        {
+            warn!("the kernel does not offer {missing:?}: locks stay local to this host");
+        }
         Ok(())
     }
 
@@ -269,6 +302,12 @@ impl fuser::Filesystem for FuseAdapter {
                 let flags = if self.fs.unchanged_since_last_open(fh) {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
+                    // Close-to-open: the kernel's cached size may predate another client's
+                    // change, and it would cut reads short at it. (Pages are dropped anyway
+                    // without FOPEN_KEEP_CACHE.)
+                    if let Some(notifier) = self.notifier.get() {
+                        let _ = notifier.inval_inode(ino, -1, 0);
+                    }
                     FopenFlags::empty()
                 };
                 reply.opened(FileHandle(fh), flags)
@@ -314,9 +353,12 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let _s = info_span!("flush", ino = ino.0).entered();
-        Self::reply_empty(self.fs.flush(fh.0), reply);
+        // POSIX: closing any descriptor of a file releases the process's locks on it.
+        let flushed = self.fs.flush(fh.0);
+        let released = self.fs.locks().release(ino.0, lock_owner.0);
+        Self::reply_empty(flushed.and(released), reply);
     }
 
     fn release(
@@ -325,12 +367,81 @@ impl fuser::Filesystem for FuseAdapter {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let _s = info_span!("release", ino = ino.0).entered();
-        Self::reply_empty(self.fs.release(fh.0), reply);
+        // The last close of an open file releases its flock.
+        let released = match lock_owner {
+            Some(owner) => self.fs.locks().release(ino.0, owner.0),
+            None => Ok(()),
+        };
+        Self::reply_empty(self.fs.release(fh.0).and(released), reply);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let _s = info_span!("getlk", ino = ino.0).entered();
+        let req = match lock_request(lock_owner, start, end, typ, pid) {
+            Ok(req) => req,
+            Err(e) => return reply.error(e),
+        };
+        match self.fs.locks().test(ino.0, &req) {
+            Ok(Some(holder)) => {
+                let typ = if holder.kind == LockKind::Write { libc::F_WRLCK } else { libc::F_RDLCK };
+                reply.locked(holder.start, holder.end, typ, holder.pid)
+            }
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _s = info_span!("setlk", ino = ino.0, sleep).entered();
+        let req = match lock_request(lock_owner, start, end, typ, pid) {
+            Ok(req) => req,
+            Err(e) => return reply.error(e),
+        };
+        let (fs, notifier) = (self.fs.clone(), self.notifier.clone());
+        let set = move || {
+            let result = fs.set_lock(fh.0, ino.0, &req, sleep);
+            if result.is_ok() && req.kind != LockKind::Unlock {
+                // What the kernel cached of the file may predate the last holder's writes.
+                if let Some(notifier) = notifier.get() {
+                    let _ = notifier.inval_inode(ino, 0, 0);
+                }
+            }
+            Self::reply_empty(result, reply)
+        };
+        if sleep {
+            // A waiting lock must not hold a FUSE worker: the holder's unlock may need one.
+            std::thread::spawn(set);
+        } else {
+            set();
+        }
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

@@ -4,5 +4,6 @@ pub mod cli;
 pub mod fuse;
 pub mod mounting;
 pub mod options;
+pub mod serve_meta;
 pub mod status;
 pub mod volume;

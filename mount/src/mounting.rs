@@ -16,13 +16,14 @@ use tracing::{info, warn};
 use crate::fuse::FuseAdapter;
 use crate::options::MountOptions;
 use crate::status::StatusWriter;
-use crate::volume::{self, FormatSpec};
+use crate::volume::{self, FormatSpec, MetaAccess};
 
 /// Set in a background mount's child: print "ready" on stdout once mounted.
 const READY_ENV: &str = "ELASTICFS_NOTIFY_READY";
 
 pub fn mount(
     meta: Option<String>,
+    token_file: Option<PathBuf>,
     mountpoint: &Path,
     background: bool,
     options: &[String],
@@ -38,7 +39,7 @@ pub fn mount(
     if background {
         return spawn_background(mountpoint, log, argv);
     }
-    serve(&meta, mountpoint, opts)
+    serve(&MetaAccess::new(Some(meta), token_file), mountpoint, opts)
 }
 
 /// The embedded default volume, formatted on first use.
@@ -51,7 +52,7 @@ fn embedded_default() -> Result<String> {
             block_size: 4 << 20,
             inline_threshold: 64 << 10,
         };
-        volume::format(&meta, &spec)?;
+        volume::format(&MetaAccess::new(Some(meta.clone()), None), &spec)?;
         eprintln!("formatted the default file system at {meta} (chunks in {})", spec.storage);
     }
     Ok(meta)
@@ -81,14 +82,9 @@ fn check_mountpoint(mountpoint: &Path) -> Result<()> {
 }
 
 /// Runs the mount in this process until it is unmounted.
-fn serve(meta: &str, mountpoint: &Path, opts: MountOptions) -> Result<()> {
-    let fs = Arc::new(volume::open_filesystem(meta, &opts)?);
-    // Embedded metadata has one client, this one: whatever was orphaned before is ours.
-    let reclaimed = fs.reclaim_orphans()?;
-    if reclaimed > 0 {
-        info!(reclaimed, "removed files unlinked while open before the last shutdown");
-    }
-    let status = StatusWriter::start(fs.clone(), meta, mountpoint)?;
+fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<()> {
+    let fs = Arc::new(volume::open_filesystem(access, mountpoint, &opts)?);
+    let status = StatusWriter::start(fs.clone(), &access.url, mountpoint)?;
     let pid_file = PidFile::create(mountpoint)?;
     let mut config = Config::default();
     config.mount_options = vec![
@@ -103,11 +99,12 @@ fn serve(meta: &str, mountpoint: &Path, opts: MountOptions) -> Result<()> {
     }
     config.n_threads = Some(opts.threads);
     config.clone_fd = true;
-    let adapter = FuseAdapter::new(fs.clone(), opts.attr_ttl, opts.entry_ttl);
+    let (adapter, notifier) = FuseAdapter::new(fs.clone(), opts.attr_ttl, opts.entry_ttl);
     let mut session = fuser::Session::new(adapter, mountpoint, &config).with_context(|| {
         format!("mounting {} (is /dev/fuse available, and are you root?)", mountpoint.display())
     })?;
-    info!(mountpoint = %mountpoint.display(), meta, "mounted");
+    let _ = notifier.set(session.notifier());
+    info!(mountpoint = %mountpoint.display(), meta = access.url, "mounted");
     if std::env::var_os(READY_ENV).is_some() {
         let mut out = std::io::stdout();
         let _ = writeln!(out, "ready");
@@ -127,7 +124,9 @@ fn serve(meta: &str, mountpoint: &Path, opts: MountOptions) -> Result<()> {
         }
     });
     session.run().context("serving the FUSE session")?;
-    status.stop();
+    if let Some(status) = status {
+        status.stop();
+    }
     fs.flush_all()?;
     // The session (run consumed it) is gone; with our reference the engine and its lock go too.
     drop(fs);

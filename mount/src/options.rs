@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use elasticfs_core::metadata::remote::Retry;
 use elasticfs_core::FsConfig;
 
 #[derive(Clone, Debug)]
@@ -22,7 +23,12 @@ pub struct MountOptions {
     pub disk_cache_bytes: u64,
     /// Generic kernel flags passed through as they are (noexec, nosuid, ...).
     pub kernel_flags: Vec<String>,
+    /// What metadata calls do while the metadata service is away.
+    pub retry: Retry,
 }
+
+/// How long a `soft` mount waits for the metadata service unless `timeo=` says otherwise.
+const DEFAULT_SOFT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for MountOptions {
     fn default() -> Self {
@@ -38,18 +44,20 @@ impl Default for MountOptions {
             cache_dir: None,
             disk_cache_bytes: 10 << 30,
             kernel_flags: Vec::new(),
+            retry: Retry::Hard,
         }
     }
 }
 
 const KNOWN: &str = "ro, rw, allow_other, allow_root, fsname=, threads=, cache-size=, cache-dir=, \
-    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
+    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
     and the mount(8)/fstab options defaults, auto, noauto, user, nouser, users, _netdev, nofail";
 
 impl MountOptions {
     /// Parses comma-separated option lists (several `-o` may be given).
     pub fn parse<'a>(lists: impl IntoIterator<Item = &'a str>) -> Result<Self> {
         let mut opts = MountOptions::default();
+        let (mut soft, mut timeout) = (false, DEFAULT_SOFT_TIMEOUT);
         for item in lists.into_iter().flat_map(|l| l.split(',')).filter(|s| !s.is_empty()) {
             let (key, value) = match item.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
@@ -76,6 +84,9 @@ impl MountOptions {
                 }
                 "attr-cache" => opts.attr_ttl = parse_duration(need(value)?)?,
                 "entry-cache" => opts.entry_ttl = parse_duration(need(value)?)?,
+                "hard" => soft = false,
+                "soft" => soft = true,
+                "timeo" => timeout = parse_duration(need(value)?)?,
                 "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "noatime" | "atime" => {
                     opts.kernel_flags.push(key.to_string())
                 }
@@ -84,6 +95,7 @@ impl MountOptions {
                 other => bail!("unknown mount option {other:?}; known options: {KNOWN}"),
             }
         }
+        opts.retry = if soft { Retry::Soft(timeout) } else { Retry::Hard };
         if opts.threads == 0 {
             bail!("threads= must be at least 1");
         }
@@ -136,6 +148,9 @@ mod tests {
         let err = MountOptions::parse(["rw,bogus=1"]).unwrap_err().to_string();
         assert!(err.contains("\"bogus\""), "{err}");
         assert!(MountOptions::parse(["fsname"]).is_err());
+        assert_eq!(o.retry, Retry::Hard);
+        let soft = MountOptions::parse(["soft,timeo=5s"]).unwrap();
+        assert_eq!(soft.retry, Retry::Soft(Duration::from_secs(5)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `elasticfs status` and `elasticfs fsck`. An embedded store is locked by the process that
-//! mounts it, so a mount also publishes its figures in `status.json` beside the store.
+//! mounts it, so a mount also publishes its figures in `status.json` beside the store; a
+//! metadata service answers them live.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,19 +9,40 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use elasticfs_core::metadata::{Superblock, Usage, FORMAT_VERSION};
+use elasticfs_core::metadata::{SessionRecord, Superblock, Usage, FORMAT_VERSION};
 use elasticfs_core::{connect_chunk_store, FileSystem};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::volume::{self, MetaUrl};
+use crate::volume::{self, MetaAccess, MetaUrl, Role};
 
-fn status_file(meta_url: &str) -> Result<PathBuf> {
-    let MetaUrl::Sled(path) = MetaUrl::parse(meta_url)?;
-    Ok(path.join("status.json"))
+/// Where an embedded store's mount publishes its status (a service has none: ask it).
+fn status_file(meta_url: &str) -> Result<Option<PathBuf>> {
+    Ok(match MetaUrl::parse(meta_url)? {
+        MetaUrl::Sled(path) => Some(path.join("status.json")),
+        MetaUrl::Service { .. } => None,
+    })
 }
 
-fn report(sb: &Superblock, usage: Usage, mount: Option<serde_json::Value>) -> serde_json::Value {
+fn report(
+    sb: &Superblock,
+    usage: Usage,
+    sessions: &[SessionRecord],
+    mount: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let sessions: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "host": s.client.host,
+                "mountpoint": s.client.mountpoint,
+                "version": s.client.version,
+                "pid": s.client.pid,
+                "started_secs": s.started.secs,
+            })
+        })
+        .collect();
     json!({
         "name": sb.name,
         "uuid": sb.uuid,
@@ -30,6 +52,8 @@ fn report(sb: &Superblock, usage: Usage, mount: Option<serde_json::Value>) -> se
         "storage": sb.storage,
         "used_bytes": usage.bytes,
         "used_inodes": usage.inodes,
+        "client_connections": sessions.len(),
+        "sessions": sessions,
         "mount": mount,
     })
 }
@@ -42,14 +66,17 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    pub fn start(fs: Arc<FileSystem>, meta_url: &str, mountpoint: &Path) -> Result<Self> {
-        let path = status_file(meta_url)?;
+    /// Starts publishing, for an embedded store (a service is asked instead).
+    pub fn start(fs: Arc<FileSystem>, meta_url: &str, mountpoint: &Path) -> Result<Option<Self>> {
+        let Some(path) = status_file(meta_url)? else {
+            return Ok(None);
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, file) = (stop.clone(), path.clone());
         let mountpoint = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                if let Ok(usage) = fs.statfs() {
+                if let (Ok(usage), Ok(sessions)) = (fs.statfs(), fs.meta().sessions()) {
                     let mount = json!({
                         "mountpoint": mountpoint,
                         "pid": std::process::id(),
@@ -60,7 +87,7 @@ impl StatusWriter {
                         })),
                         "updated_secs": elasticfs_core::metadata::Timestamp::now().secs,
                     });
-                    let doc = report(fs.meta().superblock(), usage, Some(mount));
+                    let doc = report(fs.meta().superblock(), usage, &sessions, Some(mount));
                     let tmp = file.with_extension("json.tmp");
                     if std::fs::write(&tmp, doc.to_string()).is_ok() {
                         let _ = std::fs::rename(&tmp, &file);
@@ -74,7 +101,7 @@ impl StatusWriter {
                 }
             }
         });
-        Ok(StatusWriter { stop, thread: Some(thread), path })
+        Ok(Some(StatusWriter { stop, thread: Some(thread), path }))
     }
 
     pub fn stop(mut self) {
@@ -86,12 +113,14 @@ impl StatusWriter {
     }
 }
 
-pub fn status(meta_url: &str, as_json: bool) -> Result<()> {
-    let doc = match volume::open_meta(meta_url) {
-        Ok(meta) => report(meta.superblock(), meta.usage()?, None),
+pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
+    let doc = match volume::open_meta(access, Role::Tool) {
+        Ok(meta) => report(meta.superblock(), meta.usage()?, &meta.sessions()?, None),
         Err(e) => {
             // Locked by a running mount: show what it publishes.
-            let file = status_file(meta_url)?;
+            let Some(file) = status_file(&access.url)? else {
+                return Err(e);
+            };
             let text = std::fs::read_to_string(&file).map_err(|_| e)?;
             serde_json::from_str(&text).with_context(|| format!("reading {}", file.display()))?
         }
@@ -115,13 +144,26 @@ pub fn status(meta_url: &str, as_json: bool) -> Result<()> {
                 None => println!("disk cache      off"),
             }
         }
+        None if status_file(&access.url)?.is_none() => {}
         None => println!("mounted         no"),
+    }
+    let sessions = doc["sessions"].as_array().cloned().unwrap_or_default();
+    println!("client sessions {}", sessions.len());
+    for s in sessions {
+        println!(
+            "  #{:<6} {}:{} (pid {}, elasticfs {})",
+            s["id"],
+            s["host"].as_str().unwrap_or("?"),
+            s["mountpoint"].as_str().unwrap_or("?"),
+            s["pid"],
+            s["version"].as_str().unwrap_or("?")
+        );
     }
     Ok(())
 }
 
-pub fn fsck(meta_url: &str, verify_data: bool) -> Result<()> {
-    let meta = volume::open_meta(meta_url)?;
+pub fn fsck(access: &MetaAccess, verify_data: bool) -> Result<()> {
+    let meta = volume::open_meta(access, Role::Tool)?;
     let chunks = connect_chunk_store(&meta.superblock().storage, 64 << 20)?;
     let runtime = elasticfs_runtime()?;
     let referenced = meta.referenced_chunks()?;

@@ -1,11 +1,15 @@
 //! Where a file system lives: its metadata URL, and opening or formatting it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use elasticfs_core::metadata::{MetaStore, SledStore, Superblock};
+use elasticfs_core::metadata::remote::tls::TlsClient;
+use elasticfs_core::metadata::remote::{ClientOptions, RemoteStore, Retry};
+use elasticfs_core::metadata::{ClientInfo, MetaStore, SledStore, Superblock};
 use elasticfs_core::{connect_chunk_store, DiskCache, FileSystem};
+use tracing::info;
 
 use crate::options::MountOptions;
 
@@ -26,10 +30,30 @@ pub fn default_storage_url() -> String {
     format!("file://{}", default_home().join("chunks").display())
 }
 
+/// Where a file system's metadata is, and the token for a metadata service.
+#[derive(Clone, Debug)]
+pub struct MetaAccess {
+    pub url: String,
+    pub token_file: Option<PathBuf>,
+}
+
+impl MetaAccess {
+    /// `url`, or the embedded default.
+    pub fn new(url: Option<String>, token_file: Option<PathBuf>) -> Self {
+        MetaAccess { url: url.unwrap_or_else(default_meta_url), token_file }
+    }
+}
+
 /// A parsed `--meta` URL.
 pub enum MetaUrl {
+    /// Embedded: this process opens the store itself.
     Sled(PathBuf),
+    /// A metadata service (`elasticfs meta serve`), in TLS when `tls_ca` is set.
+    Service { addr: String, host: String, tls_ca: Option<PathBuf> },
 }
+
+const META_URL_FORMS: &str =
+    "sled:///path/to/meta, tcp://host:port, or tls://host:port?ca=/path/to/ca.pem (or ELASTICFS_TLS_CA)";
 
 impl MetaUrl {
     pub fn parse(url: &str) -> Result<Self> {
@@ -39,11 +63,67 @@ impl MetaUrl {
             }
             return Ok(MetaUrl::Sled(PathBuf::from(path)));
         }
-        if url.starts_with("tcp://") {
-            bail!("metadata URL {url:?}: the shared metadata service (tcp://) is not available in this build yet; use sled:///path");
-        }
-        bail!("metadata URL {url:?} is not understood: use sled:///path/to/meta")
+        let (tls, rest) = match url.split_once("://") {
+            Some(("tcp", rest)) => (false, rest),
+            Some(("tls", rest)) => (true, rest),
+            _ => bail!("metadata URL {url:?} is not understood: use {META_URL_FORMS}"),
+        };
+        let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let addr = addr.trim_end_matches('/');
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            bail!("metadata URL {url:?} needs a port: tcp://host:port");
+        };
+        port.parse::<u16>().with_context(|| format!("metadata URL {url:?}: {port:?} is not a port"))?;
+        let ca = query.split('&').find_map(|kv| kv.strip_prefix("ca=")).map(PathBuf::from);
+        let tls_ca = match (tls, ca.or_else(|| std::env::var_os("ELASTICFS_TLS_CA").map(PathBuf::from))) {
+            (false, _) => None,
+            (true, Some(ca)) => Some(ca),
+            (true, None) => bail!(
+                "metadata URL {url:?} asks for TLS but names no CA certificate: add ?ca=/path/to/ca.pem or set ELASTICFS_TLS_CA"
+            ),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        Ok(MetaUrl::Service { addr: addr.to_string(), host, tls_ca })
     }
+}
+
+/// Who opens the metadata: a mount registers a session; a tool (format, status, fsck) does not.
+pub enum Role<'a> {
+    Tool,
+    Mount { mountpoint: &'a Path, retry: Retry },
+}
+
+fn absolute(path: &Path) -> String {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+/// A shared token: the file's bytes without trailing whitespace.
+pub fn read_token(path: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read(path).with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim_ascii_end().to_vec();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+fn client_options(
+    access: &MetaAccess,
+    host: &str,
+    tls_ca: Option<&Path>,
+    role: &Role,
+) -> Result<ClientOptions> {
+    let (client, retry) = match role {
+        // A tool fails rather than hangs when the service is away.
+        Role::Tool => (None, Retry::Soft(Duration::from_secs(10))),
+        Role::Mount { mountpoint, retry } => (Some(ClientInfo::this_process(&absolute(mountpoint))), *retry),
+    };
+    Ok(ClientOptions {
+        token: access.token_file.as_deref().map(read_token).transpose()?,
+        tls: tls_ca.map(|ca| TlsClient::new(ca, host)).transpose()?,
+        client,
+        retry,
+    })
 }
 
 /// Settings for a new file system.
@@ -54,8 +134,8 @@ pub struct FormatSpec {
     pub inline_threshold: u32,
 }
 
-pub fn format(meta_url: &str, spec: &FormatSpec) -> Result<Superblock> {
-    let MetaUrl::Sled(path) = MetaUrl::parse(meta_url)?;
+pub fn format(access: &MetaAccess, spec: &FormatSpec) -> Result<Superblock> {
+    let url = MetaUrl::parse(&access.url)?;
     if !spec.block_size.is_power_of_two() || !(64 << 10..=64 << 20).contains(&spec.block_size) {
         bail!("block size {} is not a power of two between 64 KiB and 64 MiB", spec.block_size);
     }
@@ -64,22 +144,50 @@ pub fn format(meta_url: &str, spec: &FormatSpec) -> Result<Superblock> {
     }
     // Check the bucket before writing anything: a typo must not leave a half-made file system.
     connect_chunk_store(&spec.storage, 0)?;
-    std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
     let sb = Superblock::new(&spec.name, spec.block_size, spec.inline_threshold, &spec.storage);
     // SAFETY: geteuid/getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    SledStore::format(&path, &sb, uid, gid)?;
+    match url {
+        MetaUrl::Sled(path) => {
+            std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+            SledStore::format(&path, &sb, uid, gid)?;
+        }
+        MetaUrl::Service { addr, host, tls_ca } => {
+            let options = client_options(access, &host, tls_ca.as_deref(), &Role::Tool)?;
+            RemoteStore::format(&addr, options, &sb, uid, gid)?;
+        }
+    }
     Ok(sb)
 }
 
-pub fn open_meta(meta_url: &str) -> Result<Arc<dyn MetaStore>> {
-    let MetaUrl::Sled(path) = MetaUrl::parse(meta_url)?;
-    Ok(Arc::new(SledStore::open(&path)?))
+pub fn open_meta(access: &MetaAccess, role: Role) -> Result<Arc<dyn MetaStore>> {
+    match MetaUrl::parse(&access.url)? {
+        MetaUrl::Sled(path) => {
+            let store = SledStore::open(&path)?;
+            match role {
+                Role::Tool => Ok(Arc::new(store)),
+                Role::Mount { mountpoint, .. } => {
+                    // This process holds the store alone: whoever used it before is gone, and
+                    // what their sessions held (locks, files unlinked while open) goes too.
+                    let reclaimed = store.end_all_sessions()?;
+                    if reclaimed > 0 {
+                        info!(reclaimed, "removed files unlinked while open before the last shutdown");
+                    }
+                    let client = ClientInfo::this_process(&absolute(mountpoint));
+                    Ok(Arc::new(store.start_session(client)?))
+                }
+            }
+        }
+        MetaUrl::Service { addr, host, tls_ca } => {
+            let options = client_options(access, &host, tls_ca.as_deref(), &role)?;
+            Ok(Arc::new(RemoteStore::connect(&addr, options)?))
+        }
+    }
 }
 
 /// Opens the engine over an existing file system, with a disk cache unless its size is 0.
-pub fn open_filesystem(meta_url: &str, opts: &MountOptions) -> Result<FileSystem> {
-    let meta = open_meta(meta_url)?;
+pub fn open_filesystem(access: &MetaAccess, mountpoint: &Path, opts: &MountOptions) -> Result<FileSystem> {
+    let meta = open_meta(access, Role::Mount { mountpoint, retry: opts.retry })?;
     let storage = meta.superblock().storage.clone();
     let mut chunks = connect_chunk_store(&storage, opts.engine.cache_bytes)?;
     if opts.disk_cache_bytes > 0 {
@@ -103,8 +211,10 @@ fn default_cache_root() -> PathBuf {
         .join("elasticfs")
 }
 
-/// Whether `meta_url` already holds a file system.
+/// Whether the embedded store at `meta_url` already holds a file system.
 pub fn is_formatted(meta_url: &str) -> Result<bool> {
-    let MetaUrl::Sled(path) = MetaUrl::parse(meta_url)?;
-    Ok(SledStore::exists(&path))
+    match MetaUrl::parse(meta_url)? {
+        MetaUrl::Sled(path) => Ok(SledStore::exists(&path)),
+        MetaUrl::Service { .. } => bail!("{meta_url} is a metadata service, not an embedded store"),
+    }
 }

@@ -9,9 +9,14 @@ use std::process::{Child, Command, Stdio};
 
 /// The `elasticfs` binary built beside this test (`cargo build --workspace --bins` first).
 pub fn elasticfs_bin() -> PathBuf {
+    built_bin("elasticfs")
+}
+
+/// A binary of this workspace, built beside this test.
+pub fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("elasticfs");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --workspace --bins` (same profile) first",
@@ -78,6 +83,16 @@ impl Volume {
         vol
     }
 
+    /// A file system on the metadata service `service`, its chunks in `server`'s bucket.
+    pub fn shared(service: &MetaService, server: &S3Server) -> Volume {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = server.env();
+        env.push(("ELASTICFS_TOKEN_FILE".into(), service.token_file().display().to_string()));
+        let vol = Volume { meta: service.url(), dir, env };
+        vol.format(&["--storage", "s3", "--bucket", &server.bucket_url()]);
+        vol
+    }
+
     fn format(&self, storage: &[&str]) {
         let mut args =
             vec!["format", "--meta", &self.meta, "--block-size", "1M", "--inline-threshold", "16K"];
@@ -96,19 +111,30 @@ impl Volume {
     }
 
     pub fn mount_at(&self, at: &Path) -> Mount {
-        Mount::start(self, at.to_path_buf(), &self.default_options(), None)
+        Mount::start(self, at.to_path_buf(), &self.options_for(at, ""), None)
     }
 
     /// Mounts with extra `-o` options (after the defaults, so they win), the mount's log going
     /// to `log` if given.
     pub fn mount_with(&self, options: &str, log: Option<&Path>) -> Mount {
-        let at = self.dir.path().join(format!("mnt-{}", std::process::id()));
-        std::fs::create_dir_all(&at).unwrap();
-        Mount::start(self, at, &format!("{},{options}", self.default_options()), log)
+        self.mount_named("mnt", options, log)
     }
 
-    fn default_options(&self) -> String {
-        format!("threads=4,cache-dir={}", self.dir.path().join("cache").display())
+    /// Mounts at `<volume>/<name>`, with a disk cache of its own (several mounts of one
+    /// volume are several clients).
+    pub fn mount_named(&self, name: &str, options: &str, log: Option<&Path>) -> Mount {
+        let at = self.dir.path().join(name);
+        std::fs::create_dir_all(&at).unwrap();
+        let options = self.options_for(&at, options);
+        Mount::start(self, at, &options, log)
+    }
+
+    /// The test defaults, then `extra` (which wins): a disk cache per mount point, inside the
+    /// volume's directory.
+    fn options_for(&self, at: &Path, extra: &str) -> String {
+        let name = at.file_name().unwrap().to_string_lossy();
+        let cache = self.dir.path().join(format!("cache-{name}"));
+        format!("threads=4,cache-dir={},{extra}", cache.display())
     }
 }
 
@@ -176,6 +202,108 @@ impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             lazy_unmount(&self.path);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running `elasticfs meta serve` on 127.0.0.1, with a token.
+pub struct MetaService {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    lease: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl MetaService {
+    /// Starts a service on a free port whose sessions expire after `lease` (e.g. "3s").
+    pub fn start(lease: &str) -> MetaService {
+        Self::start_with(lease, &[])
+    }
+
+    /// The same, with more `meta serve` arguments (such as TLS files).
+    pub fn start_with(lease: &str, extra: &[&str]) -> MetaService {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "a-test-token\n").unwrap();
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut service = MetaService { dir, port: 0, lease: lease.into(), extra, child: None };
+        service.spawn();
+        service
+    }
+
+    fn spawn(&mut self) {
+        let db = self.dir.path().join("db");
+        let listen = format!("127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("service.log"))
+            .unwrap();
+        let mut child = Command::new(elasticfs_bin())
+            .args([
+                "meta",
+                "serve",
+                "--db",
+                db.to_str().unwrap(),
+                "--listen",
+                &listen,
+                "--lease",
+                &self.lease,
+            ])
+            .arg("--token-file")
+            .arg(self.token_file())
+            .args(&self.extra)
+            .env("ELASTICFS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start elasticfs meta serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("meta serve did not start: {line:?}; log: {}", self.log()));
+        self.port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("token")
+    }
+
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+    }
+
+    /// Whether the service process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGKILLs the service.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
+        self.spawn();
+    }
+}
+
+impl Drop for MetaService {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -2,16 +2,20 @@
 //! release with cross-tree transactions). Every mutation is one transaction over the trees it
 //! touches, followed by a group-committed flush, so it is durable when it returns.
 
+mod sessions;
 mod txn;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use sled::transaction::{TransactionError, Transactional};
 use tracing::instrument;
 
 use crate::durability::GroupCommit;
 use crate::error::{MetaError, MetaResult};
+use crate::locks::{LockRecord, LockRequest};
 use crate::schema::{self, Dentry};
+use crate::session::{SessionId, SessionRecord};
 use crate::store::{BlockCommit, MetaStore, RenameMode, Unlinked, XattrMode};
 use crate::types::{
     Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
@@ -20,6 +24,9 @@ use crate::types::{
 use txn::{fail, TxResult, Txn};
 
 const S_ISGID: u16 = 0o2000;
+/// The session of a store opened without one (orphans it makes belong to no one, and are
+/// reclaimed by the next exclusive open or session expiry sweep).
+const NO_SESSION: SessionId = 0;
 /// Cookies 1 and 2 are `.` and `..`; entries start after them.
 const FIRST_COOKIE: u64 = 3;
 
@@ -35,6 +42,8 @@ struct Trees {
     xattrs: sled::Tree,
     orphans: sled::Tree,
     counters: sled::Tree,
+    sessions: sled::Tree,
+    locks: sled::Tree,
 }
 
 impl Trees {
@@ -50,15 +59,26 @@ impl Trees {
             xattrs: db.open_tree("xattrs")?,
             orphans: db.open_tree("orphans")?,
             counters: db.open_tree("counters")?,
+            sessions: db.open_tree("sessions")?,
+            locks: db.open_tree("locks")?,
         })
     }
 }
 
-pub struct SledStore {
+/// One open store: shared by every session that works on it.
+struct Shared {
     db: sled::Db,
     trees: Trees,
     superblock: Superblock,
     durable: GroupCommit,
+}
+
+/// The embedded engine, as seen by one session (see [`SledStore::session`]). Cloning is cheap
+/// and shares the open store.
+#[derive(Clone)]
+pub struct SledStore {
+    shared: Arc<Shared>,
+    session: SessionId,
 }
 
 impl SledStore {
@@ -100,7 +120,7 @@ impl SledStore {
         })?;
         let encoded = serde_json::to_vec(superblock).map_err(MetaError::store)?;
         meta.insert(schema::SUPERBLOCK_KEY, encoded)?;
-        store.durable.wait_durable()?;
+        store.shared.durable.wait_durable()?;
         Ok(store)
     }
 
@@ -132,7 +152,18 @@ impl SledStore {
 
     fn with_db(db: sled::Db, superblock: Superblock) -> MetaResult<Self> {
         let trees = Trees::open(&db)?;
-        Ok(SledStore { durable: GroupCommit::new(db.clone()), db, trees, superblock })
+        let shared = Shared { durable: GroupCommit::new(db.clone()), db, trees, superblock };
+        Ok(SledStore { shared: Arc::new(shared), session: NO_SESSION })
+    }
+
+    /// The same store, acting for `session`: what it orphans and locks belongs to it.
+    pub fn session(&self, session: SessionId) -> SledStore {
+        SledStore { shared: self.shared.clone(), session }
+    }
+
+    /// The session this view acts for.
+    pub fn session_id(&self) -> SessionId {
+        self.session
     }
 
     /// Whether `path` holds a store (formatted or not yet), without opening it.
@@ -144,13 +175,13 @@ impl SledStore {
     /// Runs `f` as one transaction over every tree, then waits until it is durable.
     fn mutate<T>(&self, f: impl Fn(&Txn) -> TxResult<T>) -> MetaResult<T> {
         let value = self.transact(f)?;
-        self.durable.wait_durable()?;
+        self.shared.durable.wait_durable()?;
         Ok(value)
     }
 
     fn transact<T>(&self, f: impl Fn(&Txn) -> TxResult<T>) -> MetaResult<T> {
-        let block_size = self.superblock.block_size as u64;
-        let t = &self.trees;
+        let block_size = self.shared.superblock.block_size as u64;
+        let t = &self.shared.trees;
         let all = (
             &t.inodes,
             &t.dentries,
@@ -188,6 +219,7 @@ impl SledStore {
                     orphans,
                     counters,
                     block_size,
+                    session: self.session,
                     now: Timestamp::now(),
                 })
             },
@@ -200,7 +232,7 @@ impl SledStore {
 
     fn new_ino(&self) -> MetaResult<Ino> {
         // sled's ids start at 0 and never repeat, even across restarts; 1 is the root.
-        Ok(self.db.generate_id()? + ROOT_INO + 1)
+        Ok(self.shared.db.generate_id()? + ROOT_INO + 1)
     }
 
     /// The part of removing an inode that cannot be in its transaction.
@@ -214,7 +246,7 @@ impl SledStore {
     /// Removes extended attributes of an inode that no longer exists. Outside the transaction
     /// that removed the inode: inode numbers are never reused, so these keys are unreachable.
     fn drop_xattrs(&self, ino: Ino) -> MetaResult<()> {
-        let xattrs = &self.trees.xattrs;
+        let xattrs = &self.shared.trees.xattrs;
         for key in xattrs.scan_prefix(schema::ino_key(ino)).keys() {
             xattrs.remove(key?)?;
         }
@@ -222,7 +254,7 @@ impl SledStore {
     }
 
     fn counter(&self, key: &[u8]) -> MetaResult<u64> {
-        Ok(self.trees.counters.get(key)?.map(|v| schema::decode_u64(&v)).unwrap_or(0))
+        Ok(self.shared.trees.counters.get(key)?.map(|v| schema::decode_u64(&v)).unwrap_or(0))
     }
 }
 
@@ -252,18 +284,18 @@ fn check_name(name: &[u8]) -> MetaResult<()> {
         return Err(MetaError::NameTooLong);
     }
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        return Err(MetaError::Invalid("file name"));
+        return Err(MetaError::Invalid("file name".into()));
     }
     Ok(())
 }
 
 impl MetaStore for SledStore {
     fn superblock(&self) -> &Superblock {
-        &self.superblock
+        &self.shared.superblock
     }
 
     fn getattr(&self, ino: Ino) -> MetaResult<Attr> {
-        match self.trees.inodes.get(schema::ino_key(ino))? {
+        match self.shared.trees.inodes.get(schema::ino_key(ino))? {
             Some(v) => Attr::decode(&v),
             None => Err(MetaError::NotFound),
         }
@@ -282,7 +314,7 @@ impl MetaStore for SledStore {
             b".." => return self.getattr(parent_attr.parent),
             _ => {}
         }
-        match self.trees.dentries.get(schema::ino_prefixed(parent, name))? {
+        match self.shared.trees.dentries.get(schema::ino_prefixed(parent, name))? {
             Some(v) => self.getattr(Dentry::decode(&v)?.ino),
             None => Err(MetaError::NotFound),
         }
@@ -401,7 +433,7 @@ impl MetaStore for SledStore {
     #[instrument(level = "debug", skip(self, name))]
     fn rmdir(&self, parent: Ino, name: &[u8]) -> MetaResult<()> {
         match name {
-            b"." => return Err(MetaError::Invalid("rmdir of .")),
+            b"." => return Err(MetaError::Invalid("rmdir of .".into())),
             b".." => return Err(MetaError::NotEmpty),
             _ if name.len() > MAX_NAME_LEN => return Err(MetaError::NameTooLong),
             _ => {}
@@ -452,11 +484,11 @@ impl MetaStore for SledStore {
         if !attr.is_dir() {
             return Err(MetaError::NotDir);
         }
-        let dentries = &self.trees.dentries;
+        let dentries = &self.shared.trees.dentries;
         let start = schema::pair_key(dir, after.saturating_add(1));
         let end = schema::pair_key(dir, u64::MAX);
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.trees.cookies.range(start..=end) {
+        for item in self.shared.trees.cookies.range(start..=end) {
             if out.len() >= limit {
                 break;
             }
@@ -473,9 +505,9 @@ impl MetaStore for SledStore {
     }
 
     fn readlink(&self, ino: Ino) -> MetaResult<Vec<u8>> {
-        match self.trees.symlinks.get(schema::ino_key(ino))? {
+        match self.shared.trees.symlinks.get(schema::ino_key(ino))? {
             Some(v) => Ok(v.to_vec()),
-            None if self.getattr(ino).is_ok() => Err(MetaError::Invalid("not a symbolic link")),
+            None if self.getattr(ino).is_ok() => Err(MetaError::Invalid("not a symbolic link".into())),
             None => Err(MetaError::NotFound),
         }
     }
@@ -509,7 +541,7 @@ impl MetaStore for SledStore {
         let start = schema::pair_key(ino, first);
         let end = schema::pair_key(ino, first.saturating_add(count));
         let mut out = Vec::new();
-        for item in self.trees.blocks.range(start..end) {
+        for item in self.shared.trees.blocks.range(start..end) {
             let (key, value) = item?;
             out.push((schema::split_pair_key(&key), BlockRef::decode(&value)?));
         }
@@ -521,7 +553,7 @@ impl MetaStore for SledStore {
         self.mutate(|t| {
             let mut attr = t.inode(ino)?;
             if attr.kind != FileKind::File {
-                return fail(MetaError::Invalid("block map of a non-regular file"));
+                return fail(MetaError::Invalid("block map of a non-regular file".into()));
             }
             let mut delta = 0i64;
             if let Some(size) = commit.truncate {
@@ -571,7 +603,7 @@ impl MetaStore for SledStore {
 
     fn orphans(&self) -> MetaResult<Vec<Ino>> {
         let mut out = Vec::new();
-        for key in self.trees.orphans.iter().keys() {
+        for key in self.shared.trees.orphans.iter().keys() {
             out.push(u64::from_be_bytes(key?.as_ref().try_into().map_err(MetaError::store)?));
         }
         Ok(out)
@@ -595,7 +627,7 @@ impl MetaStore for SledStore {
 
     fn get_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<Vec<u8>> {
         self.getattr(ino)?;
-        match self.trees.xattrs.get(schema::ino_prefixed(ino, name))? {
+        match self.shared.trees.xattrs.get(schema::ino_prefixed(ino, name))? {
             Some(v) => Ok(v.to_vec()),
             None => Err(MetaError::NoXattr),
         }
@@ -604,7 +636,7 @@ impl MetaStore for SledStore {
     fn list_xattr(&self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
         self.getattr(ino)?;
         let mut names = Vec::new();
-        for key in self.trees.xattrs.scan_prefix(schema::ino_key(ino)).keys() {
+        for key in self.shared.trees.xattrs.scan_prefix(schema::ino_key(ino)).keys() {
             names.push(key?[8..].to_vec());
         }
         Ok(names)
@@ -630,7 +662,7 @@ impl MetaStore for SledStore {
 
     fn referenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, u64)>> {
         let mut out = Vec::new();
-        for item in self.trees.chunk_refs.iter() {
+        for item in self.shared.trees.chunk_refs.iter() {
             let (key, value) = item?;
             out.push((key.as_ref().try_into().map_err(MetaError::store)?, schema::decode_u64(&value)));
         }
@@ -639,11 +671,29 @@ impl MetaStore for SledStore {
 
     fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>> {
         let mut out = Vec::new();
-        for item in self.trees.unreferenced.iter() {
+        for item in self.shared.trees.unreferenced.iter() {
             let (key, value) = item?;
             out.push((key.as_ref().try_into().map_err(MetaError::store)?, schema::decode_time(&value)?));
         }
         Ok(out)
+    }
+
+    fn sessions(&self) -> MetaResult<Vec<SessionRecord>> {
+        self.session_records()
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    fn set_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<()> {
+        self.set_lock_in(ino, req)
+    }
+
+    fn get_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<Option<LockRecord>> {
+        self.get_lock_in(ino, req)
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    fn release_locks(&self, ino: Ino, owner: u64) -> MetaResult<()> {
+        self.release_locks_in(ino, owner)
     }
 }
 
@@ -783,7 +833,7 @@ fn check_not_ancestor(t: &Txn, dir: Ino, target: Ino) -> TxResult<()> {
     let mut cursor = target;
     loop {
         if cursor == dir {
-            return fail(MetaError::Invalid("cannot move a directory into itself"));
+            return fail(MetaError::Invalid("cannot move a directory into itself".into()));
         }
         if cursor == ROOT_INO {
             return Ok(());

@@ -5,6 +5,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use crate::error::MetaError;
 use crate::schema::{self, Dentry};
+use crate::session::SessionId;
 use crate::store::Unlinked;
 use crate::types::{Attr, BlockRef, ChunkHash, FileKind, Ino, Timestamp};
 
@@ -36,6 +37,8 @@ pub(super) struct Txn<'a> {
     pub(super) orphans: &'a TransactionalTree,
     pub(super) counters: &'a TransactionalTree,
     pub(super) block_size: u64,
+    /// The session doing the change: an inode it orphans belongs to it.
+    pub(super) session: SessionId,
     pub(super) now: Timestamp,
 }
 
@@ -162,7 +165,7 @@ impl Txn<'_> {
         } else {
             self.put_inode(&attr)?;
             if last {
-                self.orphans.insert(&schema::ino_key(attr.ino), &[])?;
+                self.orphans.insert(&schema::ino_key(attr.ino), &schema::encode_u64(self.session))?;
             }
         }
         Ok(Unlinked { attr, orphaned: last && !purged, purged })

@@ -1,0 +1,49 @@
+//! `elasticfs meta serve`: runs the metadata service in this process until it is killed.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use elasticfs_core::metadata::remote::{tls, MetaServer, ServerConfig};
+use tracing::{info, warn};
+
+use crate::volume;
+
+pub struct ServeArgs {
+    pub db: PathBuf,
+    pub listen: String,
+    pub token_file: Option<PathBuf>,
+    /// Certificate and key.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub lease: Duration,
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    if args.lease < Duration::from_millis(300) {
+        bail!("--lease {:?} is too short: heartbeats go at a third of it; use at least 300ms", args.lease);
+    }
+    let token = args.token_file.as_deref().map(volume::read_token).transpose()?;
+    let tls = match &args.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("elasticfs-meta").build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&args.listen))
+        .with_context(|| format!("listening on {} (in use, or not an address of this host?)", args.listen))?;
+    let addr = listener.local_addr()?;
+    if token.is_none() && !addr.ip().is_loopback() {
+        warn!("serving {addr} without --token-file: any host that reaches it can change the file system");
+    }
+    let tls_on = tls.is_some();
+    let server = MetaServer::open(ServerConfig { db: args.db.clone(), token, tls, lease: args.lease })?;
+    info!(%addr, db = %args.db.display(), tls = tls_on, "metadata service listening");
+    // Tests and scripts read the address from the first line (useful with port 0).
+    let mut out = std::io::stdout();
+    writeln!(out, "listening on {addr}")?;
+    out.flush()?;
+    runtime.block_on(server.serve(listener));
+    Ok(())
+}
