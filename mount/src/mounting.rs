@@ -39,6 +39,7 @@ pub fn mount(
     if background {
         return spawn_background(mountpoint, log, argv);
     }
+    let token_file = token_file.or_else(|| opts.token_file.clone());
     serve(&MetaAccess::new(Some(meta), token_file), mountpoint, opts)
 }
 

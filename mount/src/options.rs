@@ -25,6 +25,8 @@ pub struct MountOptions {
     pub kernel_flags: Vec<String>,
     /// What metadata calls do while the metadata service is away.
     pub retry: Retry,
+    /// The metadata service's token (for fstab, where `--token-file` cannot be given).
+    pub token_file: Option<PathBuf>,
 }
 
 /// How long a `soft` mount waits for the metadata service unless `timeo=` says otherwise.
@@ -45,12 +47,13 @@ impl Default for MountOptions {
             disk_cache_bytes: 10 << 30,
             kernel_flags: Vec::new(),
             retry: Retry::Hard,
+            token_file: None,
         }
     }
 }
 
 const KNOWN: &str = "ro, rw, allow_other, allow_root, fsname=, threads=, cache-size=, cache-dir=, \
-    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
+    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, token-file=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
     and the mount(8)/fstab options defaults, auto, noauto, user, nouser, users, _netdev, nofail";
 
 impl MountOptions {
@@ -87,6 +90,7 @@ impl MountOptions {
                 "hard" => soft = false,
                 "soft" => soft = true,
                 "timeo" => timeout = parse_duration(need(value)?)?,
+                "token-file" => opts.token_file = Some(PathBuf::from(need(value)?)),
                 "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "noatime" | "atime" => {
                     opts.kernel_flags.push(key.to_string())
                 }
