@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use elasticfs_metadata::{
-    Attr, BlockCommit, BlockRef, DirEntry, FileKind, Ino, LockKind, LockRequest, MetaError, MetaStore,
-    RenameMode, SetAttr, Timestamp, Usage, XattrMode,
+    Attr, BlockCommit, BlockRef, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest, MetaError,
+    MetaStore, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
 };
 use futures::future::try_join_all;
 use tokio::sync::Semaphore;
@@ -128,8 +128,14 @@ impl FileSystem {
         &self.meta
     }
 
-    pub fn locks(&self) -> &LockTable {
-        &self.locks
+    /// The lock that would keep `req` from being granted (F_GETLK).
+    pub fn test_lock(&self, ino: Ino, req: &LockRequest) -> FsResult<Option<LockRecord>> {
+        self.locks.test(ino, req)
+    }
+
+    /// Releases every lock `owner` holds on `ino` (close, process exit).
+    pub fn release_locks(&self, ino: Ino, owner: u64) -> FsResult<()> {
+        self.locks.release(ino, owner)
     }
 
     /// Sets or releases a lock through handle `fh`, with the consistency NFS gives locks: an
@@ -142,11 +148,7 @@ impl FileSystem {
         }
         self.locks.set(ino, req, wait)?;
         if let Some(file) = self.open_file(ino) {
-            let attr = self.meta.getattr(ino)?;
-            let mut st = file.state.lock().unwrap();
-            if !st.has_changes() {
-                st.size = attr.size;
-            }
+            file.adopt_committed_size(self.meta.getattr(ino)?.size);
         }
         Ok(())
     }
@@ -351,13 +353,8 @@ impl FileSystem {
             entry.handles += 1;
             entry.file.clone()
         };
-        {
-            // Close-to-open: with nothing of ours pending, the committed size is the truth.
-            let mut st = file.state.lock().unwrap();
-            if !st.has_changes() {
-                st.size = attr.size;
-            }
-        }
+        // Close-to-open.
+        file.adopt_committed_size(attr.size);
         let version = (attr.mtime, attr.ctime, attr.size);
         let unchanged = self.last_opened.lock().unwrap().put(ino, version) == Some(version);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);

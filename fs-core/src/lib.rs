@@ -16,7 +16,6 @@ pub use chunk_store::{chunk_path, hash_of, segments_path, ChunkStore};
 pub use disk_cache::DiskCache;
 pub use error::{errno, FsError, FsResult};
 pub use filesystem::{Caller, FileSystem, FsConfig, SetAttrRequest};
-pub use locks::LockTable;
 pub use storage::{connect_chunk_store, open_object_store};
 
 pub use elasticfs_metadata as metadata;

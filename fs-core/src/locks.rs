@@ -1,4 +1,4 @@
-//! File locks for the frontends: held in the metadata (so every client of the file system sees
+//! File locks (used through [`crate::FileSystem`]'s lock methods): held in the metadata (so every client of the file system sees
 //! them) and released when their owner closes the file or its session ends.
 
 use std::collections::HashSet;
@@ -13,7 +13,7 @@ use crate::error::FsResult;
 /// How long a waiting lock request sleeps between tries, at most.
 const MAX_WAIT_STEP: Duration = Duration::from_millis(100);
 
-pub struct LockTable {
+pub(crate) struct LockTable {
     meta: Arc<dyn MetaStore>,
     /// (file, owner) pairs this client has set a lock for: a close by any other owner needs no
     /// round trip to the metadata.
@@ -26,7 +26,7 @@ impl LockTable {
     }
 
     /// The lock that would keep `req` from being granted (F_GETLK).
-    pub fn test(&self, ino: Ino, req: &LockRequest) -> FsResult<Option<LockRecord>> {
+    pub(crate) fn test(&self, ino: Ino, req: &LockRequest) -> FsResult<Option<LockRecord>> {
         Ok(self.meta.get_lock(ino, req)?)
     }
 
@@ -34,7 +34,7 @@ impl LockTable {
     /// backing off, until the lock is granted). Fails with EAGAIN when another owner holds a
     /// conflicting lock and `wait` is false.
     #[instrument(level = "debug", skip(self))]
-    pub fn set(&self, ino: Ino, req: &LockRequest, wait: bool) -> FsResult<()> {
+    pub(crate) fn set(&self, ino: Ino, req: &LockRequest, wait: bool) -> FsResult<()> {
         if req.kind != LockKind::Unlock {
             // Recorded first: a close racing with the grant must not skip the release.
             self.owners.lock().unwrap().insert((ino, req.owner));
@@ -53,7 +53,7 @@ impl LockTable {
 
     /// Releases every lock `owner` holds on `ino` (close, process exit).
     #[instrument(level = "debug", skip(self))]
-    pub fn release(&self, ino: Ino, owner: u64) -> FsResult<()> {
+    pub(crate) fn release(&self, ino: Ino, owner: u64) -> FsResult<()> {
         if !self.owners.lock().unwrap().remove(&(ino, owner)) {
             return Ok(());
         }

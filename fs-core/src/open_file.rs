@@ -43,6 +43,15 @@ impl OpenFile {
     pub(crate) fn new(ino: Ino, size: u64) -> Self {
         OpenFile { ino, state: Mutex::new(FileState { size, dirty: BTreeMap::new(), mtime: None }) }
     }
+
+    /// Takes the committed size as the file's size, unless this client has uncommitted changes
+    /// (then its own size is the truth): at open, and when a lock is granted.
+    pub(crate) fn adopt_committed_size(&self, committed: u64) {
+        let mut st = self.state.lock().unwrap();
+        if !st.has_changes() {
+            st.size = committed;
+        }
+    }
 }
 
 /// Per-handle sequential-read detection: the readahead window doubles while reads follow each

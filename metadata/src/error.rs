@@ -96,3 +96,13 @@ impl From<sled::Error> for MetaError {
         MetaError::store(e)
     }
 }
+
+/// A transaction fails with the error its body aborted with, or with the store's own.
+impl From<sled::transaction::TransactionError<MetaError>> for MetaError {
+    fn from(e: sled::transaction::TransactionError<MetaError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => MetaError::store(e),
+        }
+    }
+}

@@ -21,7 +21,7 @@
 //! entries and a file's blocks are contiguous ranges.
 
 use crate::codec::{Reader, Writer};
-use crate::error::MetaResult;
+use crate::error::{MetaError, MetaResult};
 use crate::types::{FileKind, Ino, Timestamp};
 
 pub(crate) const SUPERBLOCK_KEY: &[u8] = b"superblock";
@@ -30,6 +30,11 @@ pub(crate) const INODES_COUNTER: &[u8] = b"inodes";
 
 pub(crate) fn ino_key(ino: Ino) -> [u8; 8] {
     ino.to_be_bytes()
+}
+
+/// The inode (or session) number of an [`ino_key`].
+pub(crate) fn decode_ino_key(key: &[u8]) -> MetaResult<Ino> {
+    key.try_into().map(u64::from_be_bytes).map_err(|_| MetaError::Store("malformed inode key".into()))
 }
 
 pub(crate) fn ino_prefixed(ino: Ino, suffix: &[u8]) -> Vec<u8> {

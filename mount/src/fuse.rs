@@ -357,7 +357,7 @@ impl fuser::Filesystem for FuseAdapter {
         let _s = info_span!("flush", ino = ino.0).entered();
         // POSIX: closing any descriptor of a file releases the process's locks on it.
         let flushed = self.fs.flush(fh.0);
-        let released = self.fs.locks().release(ino.0, lock_owner.0);
+        let released = self.fs.release_locks(ino.0, lock_owner.0);
         Self::reply_empty(flushed.and(released), reply);
     }
 
@@ -374,7 +374,7 @@ impl fuser::Filesystem for FuseAdapter {
         let _s = info_span!("release", ino = ino.0).entered();
         // The last close of an open file releases its flock.
         let released = match lock_owner {
-            Some(owner) => self.fs.locks().release(ino.0, owner.0),
+            Some(owner) => self.fs.release_locks(ino.0, owner.0),
             None => Ok(()),
         };
         Self::reply_empty(self.fs.release(fh.0).and(released), reply);
@@ -397,7 +397,7 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(req) => req,
             Err(e) => return reply.error(e),
         };
-        match self.fs.locks().test(ino.0, &req) {
+        match self.fs.test_lock(ino.0, &req) {
             Ok(Some(holder)) => {
                 let typ = if holder.kind == LockKind::Write { libc::F_WRLCK } else { libc::F_RDLCK };
                 reply.locked(holder.start, holder.end, typ, holder.pid)

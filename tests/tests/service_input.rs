@@ -34,9 +34,15 @@ fn receive(stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(payload)
 }
 
+/// Whether the service has closed the connection: end of stream or a reset. A read that
+/// times out (the service still holding the connection open) is not.
 fn closed(stream: &mut TcpStream) -> bool {
     let mut byte = [0u8; 1];
-    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
 }
 
 fn hello(token: &[u8]) -> Vec<u8> {

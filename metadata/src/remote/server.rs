@@ -135,9 +135,8 @@ impl MetaServer {
                 }
             };
             if let Request::Heartbeat = request {
-                let alive = session.is_some_and(|s| self.touch(s));
-                let reply = if alive || session.is_none() { Ok(()) } else { Err(MetaError::SessionExpired) };
-                let _ = replies.send((id, encode(reply)));
+                // Answered here: a heartbeat must not wait behind the blocking pool.
+                let _ = replies.send((id, self.heartbeat(session)));
                 continue;
             }
             let permit = slots.clone().acquire_owned().await.expect("never closed");
@@ -203,16 +202,12 @@ impl MetaServer {
                 }
             }
         };
-        let refused = matches!(welcome, Welcome::Refused(_));
         let payload = postcard::to_allocvec(&welcome).expect("a welcome always encodes");
         wire::write_frame(writer, id, &payload).await.map_err(|e| e.to_string())?;
         writer.flush().await.map_err(|e| e.to_string())?;
-        if refused {
-            return Err("refused".into());
-        }
         match welcome {
             Welcome::Accepted { session, .. } => Ok(session),
-            Welcome::Refused(_) => unreachable!("returned above"),
+            Welcome::Refused(reason) => Err(format!("refused: {reason}")),
         }
     }
 
@@ -222,6 +217,14 @@ impl MetaServer {
             // blake3::Hash compares in constant time, and hashing first hides the length.
             (Some(expected), Some(offered)) => *expected == blake3::hash(offered),
             (Some(_), None) => false,
+        }
+    }
+
+    /// The reply to a heartbeat: fine for a session-less tool, an error for an expired session.
+    fn heartbeat(&self, session: Option<SessionId>) -> Vec<u8> {
+        match session {
+            Some(id) if !self.touch(id) => encode::<()>(Err(MetaError::SessionExpired)),
+            _ => encode(Ok(())),
         }
     }
 
@@ -251,9 +254,13 @@ impl MetaServer {
                 self.config.db.display()
             ))));
         };
-        let store = store.session(session.unwrap_or(0));
+        // A tool's connection has no session: it acts as the store itself.
+        let store = match session {
+            Some(id) => store.session(id),
+            None => store.clone(),
+        };
         match request {
-            Request::Heartbeat => encode(Ok(())),
+            Request::Heartbeat => self.heartbeat(session),
             Request::EndSession => {
                 let ended = match session {
                     Some(id) => {

@@ -8,7 +8,7 @@ mod txn;
 use std::path::Path;
 use std::sync::Arc;
 
-use sled::transaction::{TransactionError, Transactional};
+use sled::transaction::Transactional;
 use tracing::instrument;
 
 use crate::durability::GroupCommit;
@@ -24,8 +24,8 @@ use crate::types::{
 use txn::{fail, TxResult, Txn};
 
 const S_ISGID: u16 = 0o2000;
-/// The session of a store opened without one (orphans it makes belong to no one, and are
-/// reclaimed by the next exclusive open or session expiry sweep).
+/// The session of a store opened without one: tools (`format`, `status`, `fsck`). Orphans it
+/// made would belong to no session and are reclaimed by the next embedded mount.
 const NO_SESSION: SessionId = 0;
 /// Cookies 1 and 2 are `.` and `..`; entries start after them.
 const FIRST_COOKIE: u64 = 3;
@@ -224,10 +224,7 @@ impl SledStore {
                 })
             },
         );
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => MetaError::store(e),
-        })
+        result.map_err(MetaError::from)
     }
 
     fn new_ino(&self) -> MetaResult<Ino> {
@@ -604,7 +601,7 @@ impl MetaStore for SledStore {
     fn orphans(&self) -> MetaResult<Vec<Ino>> {
         let mut out = Vec::new();
         for key in self.shared.trees.orphans.iter().keys() {
-            out.push(u64::from_be_bytes(key?.as_ref().try_into().map_err(MetaError::store)?));
+            out.push(schema::decode_ino_key(&key?)?);
         }
         Ok(out)
     }

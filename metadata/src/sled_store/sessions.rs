@@ -2,7 +2,7 @@
 //! one record per locked file (all of that file's locks, so that a lock change is a
 //! read-modify-write of one key).
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 use tracing::info;
 
 use super::{SledStore, NO_SESSION};
@@ -43,7 +43,7 @@ impl SledStore {
         for item in self.shared.trees.orphans.iter() {
             let (key, owner) = item?;
             if schema::decode_u64(&owner) == id {
-                self.purge(u64::from_be_bytes(key.as_ref().try_into().map_err(MetaError::store)?))?;
+                self.purge(schema::decode_ino_key(&key)?)?;
                 purged += 1;
             }
         }
@@ -132,10 +132,7 @@ fn update_locks(
         }
         Ok(true)
     });
-    result.map_err(|e| match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => MetaError::store(e),
-    })
+    result.map_err(MetaError::from)
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> MetaResult<Vec<u8>> {
