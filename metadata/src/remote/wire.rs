@@ -96,6 +96,22 @@ pub enum Request {
     ReleaseLocks(Ino, u64),
 }
 
+impl Request {
+    /// Reads of a few keys, which never wait on the disk for long; scans and writes are not.
+    pub fn is_point_read(&self) -> bool {
+        matches!(
+            self,
+            Request::GetAttr(_)
+                | Request::Lookup(..)
+                | Request::Readlink(_)
+                | Request::GetXattr(..)
+                | Request::ListXattr(_)
+                | Request::GetLock(..)
+                | Request::Usage
+        )
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Create {
     pub parent: Ino,
