@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of elasticfs, installing what the tests need first.
 # Real parts only: FUSE mounts (needs root and /dev/fuse), S3 over HTTP on 127.0.0.1 (an
-# in-process s3s-fs server, built as a dev dependency), pjdfstest from crates.io.
+# in-process s3s-fs server, built as a dev dependency), pjdfstest from crates.io, the NFS
+# wire protocol (nfs3_client, and Debian's libnfs-utils).
 # With CI=true a missing prerequisite fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +16,13 @@ require() {
 modprobe fuse 2>/dev/null || true
 [ -e /dev/fuse ] || require "/dev/fuse is missing (load the fuse module)"
 
-# The TLS test makes its certificate with openssl.
-command -v openssl >/dev/null || apt-get install -y openssl >/dev/null || require "openssl is missing"
+# The TLS test makes its certificate with openssl; the NFS tests copy with libnfs-utils.
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null 2>&1 ||
+    { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null; }
+}
+command -v openssl >/dev/null || apt_install openssl || require "openssl is missing"
+command -v nfs-cp >/dev/null || apt_install libnfs-utils || require "nfs-cp (libnfs-utils) is missing"
 
 cargo build --release --workspace --bins
 if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then

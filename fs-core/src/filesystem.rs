@@ -285,6 +285,45 @@ impl FileSystem {
         Ok(self.meta.readdir(dir, after, limit)?)
     }
 
+    /// Lists `dir` from listing offset `offset` (0 = the start), with `.` and `..` first (offsets
+    /// 1 and 2; entries carry their own cookies, which are larger). `add` receives each entry
+    /// with the offset that resumes after it, and returns true when the entry did not fit (it
+    /// is then not taken, and the listing stops). Returns whether the listing reached the end.
+    pub fn list_dir(
+        &self,
+        dir: Ino,
+        offset: u64,
+        mut add: impl FnMut(Ino, u64, FileKind, &[u8]) -> bool,
+    ) -> FsResult<bool> {
+        const BATCH: usize = 512;
+        if offset < 2 {
+            let attr = self.getattr(dir)?;
+            if attr.kind != FileKind::Dir {
+                return Err(FsError::new(errno::ENOTDIR, "not a directory"));
+            }
+            if offset < 1 && add(dir, 1, FileKind::Dir, b".") {
+                return Ok(false);
+            }
+            if add(attr.parent, 2, FileKind::Dir, b"..") {
+                return Ok(false);
+            }
+        }
+        let mut after = offset.max(2);
+        loop {
+            let batch = self.readdir(dir, after, BATCH)?;
+            let done = batch.len() < BATCH;
+            for entry in &batch {
+                if add(entry.ino, entry.cookie, entry.kind, &entry.name) {
+                    return Ok(false);
+                }
+                after = entry.cookie;
+            }
+            if done {
+                return Ok(true);
+            }
+        }
+    }
+
     #[instrument(level = "debug", skip(self))]
     pub fn setattr(&self, ino: Ino, req: &SetAttrRequest) -> FsResult<Attr> {
         let mut attr = None;
@@ -368,6 +407,16 @@ impl FileSystem {
     /// changes its times or size, and the cache is dropped).
     pub fn unchanged_since_last_open(&self, fh: u64) -> bool {
         self.handle(fh).is_ok_and(|h| h.unchanged)
+    }
+
+    /// The attributes of handle `fh`'s file as committed now, which this client then reads by
+    /// (unless it has changes of its own): for a frontend that keeps handles open across its
+    /// clients' opens and closes, as the NFS gateway does.
+    pub fn revalidate(&self, fh: u64) -> FsResult<Attr> {
+        let handle = self.handle(fh)?;
+        let attr = self.meta.getattr(handle.file.ino)?;
+        handle.file.adopt_committed_size(attr.size);
+        Ok(self.with_local_changes(attr))
     }
 
     /// Creates and opens a regular file. Without `exclusive`, an existing file is opened.

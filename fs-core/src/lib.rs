@@ -1,6 +1,7 @@
 //! The elasticfs engine: one [`FileSystem`] API over a [`elasticfs_metadata::MetaStore`] and a
 //! content-addressed [`ChunkStore`], shared by the FUSE and NFS frontends.
 
+mod access;
 mod block_cache;
 mod chunk_store;
 mod disk_cache;
@@ -11,6 +12,7 @@ mod open_file;
 mod segments;
 mod storage;
 
+pub use access::{Identity, MAY_EXEC, MAY_READ, MAY_WRITE};
 pub use block_cache::BlockCache;
 pub use chunk_store::{chunk_path, hash_of, segments_path, ChunkStore};
 pub use disk_cache::DiskCache;

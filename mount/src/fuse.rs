@@ -20,8 +20,6 @@ use tracing::{info_span, warn};
 
 /// `st_blksize`: the preferred I/O size, matching the largest FUSE write.
 const IO_SIZE: u32 = 1 << 20;
-/// Directory entries fetched from the metadata per batch while filling a readdir page.
-const READDIR_BATCH: usize = 256;
 
 pub struct FuseAdapter {
     fs: Arc<FileSystem>,
@@ -605,30 +603,8 @@ impl FuseAdapter {
         &self,
         dir: u64,
         offset: u64,
-        mut add: impl FnMut(u64, u64, FileKind, &[u8]) -> bool,
+        add: impl FnMut(u64, u64, FileKind, &[u8]) -> bool,
     ) -> Result<(), FsError> {
-        if offset < 2 {
-            let attr = self.fs.getattr(dir)?;
-            if offset < 1 && add(dir, 1, FileKind::Dir, b".") {
-                return Ok(());
-            }
-            if add(attr.parent, 2, FileKind::Dir, b"..") {
-                return Ok(());
-            }
-        }
-        let mut after = offset.max(2);
-        loop {
-            let batch = self.fs.readdir(dir, after, READDIR_BATCH)?;
-            let done = batch.len() < READDIR_BATCH;
-            for entry in batch {
-                if add(entry.ino, entry.cookie, entry.kind, &entry.name) {
-                    return Ok(());
-                }
-                after = entry.cookie;
-            }
-            if done {
-                return Ok(());
-            }
-        }
+        self.fs.list_dir(dir, offset, add).map(|_| ())
     }
 }

@@ -1,9 +1,11 @@
-//! The `elasticfs` command: CLI, FUSE adapter, mounting. A thin layer over `elasticfs-core`.
+//! The `elasticfs` command: CLI, FUSE adapter, mounting, and the NFS gateway's command. A thin
+//! layer over `elasticfs-core` and `elasticfs-nfs-gateway`.
 
 pub mod cli;
 pub mod fuse;
 pub mod mounting;
 pub mod options;
 pub mod serve_meta;
+pub mod serve_nfs;
 pub mod status;
 pub mod volume;

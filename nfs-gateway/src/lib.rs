@@ -1,2 +1,196 @@
-//! The NFS gateway (NFSv3 over `fs-core`) is issue 4 and not written yet. This crate exists so
-//! that the workspace has the shape of the design; it deliberately exports nothing.
+//! The NFS gateway: NFSv3 and MOUNT (one TCP port, no portmapper) over the `fs-core` engine,
+//! so that hosts without a FUSE client share the file system with those that have one.
+//!
+//! Built on the `nfs3_types` XDR definitions with our own RPC server and procedures: see
+//! docs/ARCHITECTURE.md for why neither `nfsserve` nor `nfs3_server` is used.
+
+mod attrs;
+mod export;
+mod handle;
+mod mount;
+mod nfs;
+mod open_files;
+mod rpc;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use elasticfs_core::{FileSystem, FsResult};
+use nfs3_types::nfs3::writeverf3;
+use nfs3_types::rpc::{accept_stat_data, auth_stat};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info_span, warn};
+
+pub use export::{parse_network, ExportConfig, Squash};
+
+use handle::HandleCodec;
+use nfs::Reply;
+use open_files::OpenFiles;
+
+const NFS_PROGRAM: u32 = 100_003;
+const MOUNT_PROGRAM: u32 = 100_005;
+const VERSION_3: u32 = 3;
+
+/// Calls of one connection served at once.
+const IN_FLIGHT_PER_CONNECTION: usize = 32;
+/// A file's handle is closed (and its writes committed) after this long without a call.
+const IDLE_CLOSE: Duration = Duration::from_secs(5);
+
+pub struct Gateway {
+    fs: Arc<FileSystem>,
+    export: ExportConfig,
+    handles: HandleCodec,
+    open: OpenFiles,
+    /// Changes whenever UNSTABLE writes may have been lost (at start, and when committing an
+    /// idle file fails), so that clients send them again.
+    verifier: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(fs: Arc<FileSystem>, export: ExportConfig) -> Arc<Self> {
+        let boot = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        Arc::new(Gateway {
+            handles: HandleCodec::new(&fs.meta().superblock().uuid),
+            open: OpenFiles::new(fs.clone()),
+            fs,
+            export,
+            verifier: AtomicU64::new(boot),
+        })
+    }
+
+    fn write_verifier(&self) -> writeverf3 {
+        writeverf3(self.verifier.load(Ordering::Relaxed).to_be_bytes())
+    }
+
+    /// Serves NFS and MOUNT calls from `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        tokio::spawn(self.clone().close_idle_files());
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(self.clone().connection(stream, peer));
+        }
+    }
+
+    /// Commits and closes every open file (at shutdown).
+    pub fn close_all(&self) -> FsResult<()> {
+        match self.open.close_idle(Duration::ZERO).into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn close_idle_files(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let gateway = self.clone();
+            let failed = tokio::task::spawn_blocking(move || gateway.open.close_idle(IDLE_CLOSE)).await;
+            for (ino, e) in failed.unwrap_or_default() {
+                warn!(ino, "committing an idle file failed ({e}); clients will resend their unstable writes");
+                self.verifier.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let allowed = self.export.allows(peer.ip());
+        if !allowed {
+            warn!(%peer, "refusing a client outside --allow");
+        }
+        let (mut reader, writer) = stream.into_split();
+        let (replies, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+        let writing = tokio::spawn(async move {
+            let mut writer = BufWriter::new(writer);
+            while let Some(reply) = outgoing.recv().await {
+                if writer.write_all(&rpc::frame(&reply)).await.is_err() {
+                    return;
+                }
+                while let Ok(reply) = outgoing.try_recv() {
+                    if writer.write_all(&rpc::frame(&reply)).await.is_err() {
+                        return;
+                    }
+                }
+                if writer.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
+        loop {
+            let record = match rpc::read_record(&mut reader).await {
+                Ok(record) => record,
+                Err(rpc::RecordError::Closed) => break,
+                Err(e) => {
+                    warn!(%peer, "dropping the connection: {e}");
+                    break;
+                }
+            };
+            let call = match rpc::decode_call(&record) {
+                Ok(call) => call,
+                Err(rpc::BadCall::Reply(reply)) => {
+                    let _ = replies.send(reply);
+                    continue;
+                }
+                Err(rpc::BadCall::Garbage) => {
+                    warn!(%peer, "dropping the connection: a record that is not an RPC call");
+                    break;
+                }
+            };
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let (gateway, replies) = (self.clone(), replies.clone());
+            tokio::task::spawn_blocking(move || {
+                let reply = gateway.answer(&call, &record[call.args_at..], allowed);
+                let _ = replies.send(reply);
+                drop(permit);
+            });
+        }
+        drop(replies);
+        let _ = writing.await;
+    }
+
+    /// The reply to one call.
+    fn answer(&self, call: &rpc::Call, mut args: &[u8], allowed: bool) -> Vec<u8> {
+        let _span = info_span!("nfs", prog = call.prog, proc = call.proc, xid = call.xid).entered();
+        let who = self.export.identity(call.auth.as_ref());
+        let reply = match (call.prog, call.vers) {
+            (MOUNT_PROGRAM, VERSION_3) => self.mount_call(call.proc, &mut args, allowed, &who),
+            (NFS_PROGRAM, VERSION_3) if !allowed && call.proc != 0 => {
+                return rpc::denied(call.xid, auth_stat::AUTH_TOOWEAK)
+            }
+            (NFS_PROGRAM, VERSION_3) => self.nfs_call(call.proc, &mut args, &who),
+            (NFS_PROGRAM | MOUNT_PROGRAM, _) => {
+                let mismatch = accept_stat_data::PROG_MISMATCH { low: VERSION_3, high: VERSION_3 };
+                return rpc::failure(call.xid, mismatch);
+            }
+            _ => return rpc::failure(call.xid, accept_stat_data::PROG_UNAVAIL),
+        };
+        match reply {
+            Some(Reply::Packed(result)) => rpc::success(call.xid, &RawResult(result)),
+            Some(Reply::NoSuchProcedure) => rpc::failure(call.xid, accept_stat_data::PROC_UNAVAIL),
+            None => {
+                debug!("arguments that do not decode");
+                rpc::failure(call.xid, accept_stat_data::GARBAGE_ARGS)
+            }
+        }
+    }
+}
+
+/// A result already in XDR.
+struct RawResult(Vec<u8>);
+
+impl nfs3_types::xdr_codec::Pack for RawResult {
+    fn packed_size(&self) -> usize {
+        self.0.len()
+    }
+
+    fn pack(&self, out: &mut impl std::io::Write) -> nfs3_types::xdr_codec::Result<usize> {
+        out.write_all(&self.0).map_err(nfs3_types::xdr_codec::Error::Io)?;
+        Ok(self.0.len())
+    }
+}

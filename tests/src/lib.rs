@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests: runs the real `elasticfs` binary, mounts for real with
 //! FUSE, and serves real S3 over HTTP on 127.0.0.1 from an in-process `s3s-fs` server.
 
+pub mod nfs;
 pub mod posix_suite;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,711 @@
+//! The NFSv3 procedures (RFC 1813) over the engine, with permission checks against the
+//! caller's (squashed) identity.
+
+use elasticfs_core::metadata::{Attr, FileKind, Ino, RenameMode, Timestamp};
+use elasticfs_core::{errno, FsError, Identity, SetAttrRequest, MAY_EXEC, MAY_READ, MAY_WRITE};
+use nfs3_types::nfs3::*;
+use nfs3_types::xdr_codec::{List, Opaque, Pack, Void};
+
+use crate::attrs::{fattr, join_rdev, post_op, requested_mode, set_request, status, time, wcc};
+use crate::handle::BadHandle;
+use crate::Gateway;
+
+/// Largest READ and WRITE (FSINFO's rtmax and wtmax).
+pub const MAX_IO: u32 = 1 << 20;
+/// Largest file offset (as the engine's limit).
+const MAX_FILE_SIZE: u64 = 1 << 44;
+/// Reported as total capacity: elastic, as EFS reports 8 EiB.
+const TOTAL_BYTES: u64 = 8 << 60;
+const TOTAL_FILES: u64 = 1 << 48;
+
+type Nfs<T> = Result<T, nfsstat3>;
+
+/// Each procedure's result, ready to pack after the RPC reply header.
+pub enum Reply {
+    Packed(Vec<u8>),
+    /// The procedure number is not NFSv3's.
+    NoSuchProcedure,
+}
+
+pub(crate) fn packed(result: impl Pack) -> Reply {
+    let mut out = Vec::with_capacity(result.packed_size());
+    result.pack(&mut out).expect("packing into a Vec cannot fail");
+    Reply::Packed(out)
+}
+
+fn fail<T, E: Default>(status: nfsstat3) -> Nfs3Result<T, E> {
+    Nfs3Result::Err((status, E::default()))
+}
+
+/// The result of a procedure whose failure carries no more than defaults.
+fn result<T, E: Default>(r: Nfs<T>) -> Nfs3Result<T, E> {
+    r.map_or_else(fail, Nfs3Result::Ok)
+}
+
+fn name_of<'a>(name: &'a filename3<'_>) -> Nfs<&'a [u8]> {
+    let name = name.as_ref();
+    if name.len() > 255 {
+        Err(nfsstat3::NFS3ERR_NAMETOOLONG)
+    } else if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        Err(nfsstat3::NFS3ERR_INVAL)
+    } else {
+        Ok(name)
+    }
+}
+
+/// A name a new entry may take ("." and ".." always exist).
+fn new_name<'a>(name: &'a filename3<'_>) -> Nfs<&'a [u8]> {
+    match name_of(name)? {
+        b"." | b".." => Err(nfsstat3::NFS3ERR_EXIST),
+        name => Ok(name),
+    }
+}
+
+fn allow(permitted: bool) -> Nfs<()> {
+    if permitted {
+        Ok(())
+    } else {
+        Err(nfsstat3::NFS3ERR_ACCES)
+    }
+}
+
+fn fs_err(e: FsError) -> nfsstat3 {
+    status(&e)
+}
+
+impl Gateway {
+    /// Runs procedure `proc` with the XDR arguments in `args`; `None` if they do not decode.
+    pub(crate) fn nfs_call(&self, proc: u32, args: &mut &[u8], who: &Identity) -> Option<Reply> {
+        use nfs3_types::xdr_codec::Unpack;
+        macro_rules! call {
+            ($args:ty, $run:expr) => {{
+                let (args, _) = <$args>::unpack(args).ok()?;
+                packed($run(args))
+            }};
+        }
+        Some(match proc {
+            0 => packed(Void),
+            1 => call!(GETATTR3args, |a: GETATTR3args| self.getattr(a)),
+            2 => call!(SETATTR3args, |a| self.setattr(a, who)),
+            3 => call!(LOOKUP3args, |a| self.lookup(a, who)),
+            4 => call!(ACCESS3args, |a| self.access(a, who)),
+            5 => call!(READLINK3args, |a: READLINK3args| self.readlink(a)),
+            6 => call!(READ3args, |a| self.read(a, who)),
+            7 => call!(WRITE3args, |a| self.write(a, who)),
+            8 => call!(CREATE3args, |a| self.create(a, who)),
+            9 => call!(MKDIR3args, |a| self.mkdir(a, who)),
+            10 => call!(SYMLINK3args, |a| self.symlink(a, who)),
+            11 => call!(MKNOD3args, |a| self.mknod(a, who)),
+            12 => call!(REMOVE3args, |a| self.remove(a, who)),
+            13 => call!(RMDIR3args, |a| self.rmdir(a, who)),
+            14 => call!(RENAME3args, |a| self.rename(a, who)),
+            15 => call!(LINK3args, |a| self.link(a, who)),
+            16 => call!(READDIR3args, |a| self.readdir(a, who)),
+            17 => call!(READDIRPLUS3args, |a| self.readdirplus(a, who)),
+            18 => call!(FSSTAT3args, |a: FSSTAT3args| self.fsstat(a)),
+            19 => call!(FSINFO3args, |a: FSINFO3args| self.fsinfo(a)),
+            20 => call!(PATHCONF3args, |a: PATHCONF3args| self.pathconf(a)),
+            21 => call!(COMMIT3args, |a: COMMIT3args| self.commit(a)),
+            _ => Reply::NoSuchProcedure,
+        })
+    }
+
+    // ----- helpers ------------------------------------------------------------------------
+
+    pub(crate) fn handle_of(&self, attr: &Attr) -> nfs_fh3 {
+        nfs_fh3 { data: Opaque::owned(self.handles.encode(attr.ino, attr.generation)) }
+    }
+
+    /// The attributes of the file a handle names: STALE if it is gone (or its inode number
+    /// was used again), BADHANDLE if it is not a handle at all.
+    pub(crate) fn resolve(&self, fh: &nfs_fh3) -> Nfs<Attr> {
+        let (ino, generation) = self.handles.decode(fh.data.as_ref()).map_err(|e| match e {
+            BadHandle::Malformed => nfsstat3::NFS3ERR_BADHANDLE,
+            BadHandle::OtherVolume => nfsstat3::NFS3ERR_STALE,
+        })?;
+        let attr = self.fs.getattr(ino).map_err(|e| match e.errno {
+            errno::ENOENT => nfsstat3::NFS3ERR_STALE,
+            _ => status(&e),
+        })?;
+        if attr.generation != generation {
+            return Err(nfsstat3::NFS3ERR_STALE);
+        }
+        Ok(attr)
+    }
+
+    fn resolve_dir(&self, fh: &nfs_fh3) -> Nfs<Attr> {
+        let dir = self.resolve(fh)?;
+        if dir.kind != FileKind::Dir {
+            return Err(nfsstat3::NFS3ERR_NOTDIR);
+        }
+        Ok(dir)
+    }
+
+    fn writable(&self) -> Nfs<()> {
+        if self.export.read_only {
+            Err(nfsstat3::NFS3ERR_ROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn attrs_of(&self, ino: Ino) -> post_op_attr {
+        post_op(self.fs.getattr(ino).ok().as_ref(), self.handles.volume)
+    }
+
+    fn dir_wcc(&self, dir: Ino) -> wcc_data {
+        wcc(self.fs.getattr(dir).ok().as_ref(), self.handles.volume)
+    }
+
+    /// A directory that the caller may add entries to or remove entries from.
+    fn changeable_dir(&self, fh: &nfs_fh3, who: &Identity) -> Nfs<Attr> {
+        self.writable()?;
+        let dir = self.resolve_dir(fh)?;
+        allow(who.may(&dir, MAY_WRITE | MAY_EXEC))?;
+        Ok(dir)
+    }
+
+    fn lookup_in(&self, dir: &Attr, name: &[u8]) -> Nfs<Attr> {
+        match name {
+            b"." => Ok(dir.clone()),
+            b".." => self.fs.getattr(dir.parent).map_err(fs_err),
+            _ => self.fs.lookup(dir.ino, name).map_err(fs_err),
+        }
+    }
+
+    /// What a CREATE, MKDIR, SYMLINK or MKNOD returns.
+    fn made(&self, attr: &Attr, dir: Ino) -> (post_op_fh3, post_op_attr, wcc_data) {
+        let fsid = self.handles.volume;
+        (post_op_fh3::Some(self.handle_of(attr)), post_op(Some(attr), fsid), self.dir_wcc(dir))
+    }
+
+    // ----- attributes -----------------------------------------------------------------------
+
+    fn getattr(&self, a: GETATTR3args) -> GETATTR3res {
+        match self.resolve(&a.object) {
+            Ok(attr) => Nfs3Result::Ok(GETATTR3resok { obj_attributes: fattr(&attr, self.handles.volume) }),
+            Err(s) => Nfs3Result::Err((s, Void)),
+        }
+    }
+
+    fn setattr(&self, a: SETATTR3args, who: &Identity) -> SETATTR3res {
+        let run = || -> Nfs<Attr> {
+            self.writable()?;
+            let attr = self.resolve(&a.object)?;
+            if let sattrguard3::Some(ctime) = a.guard {
+                if time(attr.ctime) != ctime {
+                    return Err(nfsstat3::NFS3ERR_NOT_SYNC);
+                }
+            }
+            let (req, to_now) = set_request(&a.new_attributes);
+            let only_times =
+                req.perm.is_none() && req.uid.is_none() && req.gid.is_none() && req.size.is_none();
+            let permitted =
+                if only_times && to_now { who.may_touch(&attr) } else { who.may_set(&attr, &req) };
+            if !permitted {
+                // As chmod, chown and utimes(2) say: EPERM for what only an owner may do,
+                // EACCES for a truncate or a touch without write permission.
+                let owner_only = req.perm.is_some() || req.uid.is_some() || req.gid.is_some() || !to_now;
+                return Err(if owner_only { nfsstat3::NFS3ERR_PERM } else { nfsstat3::NFS3ERR_ACCES });
+            }
+            if req.size.is_some() && attr.kind == FileKind::Dir {
+                return Err(nfsstat3::NFS3ERR_INVAL);
+            }
+            self.fs.setattr(attr.ino, &req).map_err(fs_err)
+        };
+        match run() {
+            Ok(attr) => Nfs3Result::Ok(SETATTR3resok { obj_wcc: wcc(Some(&attr), self.handles.volume) }),
+            Err(s) => fail(s),
+        }
+    }
+
+    fn access(&self, a: ACCESS3args, who: &Identity) -> ACCESS3res {
+        let attr = match self.resolve(&a.object) {
+            Ok(attr) => attr,
+            Err(s) => return fail(s),
+        };
+        let (r, w, x) = (who.may(&attr, MAY_READ), who.may(&attr, MAY_WRITE), who.may(&attr, MAY_EXEC));
+        let w = w && !self.export.read_only;
+        let mut granted = 0;
+        if r {
+            granted |= ACCESS3_READ;
+        }
+        if w {
+            granted |= ACCESS3_MODIFY | ACCESS3_EXTEND;
+        }
+        if attr.kind == FileKind::Dir {
+            if x {
+                granted |= ACCESS3_LOOKUP;
+            }
+            if w {
+                granted |= ACCESS3_DELETE;
+            }
+        } else if x {
+            granted |= ACCESS3_EXECUTE;
+        }
+        Nfs3Result::Ok(ACCESS3resok {
+            obj_attributes: post_op(Some(&attr), self.handles.volume),
+            access: a.access & granted,
+        })
+    }
+
+    fn pathconf(&self, a: PATHCONF3args) -> PATHCONF3res {
+        result(self.resolve(&a.object).map(|attr| PATHCONF3resok {
+            obj_attributes: post_op(Some(&attr), self.handles.volume),
+            linkmax: u32::MAX,
+            name_max: 255,
+            no_trunc: true,
+            chown_restricted: true,
+            case_insensitive: false,
+            case_preserving: true,
+        }))
+    }
+
+    fn fsstat(&self, a: FSSTAT3args) -> FSSTAT3res {
+        let run = || -> Nfs<FSSTAT3resok> {
+            let attr = self.resolve(&a.fsroot)?;
+            let usage = self.fs.statfs().map_err(fs_err)?;
+            let free_bytes = TOTAL_BYTES.saturating_sub(usage.bytes);
+            let free_files = TOTAL_FILES.saturating_sub(usage.inodes);
+            Ok(FSSTAT3resok {
+                obj_attributes: post_op(Some(&attr), self.handles.volume),
+                tbytes: TOTAL_BYTES,
+                fbytes: free_bytes,
+                abytes: free_bytes,
+                tfiles: TOTAL_FILES,
+                ffiles: free_files,
+                afiles: free_files,
+                invarsec: 0,
+            })
+        };
+        result(run())
+    }
+
+    fn fsinfo(&self, a: FSINFO3args) -> FSINFO3res {
+        result(self.resolve(&a.fsroot).map(|attr| FSINFO3resok {
+            obj_attributes: post_op(Some(&attr), self.handles.volume),
+            rtmax: MAX_IO,
+            rtpref: MAX_IO,
+            rtmult: 4096,
+            wtmax: MAX_IO,
+            wtpref: MAX_IO,
+            wtmult: 4096,
+            dtpref: 64 << 10,
+            maxfilesize: MAX_FILE_SIZE,
+            time_delta: nfstime3 { seconds: 0, nseconds: 1 },
+            properties: FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
+        }))
+    }
+
+    // ----- names ----------------------------------------------------------------------------
+
+    fn lookup(&self, a: LOOKUP3args, who: &Identity) -> LOOKUP3res {
+        let fsid = self.handles.volume;
+        let dir = match self.resolve_dir(&a.what.dir) {
+            Ok(dir) => dir,
+            Err(s) => return fail(s),
+        };
+        let found = name_of(&a.what.name)
+            .and_then(|name| allow(who.may(&dir, MAY_EXEC)).and_then(|_| self.lookup_in(&dir, name)));
+        match found {
+            Ok(attr) => Nfs3Result::Ok(LOOKUP3resok {
+                object: self.handle_of(&attr),
+                obj_attributes: post_op(Some(&attr), fsid),
+                dir_attributes: post_op(Some(&dir), fsid),
+            }),
+            Err(s) => Nfs3Result::Err((s, LOOKUP3resfail { dir_attributes: post_op(Some(&dir), fsid) })),
+        }
+    }
+
+    fn readlink(&self, a: READLINK3args) -> READLINK3res<'static> {
+        let run = || -> Nfs<READLINK3resok<'static>> {
+            let attr = self.resolve(&a.symlink)?;
+            if attr.kind != FileKind::Symlink {
+                return Err(nfsstat3::NFS3ERR_INVAL);
+            }
+            let target = self.fs.readlink(attr.ino).map_err(fs_err)?;
+            Ok(READLINK3resok {
+                symlink_attributes: post_op(Some(&attr), self.handles.volume),
+                data: nfspath3(Opaque::owned(target)),
+            })
+        };
+        result(run())
+    }
+
+    fn create(&self, a: CREATE3args, who: &Identity) -> CREATE3res {
+        let dir_ino = self.handles.decode(a.where_.dir.data.as_ref()).map_or(0, |(ino, _)| ino);
+        let run = || -> Nfs<Attr> {
+            let dir = self.changeable_dir(&a.where_.dir, who)?;
+            let name = new_name(&a.where_.name)?;
+            match &a.how {
+                createhow3::UNCHECKED(s) | createhow3::GUARDED(s) => {
+                    let guarded = matches!(a.how, createhow3::GUARDED(_));
+                    if !guarded {
+                        if let Ok(existing) = self.fs.lookup(dir.ino, name) {
+                            if existing.kind != FileKind::File {
+                                return Err(nfsstat3::NFS3ERR_EXIST);
+                            }
+                        }
+                    }
+                    let mode = requested_mode(s, 0o644);
+                    let (attr, fh) =
+                        self.fs.create(dir.ino, name, mode, who.caller(), guarded, false).map_err(fs_err)?;
+                    self.open.adopt(attr.ino, fh);
+                    // The mode was used at creation; what else was asked (a size of 0 when
+                    // the file existed, an owner) is applied as a SETATTR would be.
+                    let (mut req, _) = set_request(s);
+                    req.perm = None;
+                    if req.size.is_none() && req.uid.is_none() && req.gid.is_none() {
+                        return Ok(attr);
+                    }
+                    allow(who.may_set(&attr, &req))?;
+                    self.fs.setattr(attr.ino, &req).map_err(fs_err)
+                }
+                createhow3::EXCLUSIVE(verf) => self.create_exclusive(&dir, name, verf, who),
+            }
+        };
+        match run() {
+            Ok(attr) => {
+                let (obj, obj_attributes, dir_wcc) = self.made(&attr, dir_ino);
+                Nfs3Result::Ok(CREATE3resok { obj, obj_attributes, dir_wcc })
+            }
+            Err(s) => fail(s),
+        }
+    }
+
+    /// An exclusive create keeps the client's verifier in the file's times (as knfsd does), so
+    /// that a retransmitted CREATE finds its own file and succeeds; the client then sets the
+    /// real attributes with a SETATTR.
+    fn create_exclusive(&self, dir: &Attr, name: &[u8], verf: &createverf3, who: &Identity) -> Nfs<Attr> {
+        let word = |at: usize| u32::from_be_bytes(verf.0[at..at + 4].try_into().expect("4 bytes"));
+        let stamp =
+            (Timestamp { secs: word(0) as i64, nanos: 0 }, Timestamp { secs: word(4) as i64, nanos: 0 });
+        match self.fs.create(dir.ino, name, 0o600, who.caller(), true, false) {
+            Ok((attr, fh)) => {
+                self.open.adopt(attr.ino, fh);
+                let req = SetAttrRequest { atime: Some(stamp.0), mtime: Some(stamp.1), ..Default::default() };
+                self.fs.setattr(attr.ino, &req).map_err(fs_err)
+            }
+            Err(e) if e.errno == 17 => {
+                let existing = self.fs.lookup(dir.ino, name).map_err(fs_err)?;
+                if existing.kind == FileKind::File && (existing.atime, existing.mtime) == stamp {
+                    Ok(existing)
+                } else {
+                    Err(nfsstat3::NFS3ERR_EXIST)
+                }
+            }
+            Err(e) => Err(fs_err(e)),
+        }
+    }
+
+    fn mkdir(&self, a: MKDIR3args, who: &Identity) -> MKDIR3res {
+        let run = || -> Nfs<(Attr, Ino)> {
+            let dir = self.changeable_dir(&a.where_.dir, who)?;
+            let name = new_name(&a.where_.name)?;
+            let mode = requested_mode(&a.attributes, 0o755);
+            let attr = self.fs.mknod(dir.ino, name, FileKind::Dir, mode, 0, who.caller()).map_err(fs_err)?;
+            Ok((attr, dir.ino))
+        };
+        match run() {
+            Ok((attr, dir)) => {
+                let (obj, obj_attributes, dir_wcc) = self.made(&attr, dir);
+                Nfs3Result::Ok(MKDIR3resok { obj, obj_attributes, dir_wcc })
+            }
+            Err(s) => fail(s),
+        }
+    }
+
+    fn symlink(&self, a: SYMLINK3args, who: &Identity) -> SYMLINK3res {
+        let run = || -> Nfs<(Attr, Ino)> {
+            let dir = self.changeable_dir(&a.where_.dir, who)?;
+            let name = new_name(&a.where_.name)?;
+            let target = a.symlink.symlink_data.as_ref();
+            let attr = self.fs.symlink(dir.ino, name, target, who.caller()).map_err(fs_err)?;
+            Ok((attr, dir.ino))
+        };
+        match run() {
+            Ok((attr, dir)) => {
+                let (obj, obj_attributes, dir_wcc) = self.made(&attr, dir);
+                Nfs3Result::Ok(SYMLINK3resok { obj, obj_attributes, dir_wcc })
+            }
+            Err(s) => fail(s),
+        }
+    }
+
+    fn mknod(&self, a: MKNOD3args, who: &Identity) -> MKNOD3res {
+        let run = || -> Nfs<(Attr, Ino)> {
+            let dir = self.changeable_dir(&a.where_.dir, who)?;
+            let name = new_name(&a.where_.name)?;
+            let (kind, attrs, rdev) = match &a.what {
+                mknoddata3::NF3CHR(d) => (FileKind::CharDev, &d.dev_attributes, Some(&d.spec)),
+                mknoddata3::NF3BLK(d) => (FileKind::BlockDev, &d.dev_attributes, Some(&d.spec)),
+                mknoddata3::NF3SOCK(s) => (FileKind::Socket, s, None),
+                mknoddata3::NF3FIFO(s) => (FileKind::Fifo, s, None),
+                mknoddata3::default => return Err(nfsstat3::NFS3ERR_BADTYPE),
+            };
+            if rdev.is_some() {
+                // Device nodes are root's to make, as mknod(2) says.
+                allow(who.uid == 0).map_err(|_| nfsstat3::NFS3ERR_PERM)?;
+            }
+            let rdev = rdev.map_or(0, |spec| join_rdev(spec.specdata1, spec.specdata2));
+            let mode = requested_mode(attrs, 0o644);
+            let attr = self.fs.mknod(dir.ino, name, kind, mode, rdev, who.caller()).map_err(fs_err)?;
+            Ok((attr, dir.ino))
+        };
+        match run() {
+            Ok((attr, dir)) => {
+                let (obj, obj_attributes, dir_wcc) = self.made(&attr, dir);
+                Nfs3Result::Ok(MKNOD3resok { obj, obj_attributes, dir_wcc })
+            }
+            Err(s) => Nfs3Result::Err((s, MKNOD3resfail { dir_wcc: wcc_data::default() })),
+        }
+    }
+
+    /// REMOVE and RMDIR: the victim must be one the caller may delete.
+    fn unlink_checked(&self, object: &diropargs3, who: &Identity, rmdir: bool) -> Nfs<Ino> {
+        let dir = self.changeable_dir(&object.dir, who)?;
+        let name = match name_of(&object.name)? {
+            b"." => return Err(nfsstat3::NFS3ERR_INVAL),
+            b".." => return Err(nfsstat3::NFS3ERR_EXIST),
+            name => name,
+        };
+        let victim = self.fs.lookup(dir.ino, name).map_err(fs_err)?;
+        allow(who.may_delete(&dir, &victim))?;
+        self.open.close(victim.ino).map_err(fs_err)?;
+        if rmdir {
+            self.fs.rmdir(dir.ino, name).map_err(fs_err)?;
+        } else {
+            self.fs.unlink(dir.ino, name).map_err(fs_err)?;
+        }
+        Ok(dir.ino)
+    }
+
+    fn remove(&self, a: REMOVE3args, who: &Identity) -> REMOVE3res {
+        match self.unlink_checked(&a.object, who, false) {
+            Ok(dir) => Nfs3Result::Ok(REMOVE3resok { dir_wcc: self.dir_wcc(dir) }),
+            Err(s) => fail(s),
+        }
+    }
+
+    fn rmdir(&self, a: RMDIR3args, who: &Identity) -> RMDIR3res {
+        match self.unlink_checked(&a.object, who, true) {
+            Ok(dir) => Nfs3Result::Ok(RMDIR3resok { dir_wcc: self.dir_wcc(dir) }),
+            Err(s) => Nfs3Result::Err((s, RMDIR3resfail { dir_wcc: wcc_data::default() })),
+        }
+    }
+
+    fn rename(&self, a: RENAME3args, who: &Identity) -> RENAME3res {
+        let run = || -> Nfs<(Ino, Ino)> {
+            let from = self.changeable_dir(&a.from.dir, who)?;
+            let to = self.changeable_dir(&a.to.dir, who)?;
+            let (name, new_name) = (new_name(&a.from.name)?, new_name(&a.to.name)?);
+            let moving = self.fs.lookup(from.ino, name).map_err(fs_err)?;
+            allow(who.may_delete(&from, &moving))?;
+            if let Ok(target) = self.fs.lookup(to.ino, new_name) {
+                allow(who.may_delete(&to, &target))?;
+                self.open.close(target.ino).map_err(fs_err)?;
+            }
+            if moving.kind == FileKind::Dir && from.ino != to.ino {
+                // Its ".." changes: as on Linux, that needs write permission on it.
+                allow(who.may(&moving, MAY_WRITE))?;
+            }
+            self.fs.rename(from.ino, name, to.ino, new_name, RenameMode::Replace).map_err(fs_err)?;
+            Ok((from.ino, to.ino))
+        };
+        match run() {
+            Ok((from, to)) => {
+                Nfs3Result::Ok(RENAME3resok { fromdir_wcc: self.dir_wcc(from), todir_wcc: self.dir_wcc(to) })
+            }
+            Err(s) => fail(s),
+        }
+    }
+
+    fn link(&self, a: LINK3args, who: &Identity) -> LINK3res {
+        let fsid = self.handles.volume;
+        let run = || -> Nfs<(Attr, Ino)> {
+            let file = self.resolve(&a.file)?;
+            let dir = self.changeable_dir(&a.link.dir, who)?;
+            let name = new_name(&a.link.name)?;
+            if file.kind == FileKind::Dir {
+                return Err(nfsstat3::NFS3ERR_ISDIR);
+            }
+            let attr = self.fs.link(file.ino, dir.ino, name).map_err(fs_err)?;
+            Ok((attr, dir.ino))
+        };
+        match run() {
+            Ok((attr, dir)) => Nfs3Result::Ok(LINK3resok {
+                file_attributes: post_op(Some(&attr), fsid),
+                linkdir_wcc: self.dir_wcc(dir),
+            }),
+            Err(s) => Nfs3Result::Err((
+                s,
+                LINK3resfail { file_attributes: post_op_attr::None, linkdir_wcc: wcc_data::default() },
+            )),
+        }
+    }
+
+    // ----- data -----------------------------------------------------------------------------
+
+    /// A regular file the caller may read or write.
+    fn data_file(&self, fh: &nfs_fh3, who: &Identity, want: u16) -> Nfs<Attr> {
+        let attr = self.resolve(fh)?;
+        match attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(nfsstat3::NFS3ERR_ISDIR),
+            _ => return Err(nfsstat3::NFS3ERR_INVAL),
+        }
+        allow(who.may_access_data(&attr, want))?;
+        Ok(attr)
+    }
+
+    fn read(&self, a: READ3args, who: &Identity) -> READ3res<'static> {
+        let run = || -> Nfs<READ3resok<'static>> {
+            let attr = self.data_file(&a.file, who, MAY_READ)?;
+            let handle = self.open.get(attr.ino).map_err(fs_err)?;
+            // What others committed since this gateway opened the file (close-to-open).
+            let attr = self.fs.revalidate(handle.fh).map_err(fs_err)?;
+            let data = self.fs.read(handle.fh, a.offset, a.count.min(MAX_IO)).map_err(fs_err)?;
+            Ok(READ3resok {
+                file_attributes: post_op(Some(&attr), self.handles.volume),
+                count: data.len() as u32,
+                eof: a.offset.saturating_add(data.len() as u64) >= attr.size,
+                data: Opaque::owned(data),
+            })
+        };
+        result(run())
+    }
+
+    fn write(&self, a: WRITE3args, who: &Identity) -> WRITE3res {
+        let run = || -> Nfs<WRITE3resok> {
+            self.writable()?;
+            let attr = self.data_file(&a.file, who, MAY_WRITE)?;
+            let data = a.data.as_ref();
+            if (a.count as usize) > data.len() {
+                return Err(nfsstat3::NFS3ERR_INVAL);
+            }
+            let data = &data[..a.count as usize];
+            let handle = self.open.get(attr.ino).map_err(fs_err)?;
+            self.fs.write(handle.fh, a.offset, data).map_err(fs_err)?;
+            // UNSTABLE data waits for COMMIT (or for the handle's close); anything else is
+            // made durable before the reply, so that no reply claims more than is true.
+            let committed = if a.stable == stable_how::UNSTABLE {
+                stable_how::UNSTABLE
+            } else {
+                self.fs.flush(handle.fh).map_err(fs_err)?;
+                stable_how::FILE_SYNC
+            };
+            Ok(WRITE3resok {
+                file_wcc: wcc(self.fs.getattr(attr.ino).ok().as_ref(), self.handles.volume),
+                count: data.len() as u32,
+                committed,
+                verf: self.write_verifier(),
+            })
+        };
+        result(run())
+    }
+
+    fn commit(&self, a: COMMIT3args) -> COMMIT3res {
+        let run = || -> Nfs<Ino> {
+            let attr = self.resolve(&a.file)?;
+            // Without a handle there is nothing uncommitted: closing it committed it, or
+            // (if that failed) changed the verifier, so that the client writes again.
+            if let Some(handle) = self.open.existing(attr.ino) {
+                self.fs.flush(handle.fh).map_err(fs_err)?;
+            }
+            Ok(attr.ino)
+        };
+        match run() {
+            Ok(ino) => Nfs3Result::Ok(COMMIT3resok {
+                file_wcc: wcc_data { before: Default::default(), after: self.attrs_of(ino) },
+                verf: self.write_verifier(),
+            }),
+            Err(s) => Nfs3Result::Err((s, COMMIT3resfail { file_wcc: wcc_data::default() })),
+        }
+    }
+
+    // ----- directories ------------------------------------------------------------------------
+
+    fn readable_dir(&self, fh: &nfs_fh3, who: &Identity) -> Nfs<Attr> {
+        let dir = self.resolve_dir(fh)?;
+        allow(who.may(&dir, MAY_READ))?;
+        Ok(dir)
+    }
+
+    fn readdir(&self, a: READDIR3args, who: &Identity) -> READDIR3res<'static> {
+        let run = || -> Nfs<READDIR3resok<'static>> {
+            let dir = self.readable_dir(&a.dir, who)?;
+            let dir_attributes = post_op(Some(&dir), self.handles.volume);
+            let mut reply = READDIR3resok {
+                dir_attributes,
+                cookieverf: cookieverf3::default(),
+                reply: dirlist3 { entries: List(Vec::new()), eof: false },
+            };
+            let mut room = (a.count as usize).saturating_sub(reply.packed_size());
+            let eof = self
+                .fs
+                .list_dir(dir.ino, a.cookie, |ino, cookie, _, name| {
+                    let entry = entry3 { fileid: ino, name: filename3(Opaque::owned(name.to_vec())), cookie };
+                    let size = 4 + entry.packed_size();
+                    if size > room {
+                        return true;
+                    }
+                    room -= size;
+                    reply.reply.entries.0.push(entry);
+                    false
+                })
+                .map_err(fs_err)?;
+            if !eof && reply.reply.entries.0.is_empty() {
+                return Err(nfsstat3::NFS3ERR_TOOSMALL);
+            }
+            reply.reply.eof = eof;
+            Ok(reply)
+        };
+        result(run())
+    }
+
+    fn readdirplus(&self, a: READDIRPLUS3args, who: &Identity) -> READDIRPLUS3res<'static> {
+        let fsid = self.handles.volume;
+        let run = || -> Nfs<READDIRPLUS3resok<'static>> {
+            let dir = self.readable_dir(&a.dir, who)?;
+            let mut reply = READDIRPLUS3resok {
+                dir_attributes: post_op(Some(&dir), fsid),
+                cookieverf: cookieverf3::default(),
+                reply: dirlistplus3 { entries: List(Vec::new()), eof: false },
+            };
+            let mut room = (a.maxcount as usize).saturating_sub(reply.packed_size());
+            let mut dir_room = a.dircount as usize;
+            let eof = self
+                .fs
+                .list_dir(dir.ino, a.cookie, |ino, cookie, _, name| {
+                    // An entry removed since it was listed is still listed, without attributes.
+                    let attr = self.fs.getattr(ino).ok();
+                    let entry = entryplus3 {
+                        fileid: ino,
+                        name: filename3(Opaque::owned(name.to_vec())),
+                        cookie,
+                        name_attributes: post_op(attr.as_ref(), fsid),
+                        name_handle: attr
+                            .as_ref()
+                            .map_or(post_op_fh3::None, |a| post_op_fh3::Some(self.handle_of(a))),
+                    };
+                    // dircount counts what a READDIR entry would hold; maxcount the whole reply.
+                    let dir_size = 4 + 8 + 4 + name.len().div_ceil(4) * 4 + 8;
+                    let size = 4 + entry.packed_size();
+                    if size > room || dir_size > dir_room {
+                        return true;
+                    }
+                    room -= size;
+                    dir_room -= dir_size;
+                    reply.reply.entries.0.push(entry);
+                    false
+                })
+                .map_err(fs_err)?;
+            if !eof && reply.reply.entries.0.is_empty() {
+                return Err(nfsstat3::NFS3ERR_TOOSMALL);
+            }
+            reply.reply.eof = eof;
+            Ok(reply)
+        };
+        result(run())
+    }
+}
