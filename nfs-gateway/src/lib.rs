@@ -108,11 +108,11 @@ impl Gateway {
         let writing = tokio::spawn(async move {
             let mut writer = BufWriter::new(writer);
             while let Some(reply) = outgoing.recv().await {
-                if writer.write_all(&rpc::frame(&reply)).await.is_err() {
+                if writer.write_all(&reply).await.is_err() {
                     return;
                 }
                 while let Ok(reply) = outgoing.try_recv() {
-                    if writer.write_all(&rpc::frame(&reply)).await.is_err() {
+                    if writer.write_all(&reply).await.is_err() {
                         return;
                     }
                 }
@@ -171,26 +171,12 @@ impl Gateway {
             _ => return rpc::failure(call.xid, accept_stat_data::PROG_UNAVAIL),
         };
         match reply {
-            Some(Reply::Packed(result)) => rpc::success(call.xid, &RawResult(result)),
+            Some(Reply::Packed(record)) => rpc::success(call.xid, record),
             Some(Reply::NoSuchProcedure) => rpc::failure(call.xid, accept_stat_data::PROC_UNAVAIL),
             None => {
                 debug!("arguments that do not decode");
                 rpc::failure(call.xid, accept_stat_data::GARBAGE_ARGS)
             }
         }
-    }
-}
-
-/// A result already in XDR.
-struct RawResult(Vec<u8>);
-
-impl nfs3_types::xdr_codec::Pack for RawResult {
-    fn packed_size(&self) -> usize {
-        self.0.len()
-    }
-
-    fn pack(&self, out: &mut impl std::io::Write) -> nfs3_types::xdr_codec::Result<usize> {
-        out.write_all(&self.0).map_err(nfs3_types::xdr_codec::Error::Io)?;
-        Ok(self.0.len())
     }
 }

@@ -20,7 +20,7 @@ const TOTAL_FILES: u64 = 1 << 48;
 
 type Nfs<T> = Result<T, nfsstat3>;
 
-/// Each procedure's result, ready to pack after the RPC reply header.
+/// Each procedure's result, packed after room for the RPC reply header (see `rpc::success`).
 pub enum Reply {
     Packed(Vec<u8>),
     /// The procedure number is not NFSv3's.
@@ -28,7 +28,7 @@ pub enum Reply {
 }
 
 pub(crate) fn packed(result: impl Pack) -> Reply {
-    let mut out = Vec::with_capacity(result.packed_size());
+    let mut out = crate::rpc::result_buffer(result.packed_size());
     result.pack(&mut out).expect("packing into a Vec cannot fail");
     Reply::Packed(out)
 }

@@ -6,7 +6,7 @@ use nfs3_types::rpc::{
     accept_stat_data, accepted_reply, auth_flavor, auth_stat, fragment_header, msg_body, opaque_auth,
     rejected_reply, reply_body, rpc_msg, RPC_VERSION_2,
 };
-use nfs3_types::xdr_codec::{Pack, Unpack, Void};
+use nfs3_types::xdr_codec::{Pack, Unpack};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Largest record accepted: a 1 MiB WRITE (our wtmax) and its headers, with room to spare.
@@ -53,14 +53,6 @@ pub async fn read_record<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>
     }
 }
 
-/// A reply as one record of one fragment.
-pub fn frame(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + message.len());
-    out.extend_from_slice(&fragment_header::new(message.len() as u32, true).into_xdr_buf());
-    out.extend_from_slice(message);
-    out
-}
-
 /// The AUTH_SYS credential of a call (AUTH_NULL calls have none).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthSys {
@@ -96,7 +88,7 @@ pub fn decode_call(record: &[u8]) -> Result<Call, BadCall> {
     let xid = msg.xid;
     if call.rpcvers != RPC_VERSION_2 {
         let mismatch = rejected_reply::rpc_mismatch(RPC_VERSION_2, RPC_VERSION_2);
-        return Err(BadCall::Reply(encode::<Void>(xid, reply_body::MSG_DENIED(mismatch), None)));
+        return Err(BadCall::Reply(encode(xid, reply_body::MSG_DENIED(mismatch))));
     }
     let auth = match call.cred.flavor {
         auth_flavor::AUTH_NULL => None,
@@ -145,32 +137,44 @@ fn decode_auth_sys(body: &[u8]) -> Option<AuthSys> {
     Some(AuthSys { uid, gid, groups })
 }
 
-/// An accepted, successful reply carrying `result`.
-pub fn success(xid: u32, result: &impl Pack) -> Vec<u8> {
-    encode(xid, accepted(accept_stat_data::SUCCESS), Some(result))
+/// Bytes before a successful result: the record mark, xid, REPLY, MSG_ACCEPTED, a null
+/// verifier and SUCCESS. Results are packed after this much room, and the header is filled in
+/// at the end, so that a 1 MiB READ is not copied again to prepend it.
+const SUCCESS_HEADER: usize = 28;
+
+/// A buffer to pack a successful result into, after room for its headers.
+pub fn result_buffer(capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SUCCESS_HEADER + capacity);
+    out.resize(SUCCESS_HEADER, 0);
+    out
+}
+
+/// The record of an accepted, successful reply, from a [`result_buffer`] with the result in it.
+pub fn success(xid: u32, mut record: Vec<u8>) -> Vec<u8> {
+    let mark = 0x8000_0000 | (record.len() - 4) as u32;
+    // REPLY, MSG_ACCEPTED, AUTH_NULL verifier of length 0, SUCCESS.
+    for (i, word) in [mark, xid, 1, 0, 0, 0, 0].into_iter().enumerate() {
+        record[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+    }
+    record
 }
 
 /// An accepted reply that is not a success (no such program, procedure or version; bad args).
 pub fn failure(xid: u32, stat: accept_stat_data) -> Vec<u8> {
-    encode::<Void>(xid, accepted(stat), None)
+    encode(xid, reply_body::MSG_ACCEPTED(accepted_reply { verf: opaque_auth::default(), reply_data: stat }))
 }
 
 /// A call refused for its credentials.
 pub fn denied(xid: u32, why: auth_stat) -> Vec<u8> {
-    encode::<Void>(xid, reply_body::MSG_DENIED(rejected_reply::auth_error(why)), None)
+    encode(xid, reply_body::MSG_DENIED(rejected_reply::auth_error(why)))
 }
 
-fn accepted(reply_data: accept_stat_data) -> reply_body<'static> {
-    reply_body::MSG_ACCEPTED(accepted_reply { verf: opaque_auth::default(), reply_data })
-}
-
-fn encode<R: Pack>(xid: u32, body: reply_body<'_>, result: Option<&R>) -> Vec<u8> {
+/// A reply with no result, as one record of one fragment.
+fn encode(xid: u32, body: reply_body<'_>) -> Vec<u8> {
     let msg = rpc_msg { xid, body: msg_body::REPLY(body) };
-    let mut out = Vec::with_capacity(msg.packed_size() + result.map_or(0, Pack::packed_size));
+    let mut out = Vec::with_capacity(4 + msg.packed_size());
+    out.extend_from_slice(&fragment_header::new(msg.packed_size() as u32, true).into_xdr_buf());
     msg.pack(&mut out).expect("packing into a Vec cannot fail");
-    if let Some(result) = result {
-        result.pack(&mut out).expect("packing into a Vec cannot fail");
-    }
     out
 }
 
@@ -214,7 +218,7 @@ mod tests {
     #[test]
     fn wrong_rpc_version_gets_a_mismatch_reply() {
         match decode_call(&call_record(3, opaque_auth::default())) {
-            Err(BadCall::Reply(reply)) => assert_eq!(&reply[..4], &7u32.to_be_bytes()),
+            Err(BadCall::Reply(reply)) => assert_eq!(&reply[4..8], &7u32.to_be_bytes()),
             other => panic!("expected a reply, got {other:?}"),
         }
     }
