@@ -144,33 +144,7 @@ pub enum MetaCommand {
 #[derive(Subcommand, Debug)]
 pub enum NfsCommand {
     /// Serve the file system over NFSv3 (NFS and MOUNT on one TCP port, no portmapper).
-    Serve {
-        #[arg(long, env = "ELASTICFS_META")]
-        meta: Option<String>,
-        /// The metadata service's shared token.
-        #[arg(long, env = "ELASTICFS_TOKEN_FILE")]
-        token_file: Option<PathBuf>,
-        /// Address to listen on, e.g. 0.0.0.0:2049 (port 0 picks a free one).
-        #[arg(long)]
-        listen: String,
-        /// A client network allowed to mount (10.0.0.0/8, or one address); may repeat.
-        /// Without any, every address is allowed.
-        #[arg(long)]
-        allow: Vec<String>,
-        /// Refuse every change with NFS3ERR_ROFS.
-        #[arg(long)]
-        read_only: bool,
-        /// Map uid 0 (root), every uid (all), or none to the anonymous ids.
-        #[arg(long, default_value = "root")]
-        squash: String,
-        #[arg(long, default_value_t = 65534)]
-        anon_uid: u32,
-        #[arg(long, default_value_t = 65534)]
-        anon_gid: u32,
-        /// Engine options, as for mount (cache-dir=, cache-size=, hard, soft, timeo=, …).
-        #[arg(short = 'o')]
-        options: Vec<String>,
-    },
+    Serve(crate::serve_nfs::NfsArgs),
 }
 
 /// Runs a parsed command; `argv` is what it was parsed from (a background mount re-runs it).
@@ -212,29 +186,7 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
             tls: tls_cert.zip(tls_key),
             lease: parse_duration(&lease)?,
         }),
-        Command::Nfs {
-            command:
-                NfsCommand::Serve {
-                    meta,
-                    token_file,
-                    listen,
-                    allow,
-                    read_only,
-                    squash,
-                    anon_uid,
-                    anon_gid,
-                    options,
-                },
-        } => crate::serve_nfs::serve(crate::serve_nfs::NfsArgs {
-            meta: MetaAccess::new(meta, token_file),
-            listen,
-            allow,
-            read_only,
-            squash,
-            anon_uid,
-            anon_gid,
-            options,
-        }),
+        Command::Nfs { command: NfsCommand::Serve(args) } => crate::serve_nfs::serve(args),
         Command::InstallHelper { path } => install_helper(&path),
     }
 }

@@ -2,7 +2,7 @@
 //! NFSv3 and MOUNT on one TCP port until SIGINT or SIGTERM.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -12,19 +12,36 @@ use tracing::{info, warn};
 use crate::options::MountOptions;
 use crate::volume::{self, MetaAccess};
 
+#[derive(clap::Args, Debug)]
 pub struct NfsArgs {
-    pub meta: MetaAccess,
-    pub listen: String,
-    pub allow: Vec<String>,
-    pub read_only: bool,
-    pub squash: String,
-    pub anon_uid: u32,
-    pub anon_gid: u32,
-    /// Engine options, as `mount -o` takes them (cache-dir=, cache-size=, hard, soft, …).
-    pub options: Vec<String>,
+    #[arg(long, env = "ELASTICFS_META")]
+    meta: Option<String>,
+    /// The metadata service's shared token.
+    #[arg(long, env = "ELASTICFS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:2049 (port 0 picks a free one).
+    #[arg(long)]
+    listen: String,
+    /// A client network allowed to mount (10.0.0.0/8, or one address); may repeat.
+    /// Without any, every address is allowed.
+    #[arg(long)]
+    allow: Vec<String>,
+    /// Refuse every change with NFS3ERR_ROFS.
+    #[arg(long)]
+    read_only: bool,
+    /// Map uid 0 (root), every uid (all), or none to the anonymous ids.
+    #[arg(long, default_value = "root")]
+    squash: String,
+    #[arg(long, default_value_t = 65534)]
+    anon_uid: u32,
+    #[arg(long, default_value_t = 65534)]
+    anon_gid: u32,
+    /// Engine options, as for mount (cache-dir=, cache-size=, hard, soft, timeo=, …).
+    #[arg(short = 'o')]
+    options: Vec<String>,
 }
 
-pub fn serve(mut args: NfsArgs) -> Result<()> {
+pub fn serve(args: NfsArgs) -> Result<()> {
     let export = ExportConfig {
         allow: args
             .allow
@@ -37,16 +54,14 @@ pub fn serve(mut args: NfsArgs) -> Result<()> {
         anon_gid: args.anon_gid,
     };
     let opts = MountOptions::parse(args.options.iter().map(String::as_str))?;
-    if args.meta.token_file.is_none() {
-        args.meta.token_file = opts.token_file.clone();
-    }
+    let meta = MetaAccess::new(args.meta, args.token_file.or_else(|| opts.token_file.clone()));
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("elasticfs-nfs").build()?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(&args.listen))
         .with_context(|| format!("listening on {} (in use, or not an address of this host?)", args.listen))?;
     let addr = listener.local_addr()?;
-    let fs = Arc::new(volume::open_filesystem(&args.meta, Path::new(&format!("nfs://{addr}")), &opts)?);
+    let fs = Arc::new(volume::open_filesystem(&meta, Path::new(&format!("nfs://{addr}")), &opts)?);
     if export.allow.is_empty() && !addr.ip().is_loopback() {
         warn!("serving {addr} to every address: restrict clients with --allow CIDR");
     }

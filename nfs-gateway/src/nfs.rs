@@ -398,63 +398,58 @@ impl Gateway {
         }
     }
 
+    /// MKDIR, SYMLINK and MKNOD: `make` creates the entry in a directory the caller may change.
+    fn make(
+        &self,
+        at: &diropargs3,
+        who: &Identity,
+        make: impl FnOnce(Ino, &[u8]) -> Nfs<Attr>,
+    ) -> Nfs<(post_op_fh3, post_op_attr, wcc_data)> {
+        let dir = self.changeable_dir(&at.dir, who)?;
+        let attr = make(dir.ino, new_name(&at.name)?)?;
+        Ok(self.made(&attr, dir.ino))
+    }
+
     fn mkdir(&self, a: MKDIR3args, who: &Identity) -> MKDIR3res {
-        let run = || -> Nfs<(Attr, Ino)> {
-            let dir = self.changeable_dir(&a.where_.dir, who)?;
-            let name = new_name(&a.where_.name)?;
-            let mode = requested_mode(&a.attributes, 0o755);
-            let attr = self.fs.mknod(dir.ino, name, FileKind::Dir, mode, 0, who.caller()).map_err(fs_err)?;
-            Ok((attr, dir.ino))
-        };
-        match run() {
-            Ok((attr, dir)) => {
-                let (obj, obj_attributes, dir_wcc) = self.made(&attr, dir);
-                Nfs3Result::Ok(MKDIR3resok { obj, obj_attributes, dir_wcc })
-            }
-            Err(s) => fail(s),
-        }
+        let mode = requested_mode(&a.attributes, 0o755);
+        let made = self.make(&a.where_, who, |dir, name| {
+            self.fs.mknod(dir, name, FileKind::Dir, mode, 0, who.caller()).map_err(fs_err)
+        });
+        result(made.map(|(obj, obj_attributes, dir_wcc)| MKDIR3resok { obj, obj_attributes, dir_wcc }))
     }
 
     fn symlink(&self, a: SYMLINK3args, who: &Identity) -> SYMLINK3res {
-        let run = || -> Nfs<(Attr, Ino)> {
-            let dir = self.changeable_dir(&a.where_.dir, who)?;
-            let name = new_name(&a.where_.name)?;
-            let target = a.symlink.symlink_data.as_ref();
-            let attr = self.fs.symlink(dir.ino, name, target, who.caller()).map_err(fs_err)?;
-            Ok((attr, dir.ino))
-        };
-        match run() {
-            Ok((attr, dir)) => {
-                let (obj, obj_attributes, dir_wcc) = self.made(&attr, dir);
-                Nfs3Result::Ok(SYMLINK3resok { obj, obj_attributes, dir_wcc })
-            }
-            Err(s) => fail(s),
-        }
+        let target = a.symlink.symlink_data.as_ref();
+        let made = self.make(&a.where_, who, |dir, name| {
+            self.fs.symlink(dir, name, target, who.caller()).map_err(fs_err)
+        });
+        result(made.map(|(obj, obj_attributes, dir_wcc)| SYMLINK3resok { obj, obj_attributes, dir_wcc }))
     }
 
     fn mknod(&self, a: MKNOD3args, who: &Identity) -> MKNOD3res {
-        let run = || -> Nfs<(Attr, Ino)> {
-            let dir = self.changeable_dir(&a.where_.dir, who)?;
-            let name = new_name(&a.where_.name)?;
-            let (kind, attrs, rdev) = match &a.what {
-                mknoddata3::NF3CHR(d) => (FileKind::CharDev, &d.dev_attributes, Some(&d.spec)),
-                mknoddata3::NF3BLK(d) => (FileKind::BlockDev, &d.dev_attributes, Some(&d.spec)),
-                mknoddata3::NF3SOCK(s) => (FileKind::Socket, s, None),
-                mknoddata3::NF3FIFO(s) => (FileKind::Fifo, s, None),
-                mknoddata3::default => return Err(nfsstat3::NFS3ERR_BADTYPE),
-            };
-            if rdev.is_some() {
+        let (kind, attrs, rdev) = match &a.what {
+            mknoddata3::NF3CHR(d) => (FileKind::CharDev, &d.dev_attributes, Some(&d.spec)),
+            mknoddata3::NF3BLK(d) => (FileKind::BlockDev, &d.dev_attributes, Some(&d.spec)),
+            mknoddata3::NF3SOCK(s) => (FileKind::Socket, s, None),
+            mknoddata3::NF3FIFO(s) => (FileKind::Fifo, s, None),
+            mknoddata3::default => {
+                return Nfs3Result::Err((
+                    nfsstat3::NFS3ERR_BADTYPE,
+                    MKNOD3resfail { dir_wcc: wcc_data::default() },
+                ))
+            }
+        };
+        let made = self.make(&a.where_, who, |dir, name| {
+            if rdev.is_some() && who.uid != 0 {
                 // Device nodes are root's to make, as mknod(2) says.
-                allow(who.uid == 0).map_err(|_| nfsstat3::NFS3ERR_PERM)?;
+                return Err(nfsstat3::NFS3ERR_PERM);
             }
             let rdev = rdev.map_or(0, |spec| join_rdev(spec.specdata1, spec.specdata2));
             let mode = requested_mode(attrs, 0o644);
-            let attr = self.fs.mknod(dir.ino, name, kind, mode, rdev, who.caller()).map_err(fs_err)?;
-            Ok((attr, dir.ino))
-        };
-        match run() {
-            Ok((attr, dir)) => {
-                let (obj, obj_attributes, dir_wcc) = self.made(&attr, dir);
+            self.fs.mknod(dir, name, kind, mode, rdev, who.caller()).map_err(fs_err)
+        });
+        match made {
+            Ok((obj, obj_attributes, dir_wcc)) => {
                 Nfs3Result::Ok(MKNOD3resok { obj, obj_attributes, dir_wcc })
             }
             Err(s) => Nfs3Result::Err((s, MKNOD3resfail { dir_wcc: wcc_data::default() })),
@@ -631,33 +626,50 @@ impl Gateway {
         Ok(dir)
     }
 
+    /// One page of a listing from `cookie`: `entry` makes each entry and says what it costs
+    /// against each limit in `room` (the reply's bytes; for READDIRPLUS also `dircount`).
+    /// Returns the entries and whether the listing ended.
+    fn page<E>(
+        &self,
+        dir: Ino,
+        cookie: u64,
+        mut room: [usize; 2],
+        mut entry: impl FnMut(Ino, u64, &[u8]) -> (E, [usize; 2]),
+    ) -> Nfs<(List<E>, bool)> {
+        let mut entries = Vec::new();
+        let eof = self
+            .fs
+            .list_dir(dir, cookie, |ino, cookie, _, name| {
+                let (made, cost) = entry(ino, cookie, name);
+                if cost[0] > room[0] || cost[1] > room[1] {
+                    return true;
+                }
+                room = [room[0] - cost[0], room[1] - cost[1]];
+                entries.push(made);
+                false
+            })
+            .map_err(fs_err)?;
+        if !eof && entries.is_empty() {
+            return Err(nfsstat3::NFS3ERR_TOOSMALL);
+        }
+        Ok((List(entries), eof))
+    }
+
     fn readdir(&self, a: READDIR3args, who: &Identity) -> READDIR3res<'static> {
         let run = || -> Nfs<READDIR3resok<'static>> {
             let dir = self.readable_dir(&a.dir, who)?;
-            let dir_attributes = post_op(Some(&dir), self.handles.volume);
             let mut reply = READDIR3resok {
-                dir_attributes,
+                dir_attributes: post_op(Some(&dir), self.handles.volume),
                 cookieverf: cookieverf3::default(),
                 reply: dirlist3 { entries: List(Vec::new()), eof: false },
             };
-            let mut room = (a.count as usize).saturating_sub(reply.packed_size());
-            let eof = self
-                .fs
-                .list_dir(dir.ino, a.cookie, |ino, cookie, _, name| {
-                    let entry = entry3 { fileid: ino, name: filename3(Opaque::owned(name.to_vec())), cookie };
-                    let size = 4 + entry.packed_size();
-                    if size > room {
-                        return true;
-                    }
-                    room -= size;
-                    reply.reply.entries.0.push(entry);
-                    false
-                })
-                .map_err(fs_err)?;
-            if !eof && reply.reply.entries.0.is_empty() {
-                return Err(nfsstat3::NFS3ERR_TOOSMALL);
-            }
-            reply.reply.eof = eof;
+            let room = (a.count as usize).saturating_sub(reply.packed_size());
+            let (entries, eof) = self.page(dir.ino, a.cookie, [room, usize::MAX], |ino, cookie, name| {
+                let entry = entry3 { fileid: ino, name: filename3(Opaque::owned(name.to_vec())), cookie };
+                let size = 4 + entry.packed_size();
+                (entry, [size, 0])
+            })?;
+            reply.reply = dirlist3 { entries, eof };
             Ok(reply)
         };
         result(run())
@@ -672,38 +684,25 @@ impl Gateway {
                 cookieverf: cookieverf3::default(),
                 reply: dirlistplus3 { entries: List(Vec::new()), eof: false },
             };
-            let mut room = (a.maxcount as usize).saturating_sub(reply.packed_size());
-            let mut dir_room = a.dircount as usize;
-            let eof = self
-                .fs
-                .list_dir(dir.ino, a.cookie, |ino, cookie, _, name| {
-                    // An entry removed since it was listed is still listed, without attributes.
-                    let attr = self.fs.getattr(ino).ok();
-                    let entry = entryplus3 {
-                        fileid: ino,
-                        name: filename3(Opaque::owned(name.to_vec())),
-                        cookie,
-                        name_attributes: post_op(attr.as_ref(), fsid),
-                        name_handle: attr
-                            .as_ref()
-                            .map_or(post_op_fh3::None, |a| post_op_fh3::Some(self.handle_of(a))),
-                    };
-                    // dircount counts what a READDIR entry would hold; maxcount the whole reply.
-                    let dir_size = 4 + 8 + 4 + name.len().div_ceil(4) * 4 + 8;
-                    let size = 4 + entry.packed_size();
-                    if size > room || dir_size > dir_room {
-                        return true;
-                    }
-                    room -= size;
-                    dir_room -= dir_size;
-                    reply.reply.entries.0.push(entry);
-                    false
-                })
-                .map_err(fs_err)?;
-            if !eof && reply.reply.entries.0.is_empty() {
-                return Err(nfsstat3::NFS3ERR_TOOSMALL);
-            }
-            reply.reply.eof = eof;
+            let room = [(a.maxcount as usize).saturating_sub(reply.packed_size()), a.dircount as usize];
+            let (entries, eof) = self.page(dir.ino, a.cookie, room, |ino, cookie, name| {
+                // An entry removed since it was listed is still listed, without attributes.
+                let attr = self.fs.getattr(ino).ok();
+                let entry = entryplus3 {
+                    fileid: ino,
+                    name: filename3(Opaque::owned(name.to_vec())),
+                    cookie,
+                    name_attributes: post_op(attr.as_ref(), fsid),
+                    name_handle: attr
+                        .as_ref()
+                        .map_or(post_op_fh3::None, |a| post_op_fh3::Some(self.handle_of(a))),
+                };
+                // dircount counts what a READDIR entry would hold; maxcount the whole reply.
+                let dir_size = 4 + 8 + 4 + name.len().div_ceil(4) * 4 + 8;
+                let size = 4 + entry.packed_size();
+                (entry, [size, dir_size])
+            })?;
+            reply.reply = dirlistplus3 { entries, eof };
             Ok(reply)
         };
         result(run())

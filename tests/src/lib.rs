@@ -26,6 +26,19 @@ pub fn built_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Starts a server `command` that prints `listening on ADDR` first; returns it and its port.
+/// `log` gives its log for the panic message if it does not start.
+pub fn start_listening(mut command: Command, log: impl Fn() -> String) -> (Child, u16) {
+    let mut child = command.stdout(Stdio::piped()).spawn().expect("start the server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{command:?} did not start: {line:?}; log: {}", log()));
+    (child, addr.rsplit_once(':').unwrap().1.parse().unwrap())
+}
+
 /// Whether FUSE can be used here. Under CI a missing FUSE fails the run instead of skipping.
 pub fn fuse_available() -> bool {
     let ok = Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0;
@@ -242,7 +255,8 @@ impl MetaService {
             .append(true)
             .open(self.dir.path().join("service.log"))
             .unwrap();
-        let mut child = Command::new(elasticfs_bin())
+        let mut command = Command::new(elasticfs_bin());
+        command
             .args([
                 "meta",
                 "serve",
@@ -257,17 +271,9 @@ impl MetaService {
             .arg(self.token_file())
             .args(&self.extra)
             .env("ELASTICFS_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start elasticfs meta serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("meta serve did not start: {line:?}; log: {}", self.log()));
-        self.port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+            .stderr(log);
+        let (child, port) = start_listening(command, || self.log());
+        self.port = port;
         self.child = Some(child);
     }
 

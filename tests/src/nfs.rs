@@ -1,10 +1,9 @@
 //! Harness for the NFS gateway tests: runs `elasticfs nfs serve` as its own process and talks
 //! to it with the `nfs3_client` crate over real TCP (this machine has no kernel NFS client).
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use nfs3_client::io::{AsyncRead, AsyncWrite};
 use nfs3_client::nfs3_types::mount::dirpath;
@@ -15,7 +14,7 @@ use nfs3_client::tokio::TokioIo;
 use nfs3_client::{MountClient, Nfs3Client};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::{elasticfs_bin, Volume};
+use crate::{elasticfs_bin, start_listening, Volume};
 
 /// A running `elasticfs nfs serve` for a volume.
 pub struct Gateway {
@@ -43,22 +42,15 @@ impl Gateway {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let mut child = Command::new(elasticfs_bin())
+        let mut command = Command::new(elasticfs_bin());
+        command
             .args(["nfs", "serve", "--meta", &self.meta, "--listen", &format!("127.0.0.1:{}", self.port)])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("ELASTICFS_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start elasticfs nfs serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("nfs serve did not start: {line:?}; log: {}", self.log()));
-        self.port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+            .stderr(log);
+        let (child, port) = start_listening(command, || self.log());
+        self.port = port;
         self.child = Some(child);
     }
 
