@@ -169,7 +169,7 @@ impl FileSystem {
     // ----- attributes and names -------------------------------------------------------------
 
     /// Attributes as this client sees them: including its own uncommitted writes.
-    fn with_local_changes(&self, mut attr: Attr) -> Attr {
+    pub fn with_local_changes(&self, mut attr: Attr) -> Attr {
         if let Some(file) = self.open_file(attr.ino) {
             let st = file.state.lock().unwrap();
             if let Some(mtime) = st.mtime {
@@ -409,14 +409,13 @@ impl FileSystem {
         self.handle(fh).is_ok_and(|h| h.unchanged)
     }
 
-    /// The attributes of handle `fh`'s file as committed now, which this client then reads by
-    /// (unless it has changes of its own): for a frontend that keeps handles open across its
-    /// clients' opens and closes, as the NFS gateway does.
-    pub fn revalidate(&self, fh: u64) -> FsResult<Attr> {
-        let handle = self.handle(fh)?;
-        let attr = self.meta.getattr(handle.file.ino)?;
-        handle.file.adopt_committed_size(attr.size);
-        Ok(self.with_local_changes(attr))
+    /// Makes handle `fh` read the file as `attr` (its [`Self::getattr`] of just now) says: the
+    /// committed size becomes the handle's, unless this client has changes of its own (then
+    /// `attr` already shows them). For a frontend that keeps handles open across its clients'
+    /// opens and closes, as the NFS gateway does.
+    pub fn revalidate(&self, fh: u64, attr: &Attr) -> FsResult<()> {
+        self.handle(fh)?.file.adopt_committed_size(attr.size);
+        Ok(())
     }
 
     /// Creates and opens a regular file. Without `exclusive`, an existing file is opened.

@@ -108,28 +108,28 @@ fn split_rdev(rdev: u32) -> (u32, u32) {
     ((rdev & 0xfff00) >> 8, (rdev & 0xff) | ((rdev >> 12) & 0xfff00))
 }
 
-/// The NFS status for an engine error (errno values and NFS3ERR values mostly coincide).
+/// The NFS status for an engine error.
 pub fn status(e: &FsError) -> nfsstat3 {
     match e.errno {
-        1 => nfsstat3::NFS3ERR_PERM,
-        2 => nfsstat3::NFS3ERR_NOENT,
-        6 => nfsstat3::NFS3ERR_NXIO,
-        13 => nfsstat3::NFS3ERR_ACCES,
-        17 => nfsstat3::NFS3ERR_EXIST,
-        18 => nfsstat3::NFS3ERR_XDEV,
-        19 => nfsstat3::NFS3ERR_NODEV,
-        20 => nfsstat3::NFS3ERR_NOTDIR,
-        21 => nfsstat3::NFS3ERR_ISDIR,
-        22 => nfsstat3::NFS3ERR_INVAL,
-        27 => nfsstat3::NFS3ERR_FBIG,
-        28 => nfsstat3::NFS3ERR_NOSPC,
-        30 => nfsstat3::NFS3ERR_ROFS,
-        31 => nfsstat3::NFS3ERR_MLINK,
-        36 => nfsstat3::NFS3ERR_NAMETOOLONG,
-        39 => nfsstat3::NFS3ERR_NOTEMPTY,
-        95 => nfsstat3::NFS3ERR_NOTSUPP,
-        116 => nfsstat3::NFS3ERR_STALE,
-        122 => nfsstat3::NFS3ERR_DQUOT,
+        libc::EPERM => nfsstat3::NFS3ERR_PERM,
+        libc::ENOENT => nfsstat3::NFS3ERR_NOENT,
+        libc::ENXIO => nfsstat3::NFS3ERR_NXIO,
+        libc::EACCES => nfsstat3::NFS3ERR_ACCES,
+        libc::EEXIST => nfsstat3::NFS3ERR_EXIST,
+        libc::EXDEV => nfsstat3::NFS3ERR_XDEV,
+        libc::ENODEV => nfsstat3::NFS3ERR_NODEV,
+        libc::ENOTDIR => nfsstat3::NFS3ERR_NOTDIR,
+        libc::EISDIR => nfsstat3::NFS3ERR_ISDIR,
+        libc::EINVAL => nfsstat3::NFS3ERR_INVAL,
+        libc::EFBIG => nfsstat3::NFS3ERR_FBIG,
+        libc::ENOSPC => nfsstat3::NFS3ERR_NOSPC,
+        libc::EROFS => nfsstat3::NFS3ERR_ROFS,
+        libc::EMLINK => nfsstat3::NFS3ERR_MLINK,
+        libc::ENAMETOOLONG => nfsstat3::NFS3ERR_NAMETOOLONG,
+        libc::ENOTEMPTY => nfsstat3::NFS3ERR_NOTEMPTY,
+        libc::EOPNOTSUPP => nfsstat3::NFS3ERR_NOTSUPP,
+        libc::ESTALE => nfsstat3::NFS3ERR_STALE,
+        libc::EDQUOT => nfsstat3::NFS3ERR_DQUOT,
         _ => nfsstat3::NFS3ERR_IO,
     }
 }

@@ -333,61 +333,50 @@ impl Gateway {
     }
 
     fn create(&self, a: CREATE3args, who: &Identity) -> CREATE3res {
-        let dir_ino = self.handles.decode(a.where_.dir.data.as_ref()).map_or(0, |(ino, _)| ino);
-        let run = || -> Nfs<Attr> {
-            let dir = self.changeable_dir(&a.where_.dir, who)?;
-            let name = new_name(&a.where_.name)?;
-            match &a.how {
-                createhow3::UNCHECKED(s) | createhow3::GUARDED(s) => {
-                    let guarded = matches!(a.how, createhow3::GUARDED(_));
-                    if !guarded {
-                        if let Ok(existing) = self.fs.lookup(dir.ino, name) {
-                            if existing.kind != FileKind::File {
-                                return Err(nfsstat3::NFS3ERR_EXIST);
-                            }
+        let made = self.make(&a.where_, who, |dir, name| match &a.how {
+            createhow3::UNCHECKED(s) | createhow3::GUARDED(s) => {
+                let guarded = matches!(a.how, createhow3::GUARDED(_));
+                if !guarded {
+                    if let Ok(existing) = self.fs.lookup(dir, name) {
+                        if existing.kind != FileKind::File {
+                            return Err(nfsstat3::NFS3ERR_EXIST);
                         }
                     }
-                    let mode = requested_mode(s, 0o644);
-                    let (attr, fh) =
-                        self.fs.create(dir.ino, name, mode, who.caller(), guarded, false).map_err(fs_err)?;
-                    self.open.adopt(attr.ino, fh);
-                    // The mode was used at creation; what else was asked (a size of 0 when
-                    // the file existed, an owner) is applied as a SETATTR would be.
-                    let (mut req, _) = set_request(s);
-                    req.perm = None;
-                    if req.size.is_none() && req.uid.is_none() && req.gid.is_none() {
-                        return Ok(attr);
-                    }
-                    allow(who.may_set(&attr, &req))?;
-                    self.fs.setattr(attr.ino, &req).map_err(fs_err)
                 }
-                createhow3::EXCLUSIVE(verf) => self.create_exclusive(&dir, name, verf, who),
+                let mode = requested_mode(s, 0o644);
+                let (attr, fh) =
+                    self.fs.create(dir, name, mode, who.caller(), guarded, false).map_err(fs_err)?;
+                self.open.adopt(attr.ino, fh);
+                // The mode was used at creation; what else was asked (a size of 0 when the
+                // file existed, an owner) is applied as a SETATTR would be.
+                let (mut req, _) = set_request(s);
+                req.perm = None;
+                if req.size.is_none() && req.uid.is_none() && req.gid.is_none() {
+                    return Ok(attr);
+                }
+                allow(who.may_set(&attr, &req))?;
+                self.fs.setattr(attr.ino, &req).map_err(fs_err)
             }
-        };
-        match run() {
-            Ok(attr) => {
-                let (obj, obj_attributes, dir_wcc) = self.made(&attr, dir_ino);
-                Nfs3Result::Ok(CREATE3resok { obj, obj_attributes, dir_wcc })
-            }
-            Err(s) => fail(s),
-        }
+            createhow3::EXCLUSIVE(verf) => self.create_exclusive(dir, name, verf, who),
+        });
+        result(made.map(|(obj, obj_attributes, dir_wcc)| CREATE3resok { obj, obj_attributes, dir_wcc }))
     }
 
     /// An exclusive create keeps the client's verifier in the file's times (as knfsd does), so
     /// that a retransmitted CREATE finds its own file and succeeds; the client then sets the
     /// real attributes with a SETATTR.
-    fn create_exclusive(&self, dir: &Attr, name: &[u8], verf: &createverf3, who: &Identity) -> Nfs<Attr> {
+    fn create_exclusive(&self, dir: Ino, name: &[u8], verf: &createverf3, who: &Identity) -> Nfs<Attr> {
         let word = |at: usize| u32::from_be_bytes(verf.0[at..at + 4].try_into().expect("4 bytes"));
         let stamp =
             (Timestamp { secs: word(0) as i64, nanos: 0 }, Timestamp { secs: word(4) as i64, nanos: 0 });
-        match self.fs.create(dir.ino, name, 0o600, who.caller(), true, false) {
+        match self.fs.create(dir, name, 0o600, who.caller(), true, false) {
             Ok((attr, fh)) => {
                 self.open.adopt(attr.ino, fh);
                 let req = SetAttrRequest { atime: Some(stamp.0), mtime: Some(stamp.1), ..Default::default() };
                 self.fs.setattr(attr.ino, &req).map_err(fs_err)
             }
-            Err(e) if e.errno == 17 => {
-                let existing = self.fs.lookup(dir.ino, name).map_err(fs_err)?;
+            Err(e) if e.errno == libc::EEXIST => {
+                let existing = self.fs.lookup(dir, name).map_err(fs_err)?;
                 if existing.kind == FileKind::File && (existing.atime, existing.mtime) == stamp {
                     Ok(existing)
                 } else {
@@ -398,7 +387,8 @@ impl Gateway {
         }
     }
 
-    /// MKDIR, SYMLINK and MKNOD: `make` creates the entry in a directory the caller may change.
+    /// CREATE, MKDIR, SYMLINK and MKNOD: `make` creates the entry in a directory the caller may
+    /// change.
     fn make(
         &self,
         at: &diropargs3,
@@ -558,7 +548,7 @@ impl Gateway {
             let attr = self.data_file(&a.file, who, MAY_READ)?;
             let handle = self.open.get(attr.ino).map_err(fs_err)?;
             // What others committed since this gateway opened the file (close-to-open).
-            let attr = self.fs.revalidate(handle.fh).map_err(fs_err)?;
+            self.fs.revalidate(handle.fh, &attr).map_err(fs_err)?;
             let data = self.fs.read(handle.fh, a.offset, a.count.min(MAX_IO)).map_err(fs_err)?;
             Ok(READ3resok {
                 file_attributes: post_op(Some(&attr), self.handles.volume),
@@ -581,6 +571,9 @@ impl Gateway {
             let data = &data[..a.count as usize];
             let handle = self.open.get(attr.ino).map_err(fs_err)?;
             self.fs.write(handle.fh, a.offset, data).map_err(fs_err)?;
+            // The attributes after the write, without asking the metadata again; a flush below
+            // commits exactly these.
+            let after = self.fs.with_local_changes(attr);
             // UNSTABLE data waits for COMMIT (or for the handle's close); anything else is
             // made durable before the reply, so that no reply claims more than is true.
             let committed = if a.stable == stable_how::UNSTABLE {
@@ -590,7 +583,7 @@ impl Gateway {
                 stable_how::FILE_SYNC
             };
             Ok(WRITE3resok {
-                file_wcc: wcc(self.fs.getattr(attr.ino).ok().as_ref(), self.handles.volume),
+                file_wcc: wcc(Some(&after), self.handles.volume),
                 count: data.len() as u32,
                 committed,
                 verf: self.write_verifier(),

@@ -26,9 +26,48 @@ pub fn built_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// A server process of ours (`meta serve`, `nfs serve`), killed if still running when dropped.
+#[derive(Default)]
+pub struct ServerChild(Option<Child>);
+
+impl ServerChild {
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether the process is still alive (it may have died by itself).
+    pub fn alive(&mut self) -> bool {
+        self.0.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGKILLs it (a crash).
+    pub fn kill(&mut self) {
+        let mut child = self.0.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Stops it with SIGTERM and returns how it exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts a server `command` that prints `listening on ADDR` first; returns it and its port.
 /// `log` gives its log for the panic message if it does not start.
-pub fn start_listening(mut command: Command, log: impl Fn() -> String) -> (Child, u16) {
+pub fn start_listening(mut command: Command, log: impl Fn() -> String) -> (ServerChild, u16) {
     let mut child = command.stdout(Stdio::piped()).spawn().expect("start the server");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
@@ -36,7 +75,7 @@ pub fn start_listening(mut command: Command, log: impl Fn() -> String) -> (Child
         .trim()
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("{command:?} did not start: {line:?}; log: {}", log()));
-    (child, addr.rsplit_once(':').unwrap().1.parse().unwrap())
+    (ServerChild(Some(child)), addr.rsplit_once(':').unwrap().1.parse().unwrap())
 }
 
 /// Whether FUSE can be used here. Under CI a missing FUSE fails the run instead of skipping.
@@ -112,6 +151,21 @@ impl Volume {
             vec!["format", "--meta", &self.meta, "--block-size", "1M", "--inline-threshold", "16K"];
         args.extend_from_slice(storage);
         elasticfs(&args, &self.env_refs());
+    }
+
+    /// Runs `elasticfs fsck` (with `--verify-data` if asked) and returns its report.
+    pub fn fsck(&self, verify_data: bool) -> String {
+        let mut args = vec!["fsck", "--meta", &self.meta];
+        if verify_data {
+            args.push("--verify-data");
+        }
+        elasticfs(&args, &self.env_refs())
+    }
+
+    /// Checks that fsck finds every referenced chunk present (and, with `verify_data`, intact).
+    pub fn assert_fsck_clean(&self, verify_data: bool) {
+        let report = self.fsck(verify_data);
+        assert!(report.contains("0 missing, 0 corrupt"), "{report}");
     }
 
     pub fn env_refs(&self) -> Vec<(&str, &str)> {
@@ -228,7 +282,7 @@ pub struct MetaService {
     pub port: u16,
     lease: String,
     extra: Vec<String>,
-    child: Option<Child>,
+    child: ServerChild,
 }
 
 impl MetaService {
@@ -242,7 +296,8 @@ impl MetaService {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), "a-test-token\n").unwrap();
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut service = MetaService { dir, port: 0, lease: lease.into(), extra, child: None };
+        let mut service =
+            MetaService { dir, port: 0, lease: lease.into(), extra, child: ServerChild::default() };
         service.spawn();
         service
     }
@@ -274,7 +329,7 @@ impl MetaService {
             .stderr(log);
         let (child, port) = start_listening(command, || self.log());
         self.port = port;
-        self.child = Some(child);
+        self.child = child;
     }
 
     pub fn token_file(&self) -> PathBuf {
@@ -291,29 +346,18 @@ impl MetaService {
 
     /// Whether the service process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child.alive()
     }
 
     /// SIGKILLs the service.
     pub fn kill(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        self.child.kill();
     }
 
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "kill it first");
+        assert!(!self.child.is_running(), "kill it first");
         self.spawn();
-    }
-}
-
-impl Drop for MetaService {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 
 use nfs3_client::io::{AsyncRead, AsyncWrite};
 use nfs3_client::nfs3_types::mount::dirpath;
@@ -14,7 +14,7 @@ use nfs3_client::tokio::TokioIo;
 use nfs3_client::{MountClient, Nfs3Client};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::{elasticfs_bin, start_listening, Volume};
+use crate::{elasticfs_bin, start_listening, ServerChild, Volume};
 
 /// A running `elasticfs nfs serve` for a volume.
 pub struct Gateway {
@@ -23,7 +23,7 @@ pub struct Gateway {
     env: Vec<(String, String)>,
     args: Vec<String>,
     log: PathBuf,
-    child: Option<Child>,
+    child: ServerChild,
 }
 
 impl Gateway {
@@ -34,8 +34,14 @@ impl Gateway {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         args.extend(["-o".into(), format!("cache-dir={}", cache.display())]);
         let log = vol.dir.path().join(format!("{name}.log"));
-        let mut gateway =
-            Gateway { port: 0, meta: vol.meta.clone(), env: vol.env.clone(), args, log, child: None };
+        let mut gateway = Gateway {
+            port: 0,
+            meta: vol.meta.clone(),
+            env: vol.env.clone(),
+            args,
+            log,
+            child: ServerChild::default(),
+        };
         gateway.spawn();
         gateway
     }
@@ -51,7 +57,7 @@ impl Gateway {
             .stderr(log);
         let (child, port) = start_listening(command, || self.log());
         self.port = port;
-        self.child = Some(child);
+        self.child = child;
     }
 
     pub fn log(&self) -> String {
@@ -59,43 +65,29 @@ impl Gateway {
     }
 
     pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child.alive()
     }
 
     /// SIGKILLs the gateway.
     pub fn kill(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        self.child.kill();
     }
 
     /// Stops it with SIGTERM and checks that it exited cleanly.
     pub fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = child.wait().unwrap();
+        let status = self.child.terminate();
         assert!(status.success(), "nfs serve exited with {status}: {}", self.log());
     }
 
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop it first");
+        assert!(!self.child.is_running(), "stop it first");
         self.spawn();
     }
 
     /// A libnfs URL of `path` on this gateway (`/` is the export; a file in it is `//name`).
     pub fn url(&self, path: &str) -> String {
         format!("nfs://127.0.0.1/{path}?version=3&nfsport={0}&mountport={0}", self.port)
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

@@ -61,8 +61,7 @@ fn fsynced_files_survive_sigkill_of_the_mount() {
         assert_eq!(hash_file(&again.path.join(name)), *hash, "{name:?} was fsynced, so it must be intact");
     }
     again.unmount();
-    let report = elasticfs(&["fsck", "--meta", &vol.meta], &[]);
-    assert!(report.contains("0 missing, 0 corrupt"), "{report}");
+    vol.assert_fsck_clean(false);
     let status = elasticfs(&["status", "--meta", &vol.meta, "--json"], &[]);
     // Root plus the files the writer created (at most one more than acknowledged); the ghost is gone.
     let inodes: u64 = status

@@ -2,7 +2,7 @@
 //! must show the same data, and the bad-input checks of the command line.
 
 use elasticfs_tests::posix_suite::{self, hash_file};
-use elasticfs_tests::{elasticfs, elasticfs_fails, fuse_available, Volume};
+use elasticfs_tests::{elasticfs_fails, fuse_available, Volume};
 
 #[test]
 fn posix_suite_on_a_local_directory_survives_remount() {
@@ -18,8 +18,7 @@ fn posix_suite_on_a_local_directory_survives_remount() {
     assert_eq!(hash_file(&again.path.join("large.bin")), large);
     assert_eq!(std::fs::read_dir(again.path.join("many")).unwrap().count(), 10_000);
     again.unmount();
-    let report = elasticfs(&["fsck", "--meta", &vol.meta, "--verify-data"], &[]);
-    assert!(report.contains("0 missing, 0 corrupt"), "{report}");
+    vol.assert_fsck_clean(true);
 }
 
 #[test]
@@ -83,7 +82,7 @@ fn fsck_finds_missing_and_corrupt_chunks() {
     // Three distinct 1 MiB blocks: three chunk objects.
     posix_suite::write_pattern_file(&mount.path.join("data"), 5, 3 << 20);
     mount.unmount();
-    let clean = elasticfs(&["fsck", "--meta", &vol.meta, "--verify-data"], &[]);
+    let clean = vol.fsck(true);
     assert!(clean.contains("3 referenced chunks: 0 missing, 0 corrupt"), "{clean}");
 
     let mut objects: Vec<_> = elasticfs_tests::walk_files(&vol.dir.path().join("chunks/chunks"))

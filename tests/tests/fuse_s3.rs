@@ -2,7 +2,7 @@
 //! HTTP on 127.0.0.1 (an in-process s3s-fs server).
 
 use elasticfs_tests::posix_suite::{self, hash_file};
-use elasticfs_tests::{elasticfs, elasticfs_fails, fuse_available, S3Server, Volume};
+use elasticfs_tests::{elasticfs_fails, fuse_available, S3Server, Volume};
 
 #[test]
 fn posix_suite_on_s3_survives_remount() {
@@ -19,8 +19,7 @@ fn posix_suite_on_s3_survives_remount() {
     let again = vol.mount_at(&at);
     assert_eq!(hash_file(&again.path.join("large.bin")), large);
     again.unmount();
-    let report = elasticfs(&["fsck", "--meta", &vol.meta, "--verify-data"], &vol.env_refs());
-    assert!(report.contains("0 missing, 0 corrupt"), "{report}");
+    vol.assert_fsck_clean(true);
 }
 
 #[test]

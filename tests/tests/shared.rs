@@ -262,8 +262,7 @@ fn service_killed_mid_storm_loses_nothing_acknowledged() {
         m.unmount();
     }
     check.unmount();
-    let fsck = elasticfs(&["fsck", "--meta", &vol.meta], &vol.env_refs());
-    assert!(fsck.contains("0 missing, 0 corrupt"), "{fsck}");
+    vol.assert_fsck_clean(false);
 }
 
 #[test]
