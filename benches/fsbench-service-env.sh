@@ -11,6 +11,6 @@ export FSBENCH_MOUNT_CMD='export AWS_ACCESS_KEY_ID="$FSBENCH_S3_ACCESS_KEY" AWS_
     sed -n "s/listening on 127.0.0.1://p" "$S/serve.out" > "$S/port"
   fi
   M="tcp://127.0.0.1:$(cat $S/port)";
-  [ -e "$S/formatted" ] || { $B format --meta "$M" --storage s3 --bucket "$FSBENCH_S3_ENDPOINT/$FSBENCH_S3_BUCKET" && touch "$S/formatted"; };
+  [ -e "$S/formatted" ] || { $B format --meta "$M" --storage s3 --bucket "$FSBENCH_S3_ENDPOINT/$FSBENCH_S3_BUCKET" --throughput elastic && touch "$S/formatted"; };
   $B mount --meta "$M" -d --log "$S/mount.log" -o cache-dir="$FSBENCH_CACHE_DIR" {mnt}'
 export FSBENCH_UMOUNT_CMD='"$ELASTICFS_BIN" umount {mnt}'

@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use elasticfs_metadata::ChunkHash;
+use elasticfs_metadata::{ChunkHash, ChunkProtection, MetaStore};
 use futures::future::try_join_all;
-use lru::LruCache;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::OnceCell;
@@ -30,8 +29,11 @@ pub struct ChunkStore {
     disk_writers: Arc<tokio::sync::Semaphore>,
     /// Bounds the whole-chunk fetches that random reads start (see `fetch_whole_in_background`).
     background_fetches: Arc<tokio::sync::Semaphore>,
-    /// Chunks this process stored lately, and when: storing one again is skipped.
-    recent_uploads: Mutex<LruCache<ChunkHash, Instant>>,
+    /// With a metadata store: every upload is protected from garbage collection first, and
+    /// skipped when the metadata knows the chunk to be stored (see [`ChunkStore::put`]).
+    meta: Option<Arc<dyn MetaStore>>,
+    /// Uploads under way, by chunk: a second upload of the same bytes waits for the first.
+    uploading: Mutex<HashMap<ChunkHash, Arc<OnceCell<()>>>>,
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Bytes>>>>,
 }
 
@@ -39,13 +41,9 @@ pub struct ChunkStore {
 const DISK_CACHE_WRITERS: usize = 2;
 /// Whole-chunk fetches that random reads may have running at once.
 const BACKGROUND_FETCHES: usize = 4;
-/// How many recent uploads are remembered.
-const RECENT_UPLOADS: usize = 65536;
-/// How long an upload is trusted to still be in the bucket: identical data written again
-/// within this time is not uploaded again. Garbage collection must wait longer than this
-/// before deleting a chunk that lost its last reference (DESIGN §6), so that a commit that
-/// names such a chunk always finds it.
-pub const RECENT_UPLOAD_TRUST: Duration = Duration::from_secs(600);
+/// How long an upload waits for garbage collection to finish deleting an earlier copy of the
+/// same chunk before it gives up.
+const CONDEMNED_WAIT: Duration = Duration::from_secs(60);
 
 pub fn chunk_path(hash: &ChunkHash) -> Path {
     let hex = hex::encode(hash);
@@ -70,9 +68,16 @@ impl ChunkStore {
             disk: None,
             disk_writers: Arc::new(tokio::sync::Semaphore::new(DISK_CACHE_WRITERS)),
             background_fetches: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_FETCHES)),
-            recent_uploads: Mutex::new(LruCache::new(RECENT_UPLOADS.try_into().expect("non-zero"))),
+            meta: None,
+            uploading: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Protects uploads from garbage collection through `meta`, and deduplicates them against
+    /// every chunk it knows (see [`ChunkStore::put`]).
+    pub fn protect_with(&mut self, meta: Arc<dyn MetaStore>) {
+        self.meta = Some(meta);
     }
 
     /// Keeps what is downloaded on local disk too.
@@ -95,6 +100,11 @@ impl ChunkStore {
 
     /// Stores `data` and returns its name. Safe to repeat: the same bytes make the same object.
     /// A chunk of several segments gets its segment hash list stored beside it.
+    ///
+    /// With a metadata store, the chunk is first protected from garbage collection for this
+    /// session (the commit that references it releases the protection); a chunk the metadata
+    /// knows to be stored is not uploaded again. The caller must pass the returned hash in its
+    /// commit's [`BlockCommit::release`](elasticfs_metadata::BlockCommit) list.
     #[instrument(level = "debug", skip_all, fields(len = data.len()))]
     pub async fn put(&self, data: Bytes) -> FsResult<ChunkHash> {
         let segments = SegmentHashes::applies_to(data.len() as u64).then(|| SegmentHashes::compute(&data));
@@ -102,24 +112,78 @@ impl ChunkStore {
             Some((_, hash)) => *hash,
             None => hash_of(&data),
         };
-        let stored_lately =
-            self.recent_uploads.lock().unwrap().get(&hash).is_some_and(|t| t.elapsed() < RECENT_UPLOAD_TRUST);
-        if !stored_lately {
-            match &segments {
-                None => self.put_object(chunk_path(&hash), data.clone()).await?,
-                Some((segments, _)) => {
-                    let list = Bytes::from(segments.encode());
-                    futures::try_join!(
-                        self.put_object(segments_path(&hash), list.clone()),
-                        self.put_object(chunk_path(&hash), data.clone())
-                    )?;
-                    self.cache.insert((hash, Part::SegmentHashes), list);
-                }
-            }
-            self.recent_uploads.lock().unwrap().put(hash, Instant::now());
+        if self.protect(hash).await? != ChunkProtection::Stored {
+            let list = segments.map(|(segments, _)| Bytes::from(segments.encode()));
+            self.upload_once(hash, data.clone(), list).await?;
         }
         self.cache.insert((hash, Part::Whole), data);
         Ok(hash)
+    }
+
+    /// Protects `hash` for this session, waiting out a garbage collection that is deleting an
+    /// earlier copy (then the chunk must be uploaded anew).
+    async fn protect(&self, hash: ChunkHash) -> FsResult<ChunkProtection> {
+        let Some(meta) = self.meta.clone() else { return Ok(ChunkProtection::New) };
+        let deadline = Instant::now() + CONDEMNED_WAIT;
+        loop {
+            let meta = meta.clone();
+            let answer = tokio::task::spawn_blocking(move || meta.protect_chunk(&hash))
+                .await
+                .map_err(|e| FsError::io(format!("protecting a chunk: {e}")))??;
+            if answer != ChunkProtection::Condemned {
+                return Ok(answer);
+            }
+            if Instant::now() >= deadline {
+                return Err(FsError::io(format!(
+                    "chunk {} has been being deleted by garbage collection for over {}s: is a gc stuck?",
+                    hex::encode(hash),
+                    CONDEMNED_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Uploads the chunk (and its segment list), or waits for an upload of it already under
+    /// way in this process. Only uploads under way are shared: one that finished before this
+    /// chunk was protected may have been collected since.
+    async fn upload_once(&self, hash: ChunkHash, data: Bytes, segments: Option<Bytes>) -> FsResult<()> {
+        let cell = self.uploading.lock().unwrap().entry(hash).or_default().clone();
+        let result = cell
+            .get_or_try_init(|| async {
+                match &segments {
+                    None => self.put_object(chunk_path(&hash), data).await,
+                    Some(list) => {
+                        futures::try_join!(
+                            self.put_object(segments_path(&hash), list.clone()),
+                            self.put_object(chunk_path(&hash), data)
+                        )?;
+                        self.cache.insert((hash, Part::SegmentHashes), list.clone());
+                        Ok(())
+                    }
+                }
+            })
+            .await
+            .map(|_| ());
+        let mut uploading = self.uploading.lock().unwrap();
+        if uploading.get(&hash).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            uploading.remove(&hash);
+        }
+        result
+    }
+
+    /// Protects a chunk that a commit named but the metadata did not find protected (this
+    /// client's session ended while the chunk waited for its commit): fine if its object is
+    /// still there, else the data is lost and the commit must fail.
+    pub async fn reprotect(&self, hash: ChunkHash) -> FsResult<()> {
+        if self.protect(hash).await? == ChunkProtection::Stored || self.exists(&hash).await? {
+            return Ok(());
+        }
+        Err(FsError::io(format!(
+            "chunk {} of uncommitted data is gone: this client lost its metadata session (no \
+             heartbeat within the lease) and garbage collection deleted the chunk meanwhile",
+            hex::encode(hash)
+        )))
     }
 
     async fn put_object(&self, path: Path, data: Bytes) -> FsResult<()> {

@@ -6,19 +6,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use elasticfs_metadata::throughput::IoKind;
 use elasticfs_metadata::{
-    Attr, BlockCommit, BlockRef, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest, MetaError,
-    MetaStore, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
+    Attr, BlockCommit, BlockRef, ChunkHash, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest,
+    MetaError, MetaStore, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
 };
 use futures::future::try_join_all;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tracing::{instrument, warn};
 
 use crate::block_cache::Part;
 use crate::chunk_store::ChunkStore;
 use crate::error::{errno, FsError, FsResult};
 use crate::locks::LockTable;
-use crate::open_file::{Dirty, OpenFile, Readahead};
+use crate::open_file::{Dirty, FileState, OpenFile, Readahead};
+use crate::throttle::Throttle;
 
 /// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
 const MAX_FILE_SIZE: u64 = 1 << 44;
@@ -90,6 +93,7 @@ pub struct FileSystem {
     /// What each recently opened file looked like at its last open (see [`Handle::unchanged`]).
     last_opened: Mutex<lru::LruCache<Ino, Version>>,
     locks: LockTable,
+    throttle: Arc<Throttle>,
 }
 
 /// What tells one state of a file's content from another.
@@ -99,7 +103,8 @@ type Version = (Timestamp, Timestamp, u64);
 const REMEMBERED_OPENS: usize = 65536;
 
 impl FileSystem {
-    pub fn new(meta: Arc<dyn MetaStore>, chunks: ChunkStore, config: FsConfig) -> FsResult<Self> {
+    pub fn new(meta: Arc<dyn MetaStore>, mut chunks: ChunkStore, config: FsConfig) -> FsResult<Self> {
+        chunks.protect_with(meta.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .thread_name("elasticfs-io")
@@ -107,8 +112,20 @@ impl FileSystem {
             .build()
             .map_err(|e| FsError::io(format!("starting the I/O runtime: {e}")))?;
         let sb = meta.superblock().clone();
+        let throttle = Arc::new(Throttle::new(meta.clone()));
+        let idle_reports = Arc::downgrade(&throttle);
+        runtime.spawn(async move {
+            // An idle client's last I/O reaches the governor's figures within a second.
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(throttle) = idle_reports.upgrade() else { break };
+                let _ = tokio::task::spawn_blocking(move || throttle.report()).await;
+            }
+        });
         Ok(FileSystem {
             locks: LockTable::new(meta.clone()),
+            throttle,
             meta,
             chunks: Arc::new(chunks),
             runtime,
@@ -153,6 +170,11 @@ impl FileSystem {
         Ok(())
     }
 
+    /// This client's metering of its I/O against the file system's permitted throughput.
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.throttle
+    }
+
     pub fn chunks(&self) -> &Arc<ChunkStore> {
         &self.chunks
     }
@@ -183,11 +205,13 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self))]
     pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.with_local_changes(self.meta.getattr(ino)?))
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.with_local_changes(self.meta.lookup(parent, name)?))
     }
 
@@ -203,11 +227,13 @@ impl FileSystem {
         rdev: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.meta.create(parent, name, kind, perm & 0o7777, caller.uid, caller.gid, rdev, b"")?)
     }
 
     #[instrument(level = "debug", skip(self, name, target))]
     pub fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], caller: Caller) -> FsResult<Attr> {
+        self.throttle.charge(IoKind::Metadata, 0);
         if target.is_empty() || target.len() > 4095 {
             return Err(FsError::new(
                 if target.is_empty() { errno::ENOENT } else { 36 },
@@ -218,16 +244,19 @@ impl FileSystem {
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.meta.readlink(ino)?)
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.with_local_changes(self.meta.link(ino, parent, name)?))
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        self.throttle.charge(IoKind::Metadata, 0);
         let victim = self.meta.lookup(parent, name)?.ino;
         let gate = self.open_gate(victim);
         let closed = self.closed(victim);
@@ -241,6 +270,7 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.meta.rmdir(parent, name)?)
     }
 
@@ -253,6 +283,7 @@ impl FileSystem {
         new_name: &[u8],
         mode: RenameMode,
     ) -> FsResult<()> {
+        self.throttle.charge(IoKind::Metadata, 0);
         // Only a plain rename can unlink what its destination names.
         let victim = match mode {
             RenameMode::Replace => self.meta.lookup(new_parent, new_name).ok().map(|attr| attr.ino),
@@ -282,6 +313,7 @@ impl FileSystem {
 
     /// Entries after cookie `after` (0 = from the start), at most `limit` of them.
     pub fn readdir(&self, dir: Ino, after: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.meta.readdir(dir, after, limit)?)
     }
 
@@ -295,6 +327,7 @@ impl FileSystem {
         offset: u64,
         mut add: impl FnMut(Ino, u64, FileKind, &[u8]) -> bool,
     ) -> FsResult<bool> {
+        // Metered per request to the store, by getattr and readdir.
         const BATCH: usize = 512;
         if offset < 2 {
             let attr = self.getattr(dir)?;
@@ -326,6 +359,7 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self))]
     pub fn setattr(&self, ino: Ino, req: &SetAttrRequest) -> FsResult<Attr> {
+        self.throttle.charge(IoKind::Metadata, 0);
         let mut attr = None;
         if let Some(size) = req.size {
             attr = Some(self.truncate(ino, size)?);
@@ -345,22 +379,27 @@ impl FileSystem {
     }
 
     pub fn statfs(&self) -> FsResult<Usage> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.meta.usage()?)
     }
 
     pub fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> FsResult<()> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.meta.set_xattr(ino, name, value, mode)?)
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.meta.get_xattr(ino, name)?)
     }
 
     pub fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.meta.list_xattr(ino)?)
     }
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        self.throttle.charge(IoKind::Metadata, 0);
         Ok(self.meta.remove_xattr(ino, name)?)
     }
 
@@ -382,6 +421,7 @@ impl FileSystem {
     /// Opens a regular file and returns its handle number.
     #[instrument(level = "debug", skip(self))]
     pub fn open(&self, ino: Ino, append: bool) -> FsResult<u64> {
+        self.throttle.charge(IoKind::Metadata, 0);
         let _gate = self.open_gate(ino);
         let attr = self.meta.getattr(ino)?;
         let file = {
@@ -497,6 +537,7 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self))]
     pub fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        self.throttle.charge(IoKind::Read, len as u64);
         let handle = self.handle(fh)?;
         let file = &handle.file;
         let bs = self.block_size;
@@ -587,6 +628,7 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self, data), fields(len = data.len()))]
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.throttle.charge(IoKind::Write, data.len() as u64);
         let handle = self.handle(fh)?;
         if data.is_empty() {
             // POSIX: writing nothing changes nothing, not even the size.
@@ -600,14 +642,14 @@ impl FileSystem {
         let Some(end) = end else {
             return Err(FsError::new(errno::EFBIG, "write past the largest file size"));
         };
-        self.collect_uploads(&mut st.dirty);
+        self.collect_uploads(&mut st);
         let (mut pos, mut rest) = (offset, data);
         while !rest.is_empty() {
             let index = pos / bs;
             let within = (pos % bs) as usize;
             let n = rest.len().min(bs as usize - within);
             let size = st.size;
-            let buffer = self.dirty_buffer(file.ino, &mut st.dirty, index, size)?;
+            let buffer = self.dirty_buffer(file.ino, &mut st, index, size)?;
             if buffer.len() < within + n {
                 if within + n > self.inline_threshold as usize {
                     // Past the inline size the block will most likely fill: one allocation of
@@ -654,14 +696,17 @@ impl FileSystem {
     fn dirty_buffer<'a>(
         &self,
         ino: Ino,
-        dirty: &'a mut std::collections::BTreeMap<u64, Dirty>,
+        st: &'a mut FileState,
         index: u64,
         size: u64,
     ) -> FsResult<&'a mut Vec<u8>> {
-        let base = match dirty.remove(&index) {
+        let base = match st.dirty.remove(&index) {
             Some(Dirty::Buffer(data)) => data,
             // Rewriting a sealed block: its upload's result will simply not be used.
-            Some(Dirty::Uploading { data, .. }) => data.to_vec(),
+            Some(Dirty::Uploading { data, task }) => {
+                st.abandoned.push(task);
+                data.to_vec()
+            }
             Some(Dirty::Stored(block)) => self.load_block(&block)?,
             // A block beyond the end has no committed content.
             None if index * self.block_size >= size => Vec::new(),
@@ -670,7 +715,7 @@ impl FileSystem {
                 None => Vec::new(),
             },
         };
-        match dirty.entry(index).or_insert(Dirty::Buffer(base)) {
+        match st.dirty.entry(index).or_insert(Dirty::Buffer(base)) {
             Dirty::Buffer(data) => Ok(data),
             _ => unreachable!("just inserted a buffer"),
         }
@@ -704,38 +749,55 @@ impl FileSystem {
 
     /// Turns finished uploads into block references (and failed ones back into buffers, to be
     /// retried at the next flush), without waiting for unfinished ones.
-    fn collect_uploads(&self, dirty: &mut std::collections::BTreeMap<u64, Dirty>) {
-        let finished: Vec<u64> = dirty
+    fn collect_uploads(&self, st: &mut FileState) {
+        let finished: Vec<u64> = st
+            .dirty
             .iter()
             .filter(|(_, d)| matches!(d, Dirty::Uploading { task, .. } if task.is_finished()))
             .map(|(i, _)| *i)
             .collect();
         for index in finished {
-            self.finish_upload(dirty, index);
+            self.finish_upload(st, index);
         }
     }
 
-    fn finish_upload(
-        &self,
-        dirty: &mut std::collections::BTreeMap<u64, Dirty>,
-        index: u64,
-    ) -> Option<FsError> {
-        if !matches!(dirty.get(&index), Some(Dirty::Uploading { .. })) {
+    fn finish_upload(&self, st: &mut FileState, index: u64) -> Option<FsError> {
+        if !matches!(st.dirty.get(&index), Some(Dirty::Uploading { .. })) {
             return None;
         }
-        let Some(Dirty::Uploading { data, task }) = dirty.remove(&index) else { unreachable!() };
-        let outcome =
-            self.block_on(task).unwrap_or_else(|e| Err(FsError::io(format!("upload task failed: {e}"))));
-        match outcome {
+        let Some(Dirty::Uploading { data, task }) = st.dirty.remove(&index) else { unreachable!() };
+        match self.join_upload(task) {
             Ok(hash) => {
-                dirty.insert(index, Dirty::Stored(BlockRef::Chunk { hash, len: data.len() as u32 }));
+                st.protected.push(hash);
+                st.dirty.insert(index, Dirty::Stored(BlockRef::Chunk { hash, len: data.len() as u32 }));
                 None
             }
             Err(e) => {
-                dirty.insert(index, Dirty::Buffer(data.to_vec()));
+                st.dirty.insert(index, Dirty::Buffer(data.to_vec()));
                 Some(e)
             }
         }
+    }
+
+    fn join_upload(&self, task: JoinHandle<FsResult<ChunkHash>>) -> FsResult<ChunkHash> {
+        self.block_on(task).unwrap_or_else(|e| Err(FsError::io(format!("upload task failed: {e}"))))
+    }
+
+    /// Commits a change to a file's block map, releasing the chunk protections it was made
+    /// with. A chunk the metadata no longer finds protected (this client's session lapsed) is
+    /// protected again if its object is still stored.
+    fn commit(&self, ino: Ino, mut commit: BlockCommit) -> FsResult<Attr> {
+        // Each retry protects one more chunk: at most one per block.
+        for _ in 0..=commit.blocks.len() {
+            match self.meta.commit_blocks(ino, &commit) {
+                Err(MetaError::ChunkUnprotected(hash)) => {
+                    self.block_on(self.chunks.reprotect(hash))?;
+                    commit.release.push(hash);
+                }
+                other => return Ok(other?),
+            }
+        }
+        Err(FsError::io("a commit kept naming chunks the metadata did not find protected"))
     }
 
     /// Uploads whatever is pending, waits for every upload, then commits the block map and size
@@ -760,8 +822,13 @@ impl FileSystem {
         let uploading: Vec<u64> = st.dirty.keys().copied().collect();
         let mut failure = None;
         for index in uploading {
-            if let Some(e) = self.finish_upload(&mut st.dirty, index) {
+            if let Some(e) = self.finish_upload(&mut st, index) {
                 failure.get_or_insert(e);
+            }
+        }
+        for task in std::mem::take(&mut st.abandoned) {
+            if let Ok(hash) = self.join_upload(task) {
+                st.protected.push(hash);
             }
         }
         if let Some(e) = failure {
@@ -775,8 +842,10 @@ impl FileSystem {
                 _ => unreachable!("every block was stored above"),
             })
             .collect();
-        let commit = BlockCommit { truncate: None, blocks, min_size: st.size, mtime: st.mtime };
-        let attr = self.meta.commit_blocks(file.ino, &commit)?;
+        let release = st.protected.clone();
+        let commit = BlockCommit { truncate: None, blocks, min_size: st.size, mtime: st.mtime, release };
+        let attr = self.commit(file.ino, commit)?;
+        st.protected.clear();
         st.dirty.clear();
         st.mtime = None;
         st.size = attr.size;
@@ -814,6 +883,7 @@ impl FileSystem {
             blocks: Vec::new(),
             min_size: 0,
             mtime: Some(Timestamp::now()),
+            release: Vec::new(),
         };
         let cut = (size % self.block_size) as usize;
         if size < attr.size && cut != 0 {
@@ -822,11 +892,15 @@ impl FileSystem {
                 if block.len() as usize > cut {
                     let mut data = self.load_block(&block)?;
                     data.truncate(cut);
-                    commit.blocks.push((index, self.store_block(data)?));
+                    let block = self.store_block(data)?;
+                    if let BlockRef::Chunk { hash, .. } = &block {
+                        commit.release.push(*hash);
+                    }
+                    commit.blocks.push((index, block));
                 }
             }
         }
-        let attr = self.meta.commit_blocks(ino, &commit)?;
+        let attr = self.commit(ino, commit)?;
         if let Some(st) = guard.as_mut() {
             st.size = attr.size;
         }

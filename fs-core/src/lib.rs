@@ -7,10 +7,12 @@ mod chunk_store;
 mod disk_cache;
 mod error;
 mod filesystem;
+pub mod gc;
 mod locks;
 mod open_file;
 mod segments;
 mod storage;
+mod throttle;
 
 pub use access::{Identity, MAY_EXEC, MAY_READ, MAY_WRITE};
 pub use block_cache::BlockCache;
@@ -19,5 +21,6 @@ pub use disk_cache::DiskCache;
 pub use error::{errno, FsError, FsResult};
 pub use filesystem::{Caller, FileSystem, FsConfig, SetAttrRequest};
 pub use storage::{connect_chunk_store, open_object_store};
+pub use throttle::Throttle;
 
 pub use elasticfs_metadata as metadata;

@@ -26,6 +26,12 @@ pub(crate) struct FileState {
     pub(crate) dirty: BTreeMap<u64, Dirty>,
     /// Time of the last uncommitted write; `None` when there is nothing to commit.
     pub(crate) mtime: Option<Timestamp>,
+    /// Chunks uploaded for this file since its last commit, which protect them from garbage
+    /// collection until the commit releases them (used by the commit or not).
+    pub(crate) protected: Vec<ChunkHash>,
+    /// Uploads of blocks rewritten while they were under way: collected at the next commit,
+    /// for their protections.
+    pub(crate) abandoned: Vec<JoinHandle<FsResult<ChunkHash>>>,
 }
 
 impl FileState {
@@ -41,7 +47,14 @@ pub(crate) struct OpenFile {
 
 impl OpenFile {
     pub(crate) fn new(ino: Ino, size: u64) -> Self {
-        OpenFile { ino, state: Mutex::new(FileState { size, dirty: BTreeMap::new(), mtime: None }) }
+        let state = FileState {
+            size,
+            dirty: BTreeMap::new(),
+            mtime: None,
+            protected: Vec::new(),
+            abandoned: Vec::new(),
+        };
+        OpenFile { ino, state: Mutex::new(state) }
     }
 
     /// Takes the committed size as the file's size, unless this client has uncommitted changes

@@ -43,6 +43,14 @@ pub enum MetaError {
     /// The store itself failed (disk, corruption, lock held by another process).
     #[error("metadata store: {0}")]
     Store(String),
+    /// A commit named a chunk that nothing references and that this session did not protect
+    /// (see [`crate::MetaStore::protect_chunk`]): garbage collection may have deleted it.
+    #[error("chunk {} is not protected from garbage collection", hex32(.0))]
+    ChunkUnprotected(crate::types::ChunkHash),
+}
+
+fn hex32(hash: &[u8; 32]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub type MetaResult<T> = Result<T, MetaError>;
@@ -65,7 +73,8 @@ impl MetaError {
             MetaError::Format(_)
             | MetaError::Store(_)
             | MetaError::Unavailable(_)
-            | MetaError::SessionExpired => libc_errno::EIO,
+            | MetaError::SessionExpired
+            | MetaError::ChunkUnprotected(_) => libc_errno::EIO,
         }
     }
 

@@ -11,6 +11,8 @@
 //! | `symlinks`    | ino (u64 BE)                     | target bytes                       |
 //! | `chunk_refs`  | blake3 hash (32 bytes)           | reference count (u64 LE)           |
 //! | `unreferenced`| blake3 hash                      | time the count reached zero        |
+//! | `intents`     | blake3 hash                      | postcard `Vec<(session, count)>`: uploads not yet committed |
+//! | `condemned`   | blake3 hash                      | time GC chose to delete it         |
 //! | `xattrs`      | ino (u64 BE) ++ name             | value                              |
 //! | `orphans`     | ino (u64 BE)                     | session that holds it (u64 LE)     |
 //! | `counters`    | `"bytes"`, `"inodes"`            | u64 LE                             |

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::MetaResult;
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::SessionRecord;
+use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{
     Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
 };
@@ -43,6 +44,22 @@ pub struct BlockCommit {
     pub min_size: u64,
     /// Time of the change: mtime and ctime are set to it.
     pub mtime: Option<Timestamp>,
+    /// Chunks this session protected for the change (see [`MetaStore::protect_chunk`]), used
+    /// or not: released once the commit holds its references.
+    pub release: Vec<ChunkHash>,
+}
+
+/// What [`MetaStore::protect_chunk`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkProtection {
+    /// The chunk's object is stored (the metadata knows it): no upload needed.
+    Stored,
+    /// This session protected the chunk before (an upload of its own is done or under way).
+    HeldBySession,
+    /// Unknown: upload it.
+    New,
+    /// Being deleted by garbage collection: ask again shortly, then upload it.
+    Condemned,
 }
 
 /// `setxattr` flags.
@@ -117,6 +134,34 @@ pub trait MetaStore: Send + Sync + 'static {
     fn referenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, u64)>>;
     /// Chunks whose reference count fell to zero, with the time it did (for GC).
     fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>>;
+
+    /// Tokens for metered I/O from the file system's throughput governor (see
+    /// [`crate::throughput`]); the request carries the I/O the client did since its last one.
+    fn lease_throughput(&self, request: &LeaseRequest) -> MetaResult<Lease>;
+    /// The throughput settings, credit balance, permitted rate and metered I/O.
+    fn throughput(&self) -> MetaResult<ThroughputStatus>;
+    /// Changes the throughput mode or rates, for every client from its next lease.
+    fn set_throughput(&self, settings: &ThroughputSettings) -> MetaResult<()>;
+
+    /// Declares that this session is about to commit a reference to chunk `hash` (it is
+    /// uploading it, or relies on it being stored). Until a commit releases it (see
+    /// [`BlockCommit::release`]) or the session ends, garbage collection keeps the chunk.
+    fn protect_chunk(&self, hash: &ChunkHash) -> MetaResult<ChunkProtection>;
+    /// Chooses chunks for deletion, in one transaction: of `hashes`, those nothing references
+    /// and no session protects, that are either unreferenced since before `unreferenced_before`
+    /// or unknown to the metadata (leaked objects). Returns them with those condemned before
+    /// and not yet forgotten (a collection that stopped half-way). A chunk stays condemned
+    /// (and [`MetaStore::protect_chunk`] answers [`ChunkProtection::Condemned`]) until
+    /// [`MetaStore::forget_condemned`].
+    fn condemn_chunks(
+        &self,
+        hashes: &[ChunkHash],
+        unreferenced_before: Timestamp,
+    ) -> MetaResult<Vec<ChunkHash>>;
+    /// Chunks condemned and not yet forgotten.
+    fn condemned_chunks(&self) -> MetaResult<Vec<ChunkHash>>;
+    /// Forgets condemned chunks whose objects are deleted.
+    fn forget_condemned(&self, hashes: &[ChunkHash]) -> MetaResult<()>;
 
     /// The live client sessions.
     fn sessions(&self) -> MetaResult<Vec<SessionRecord>>;

@@ -2,6 +2,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::throughput::ThroughputSettings;
+
 use crate::codec::{Reader, Writer};
 use crate::error::{MetaError, MetaResult};
 
@@ -288,6 +290,11 @@ pub struct Superblock {
     /// region are stored with it when given; credentials never are).
     pub storage: String,
     pub created_secs: i64,
+    /// The throughput mode and rates at format time. They can be changed later (see
+    /// [`crate::MetaStore::set_throughput`]); the store's current ones are in
+    /// [`crate::MetaStore::throughput`]. Absent in stores formatted before throughput modes.
+    #[serde(default)]
+    pub throughput: ThroughputSettings,
 }
 
 impl Superblock {
@@ -300,6 +307,7 @@ impl Superblock {
             inline_threshold,
             storage: storage.to_string(),
             created_secs: Timestamp::now().secs,
+            throughput: ThroughputSettings::default(),
         }
     }
 }

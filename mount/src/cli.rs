@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use elasticfs_core::metadata::throughput::ThroughputSettings;
+
 use crate::options::{parse_duration, parse_size};
-use crate::volume::{self, FormatSpec, MetaAccess};
+use crate::volume::{self, FormatSpec, MetaAccess, Role};
 
 #[derive(Parser, Debug)]
 #[command(name = "elasticfs", version, about = "An elastic, shared POSIX file system on object storage")]
@@ -52,6 +54,8 @@ pub enum Command {
         inline_threshold: String,
         #[arg(long, default_value = "elasticfs")]
         name: String,
+        #[command(flatten)]
+        throughput: ThroughputArgs,
     },
     /// Mount a file system with FUSE.
     Mount {
@@ -88,6 +92,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or change a file system's settings (the throughput mode and rates).
+    Config {
+        #[arg(long, env = "ELASTICFS_META")]
+        meta: Option<String>,
+        /// The metadata service's shared token.
+        #[arg(long, env = "ELASTICFS_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        throughput: ThroughputArgs,
+    },
+    /// Delete chunks nothing references any more (after a grace period) and leaked objects.
+    Gc {
+        #[arg(long, env = "ELASTICFS_META")]
+        meta: Option<String>,
+        /// The metadata service's shared token.
+        #[arg(long, env = "ELASTICFS_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Report what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep deleted data this long (e.g. 0s, 10m, 1h).
+        #[arg(long, default_value = "1h")]
+        grace: String,
+    },
     /// Check that every referenced chunk exists (and, with --verify-data, hashes to its name).
     Fsck {
         #[arg(long, env = "ELASTICFS_META")]
@@ -115,6 +143,30 @@ pub enum Command {
     },
 }
 
+/// The throughput settings of `format` and `config`.
+#[derive(clap::Args, Debug)]
+pub struct ThroughputArgs {
+    /// bursting (EFS's default), provisioned:RATE (e.g. provisioned:200MiB), elastic[:CEILING]
+    /// or off.
+    #[arg(long)]
+    throughput: Option<String>,
+    /// A rate of the throughput model, NAME=VALUE: baseline-per-tib, burst-per-tib,
+    /// burst-floor, metered-floor, credit-cap-per-tib, read-divisor, min-request,
+    /// elastic-ceiling (may repeat).
+    #[arg(long = "throughput-option")]
+    options: Vec<String>,
+}
+
+impl ThroughputArgs {
+    fn is_empty(&self) -> bool {
+        self.throughput.is_none() && self.options.is_empty()
+    }
+
+    fn apply(&self, base: ThroughputSettings) -> Result<ThroughputSettings> {
+        crate::throughput_spec::parse(self.throughput.as_deref(), &self.options, base)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum MetaCommand {
     /// Serve a metadata store to every client of the file system.
@@ -138,6 +190,13 @@ pub enum MetaCommand {
         /// open-after-unlink files.
         #[arg(long, default_value = "30s")]
         lease: String,
+        /// How often to delete unreferenced chunks from the bucket (0: never). The service
+        /// needs the bucket's credentials (AWS_* variables) for it.
+        #[arg(long, default_value = "1h")]
+        gc_interval: String,
+        /// How long deleted data stays in the bucket first.
+        #[arg(long, default_value = "1h")]
+        gc_grace: String,
     },
 }
 
@@ -150,7 +209,17 @@ pub enum NfsCommand {
 /// Runs a parsed command; `argv` is what it was parsed from (a background mount re-runs it).
 pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
     match cli.command {
-        Command::Format { meta, token_file, storage, bucket, region, block_size, inline_threshold, name } => {
+        Command::Format {
+            meta,
+            token_file,
+            storage,
+            bucket,
+            region,
+            block_size,
+            inline_threshold,
+            name,
+            throughput,
+        } => {
             let access = MetaAccess::new(meta, token_file);
             let storage = storage_url(storage, bucket.as_deref(), region.as_deref())?;
             let spec = FormatSpec {
@@ -159,6 +228,7 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
                 block_size: u32::try_from(parse_size(&block_size)?).context("block size too large")?,
                 inline_threshold: u32::try_from(parse_size(&inline_threshold)?)
                     .context("inline threshold too large")?,
+                throughput: throughput.apply(ThroughputSettings::default())?,
             };
             let sb = volume::format(&access, &spec)?;
             println!(
@@ -174,17 +244,32 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
         Command::Status { meta, token_file, json } => {
             crate::status::status(&MetaAccess::new(meta, token_file), json)
         }
+        Command::Config { meta, token_file, throughput } => {
+            let meta = volume::open_meta(&MetaAccess::new(meta, token_file), Role::Tool)?;
+            let current = meta.throughput()?.settings;
+            if !throughput.is_empty() {
+                meta.set_throughput(&throughput.apply(current)?)?;
+            }
+            crate::status::print_throughput_settings(&meta.throughput()?.settings);
+            Ok(())
+        }
+        Command::Gc { meta, token_file, dry_run, grace } => {
+            crate::collect::gc(&MetaAccess::new(meta, token_file), dry_run, parse_duration(&grace)?)
+        }
         Command::Fsck { meta, token_file, verify_data } => {
             crate::status::fsck(&MetaAccess::new(meta, token_file), verify_data)
         }
         Command::Meta {
-            command: MetaCommand::Serve { db, listen, token_file, tls_cert, tls_key, lease },
+            command:
+                MetaCommand::Serve { db, listen, token_file, tls_cert, tls_key, lease, gc_interval, gc_grace },
         } => crate::serve_meta::serve(crate::serve_meta::ServeArgs {
             db,
             listen,
             token_file,
             tls: tls_cert.zip(tls_key),
             lease: parse_duration(&lease)?,
+            gc_interval: parse_duration(&gc_interval)?,
+            gc_grace: parse_duration(&gc_grace)?,
         }),
         Command::Nfs { command: NfsCommand::Serve(args) } => crate::serve_nfs::serve(args),
         Command::InstallHelper { path } => install_helper(&path),

@@ -2,10 +2,12 @@
 //! layer over `elasticfs-core` and `elasticfs-nfs-gateway`.
 
 pub mod cli;
+pub mod collect;
 pub mod fuse;
 pub mod mounting;
 pub mod options;
 pub mod serve_meta;
 pub mod serve_nfs;
 pub mod status;
+pub mod throughput_spec;
 pub mod volume;

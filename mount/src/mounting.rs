@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use elasticfs_core::gc::BackgroundGc;
 use fuser::{Config, MountOption, SessionACL};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing::{info, warn};
@@ -16,7 +17,7 @@ use tracing::{info, warn};
 use crate::fuse::FuseAdapter;
 use crate::options::MountOptions;
 use crate::status::StatusWriter;
-use crate::volume::{self, FormatSpec, MetaAccess};
+use crate::volume::{self, FormatSpec, MetaAccess, MetaUrl};
 
 /// Set in a background mount's child: print "ready" on stdout once mounted.
 const READY_ENV: &str = "ELASTICFS_NOTIFY_READY";
@@ -52,6 +53,7 @@ fn embedded_default() -> Result<String> {
             storage: volume::default_storage_url(),
             block_size: 4 << 20,
             inline_threshold: 64 << 10,
+            throughput: Default::default(),
         };
         volume::format(&MetaAccess::new(Some(meta.clone()), None), &spec)?;
         eprintln!("formatted the default file system at {meta} (chunks in {})", spec.storage);
@@ -86,6 +88,18 @@ fn check_mountpoint(mountpoint: &Path) -> Result<()> {
 fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<()> {
     let fs = Arc::new(volume::open_filesystem(access, mountpoint, &opts)?);
     let status = StatusWriter::start(fs.clone(), &access.url, mountpoint)?;
+    // An embedded store has no service to collect its garbage: its mount does.
+    let embedded = matches!(MetaUrl::parse(&access.url)?, MetaUrl::Sled(_));
+    let gc = if embedded && !opts.gc_interval.is_zero() {
+        let target = (fs.meta().clone(), fs.chunks().object_store().clone());
+        Some(BackgroundGc::start(
+            opts.gc_interval,
+            opts.gc_grace,
+            Box::new(move || Ok(Some(target.clone()))),
+        )?)
+    } else {
+        None
+    };
     let pid_file = PidFile::create(mountpoint)?;
     let mut config = Config::default();
     config.mount_options = vec![
@@ -125,6 +139,7 @@ fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<(
         }
     });
     session.run().context("serving the FUSE session")?;
+    drop(gc);
     if let Some(status) = status {
         status.stop();
     }

@@ -27,6 +27,10 @@ pub struct MountOptions {
     pub retry: Retry,
     /// The metadata service's token (for fstab, where `--token-file` cannot be given).
     pub token_file: Option<PathBuf>,
+    /// How often a mount of an embedded store collects garbage (zero: never).
+    pub gc_interval: Duration,
+    /// How long deleted data stays in the bucket before a collection removes it.
+    pub gc_grace: Duration,
 }
 
 /// How long a `soft` mount waits for the metadata service unless `timeo=` says otherwise.
@@ -48,12 +52,14 @@ impl Default for MountOptions {
             kernel_flags: Vec::new(),
             retry: Retry::Hard,
             token_file: None,
+            gc_interval: Duration::from_secs(3600),
+            gc_grace: Duration::from_secs(3600),
         }
     }
 }
 
 const KNOWN: &str = "ro, rw, allow_other, allow_root, fsname=, threads=, cache-size=, cache-dir=, \
-    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, token-file=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
+    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, token-file=, gc-interval=, gc-grace=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
     and the mount(8)/fstab options defaults, auto, noauto, user, nouser, users, _netdev, nofail";
 
 impl MountOptions {
@@ -91,6 +97,8 @@ impl MountOptions {
                 "soft" => soft = true,
                 "timeo" => timeout = parse_duration(need(value)?)?,
                 "token-file" => opts.token_file = Some(PathBuf::from(need(value)?)),
+                "gc-interval" => opts.gc_interval = parse_duration(need(value)?)?,
+                "gc-grace" => opts.gc_grace = parse_duration(need(value)?)?,
                 "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "noatime" | "atime" => {
                     opts.kernel_flags.push(key.to_string())
                 }
@@ -107,12 +115,12 @@ impl MountOptions {
     }
 }
 
-/// `123`, `64K`, `256M`, `4MiB`, `2G`.
+/// `123`, `64K`, `256M`, `4MiB`, `2G`, `2.1TiB`.
 pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let digits = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(digits);
-    let n: u64 = num.parse().with_context(|| format!("{text:?} is not a size (examples: 4M, 64KiB, 1G)"))?;
+    let n: f64 = num.parse().with_context(|| format!("{text:?} is not a size (examples: 4M, 64KiB, 1G)"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -121,21 +129,36 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "t" | "tb" | "tib" => 40,
         _ => bail!("{text:?}: unknown size unit (use K, M, G or T)"),
     };
-    n.checked_shl(shift).filter(|v| v >> shift == n).with_context(|| format!("{text:?} is too large"))
+    let bytes = n * (1u64 << shift) as f64;
+    if bytes >= u64::MAX as f64 {
+        bail!("{text:?} is too large");
+    }
+    Ok(bytes.round() as u64)
 }
 
-/// `500ms`, `1s`, `2` (seconds).
+/// `500ms`, `1s`, `2` (seconds), `10m`, `1h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let t = text.trim();
-    if let Some(ms) = t.strip_suffix("ms") {
-        return Ok(Duration::from_millis(ms.parse().with_context(|| format!("{text:?} is not a duration"))?));
-    }
-    let secs: f64 = t
-        .strip_suffix('s')
-        .unwrap_or(t)
+    let (number, unit_secs) = if let Some(ms) = t.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else if let Some(n) = t.strip_suffix('d') {
+        (n, 86_400.0)
+    } else {
+        (t, 1.0)
+    };
+    let n: f64 = number
         .parse()
-        .with_context(|| format!("{text:?} is not a duration (examples: 1s, 500ms)"))?;
-    Ok(Duration::from_secs_f64(secs))
+        .with_context(|| format!("{text:?} is not a duration (examples: 500ms, 30s, 10m, 1h)"))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        bail!("{text:?} is not a duration (examples: 500ms, 30s, 10m, 1h)");
+    }
+    Ok(Duration::from_secs_f64(n * unit_secs))
 }
 
 #[cfg(test)]
@@ -163,6 +186,10 @@ mod tests {
         assert_eq!(parse_size("64k").unwrap(), 64 << 10);
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_size("2.5K").unwrap(), 2560);
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("-1s").is_err());
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
     }
 }

@@ -2,10 +2,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use elasticfs_core::gc::{BackgroundGc, GcTarget};
 use elasticfs_core::metadata::remote::{tls, MetaServer, ServerConfig};
+use elasticfs_core::metadata::MetaStore;
+use elasticfs_core::open_object_store;
 use tracing::{info, warn};
 
 use crate::volume;
@@ -17,6 +21,9 @@ pub struct ServeArgs {
     /// Certificate and key.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub lease: Duration,
+    /// How often to collect garbage (zero: never), and the grace period of deleted data.
+    pub gc_interval: Duration,
+    pub gc_grace: Duration,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -44,6 +51,23 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let mut out = std::io::stdout();
     writeln!(out, "listening on {addr}")?;
     out.flush()?;
+    let _gc = start_gc(&server, args.gc_interval, args.gc_grace)?;
     runtime.block_on(server.serve(listener));
     Ok(())
+}
+
+/// Background collection, once the store is formatted. The service reaches the bucket with
+/// the storage URL in the superblock and the `AWS_*` credentials of its environment.
+fn start_gc(server: &Arc<MetaServer>, every: Duration, grace: Duration) -> Result<Option<BackgroundGc>> {
+    if every.is_zero() {
+        return Ok(None);
+    }
+    let server = server.clone();
+    let target: GcTarget = Box::new(move || {
+        let Some(store) = server.store() else { return Ok(None) };
+        let bucket = open_object_store(&store.superblock().storage)?;
+        let meta: Arc<dyn MetaStore> = Arc::new(store);
+        Ok(Some((meta, bucket)))
+    });
+    Ok(Some(BackgroundGc::start(every, grace, target)?))
 }

@@ -9,11 +9,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use elasticfs_core::metadata::throughput::{ThroughputSettings, ThroughputStatus};
 use elasticfs_core::metadata::{SessionRecord, Superblock, Usage, FORMAT_VERSION};
 use elasticfs_core::{connect_chunk_store, FileSystem};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::throughput_spec::{describe, human_bytes};
 use crate::volume::{self, MetaAccess, MetaUrl, Role};
 
 /// Where an embedded store's mount publishes its status (a service has none: ask it).
@@ -27,6 +29,7 @@ fn status_file(meta_url: &str) -> Result<Option<PathBuf>> {
 fn report(
     sb: &Superblock,
     usage: Usage,
+    throughput: &ThroughputStatus,
     sessions: &[SessionRecord],
     mount: Option<serde_json::Value>,
 ) -> serde_json::Value {
@@ -52,10 +55,40 @@ fn report(
         "storage": sb.storage,
         "used_bytes": usage.bytes,
         "used_inodes": usage.inodes,
+        "throughput": throughput_json(throughput),
         "client_connections": sessions.len(),
         "sessions": sessions,
         "mount": mount,
     })
+}
+
+/// EFS's figures, under CloudWatch's names in snake case.
+fn throughput_json(t: &ThroughputStatus) -> serde_json::Value {
+    json!({
+        "mode": describe(&t.settings.mode),
+        "settings": t.settings,
+        "storage_bytes": t.stored_bytes,
+        "burst_credit_balance": t.burst_credit_balance,
+        "permitted_throughput": t.permitted_throughput,
+        "metered_io_bytes": t.io.metered,
+        "total_io_bytes": t.io.total(),
+        "data_read_io_bytes": t.io.data_read,
+        "data_write_io_bytes": t.io.data_write,
+        "metadata_io_bytes": t.io.metadata,
+    })
+}
+
+pub fn print_throughput_settings(s: &ThroughputSettings) {
+    let rate = |r: u64| format!("{}/s", human_bytes(r));
+    println!("throughput mode     {}", describe(&s.mode));
+    println!("baseline-per-tib    {}", rate(s.baseline_per_tib));
+    println!("burst-per-tib       {}", rate(s.burst_per_tib));
+    println!("burst-floor         {}", rate(s.burst_floor));
+    println!("metered-floor       {}", rate(s.metered_floor));
+    println!("credit-cap-per-tib  {}", human_bytes(s.credit_cap_per_tib));
+    println!("read-divisor        {}", s.read_divisor);
+    println!("min-request         {}", human_bytes(s.min_request));
+    println!("elastic-ceiling     {}", rate(s.elastic_ceiling));
 }
 
 /// Keeps `status.json` current while a mount runs.
@@ -76,7 +109,10 @@ impl StatusWriter {
         let mountpoint = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                if let (Ok(usage), Ok(sessions)) = (fs.statfs(), fs.meta().sessions()) {
+                let meta = fs.meta();
+                if let (Ok(usage), Ok(throughput), Ok(sessions)) =
+                    (meta.usage(), meta.throughput(), meta.sessions())
+                {
                     let mount = json!({
                         "mountpoint": mountpoint,
                         "pid": std::process::id(),
@@ -87,7 +123,7 @@ impl StatusWriter {
                         })),
                         "updated_secs": elasticfs_core::metadata::Timestamp::now().secs,
                     });
-                    let doc = report(fs.meta().superblock(), usage, &sessions, Some(mount));
+                    let doc = report(meta.superblock(), usage, &throughput, &sessions, Some(mount));
                     let tmp = file.with_extension("json.tmp");
                     if std::fs::write(&tmp, doc.to_string()).is_ok() {
                         let _ = std::fs::rename(&tmp, &file);
@@ -115,7 +151,7 @@ impl StatusWriter {
 
 pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
     let doc = match volume::open_meta(access, Role::Tool) {
-        Ok(meta) => report(meta.superblock(), meta.usage()?, &meta.sessions()?, None),
+        Ok(meta) => report(meta.superblock(), meta.usage()?, &meta.throughput()?, &meta.sessions()?, None),
         Err(e) => {
             // Locked by a running mount: show what it publishes.
             let Some(file) = status_file(&access.url)? else {
@@ -147,6 +183,22 @@ pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
         None if status_file(&access.url)?.is_none() => {}
         None => println!("mounted         no"),
     }
+    let t = &doc["throughput"];
+    let bytes = |k: &str| human_bytes(t[k].as_u64().unwrap_or(0));
+    println!(
+        "throughput      {}: permitted {}/s, burst credits {}",
+        t["mode"].as_str().unwrap_or("?"),
+        bytes("permitted_throughput"),
+        bytes("burst_credit_balance")
+    );
+    println!(
+        "I/O (metered)   {} total, {} read, {} written, {} metadata; {} metered",
+        bytes("total_io_bytes"),
+        bytes("data_read_io_bytes"),
+        bytes("data_write_io_bytes"),
+        bytes("metadata_io_bytes"),
+        bytes("metered_io_bytes")
+    );
     let sessions = doc["sessions"].as_array().cloned().unwrap_or_default();
     println!("client sessions {}", sessions.len());
     for s in sessions {

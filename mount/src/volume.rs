@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use elasticfs_core::metadata::remote::tls::TlsClient;
 use elasticfs_core::metadata::remote::{ClientOptions, RemoteStore, Retry};
+use elasticfs_core::metadata::throughput::ThroughputSettings;
 use elasticfs_core::metadata::{ClientInfo, MetaStore, SledStore, Superblock};
 use elasticfs_core::{connect_chunk_store, DiskCache, FileSystem};
 use tracing::info;
@@ -132,6 +133,7 @@ pub struct FormatSpec {
     pub storage: String,
     pub block_size: u32,
     pub inline_threshold: u32,
+    pub throughput: ThroughputSettings,
 }
 
 pub fn format(access: &MetaAccess, spec: &FormatSpec) -> Result<Superblock> {
@@ -144,7 +146,10 @@ pub fn format(access: &MetaAccess, spec: &FormatSpec) -> Result<Superblock> {
     }
     // Check the bucket before writing anything: a typo must not leave a half-made file system.
     connect_chunk_store(&spec.storage, 0)?;
-    let sb = Superblock::new(&spec.name, spec.block_size, spec.inline_threshold, &spec.storage);
+    let sb = Superblock {
+        throughput: spec.throughput,
+        ..Superblock::new(&spec.name, spec.block_size, spec.inline_threshold, &spec.storage)
+    };
     // SAFETY: geteuid/getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     match url {

@@ -153,6 +153,19 @@ impl Volume {
         elasticfs(&args, &self.env_refs());
     }
 
+    /// Runs `elasticfs config ARGS` on the volume (while nothing holds an embedded store).
+    pub fn config(&self, args: &[&str]) -> String {
+        let mut all = vec!["config", "--meta", &self.meta];
+        all.extend_from_slice(args);
+        elasticfs(&all, &self.env_refs())
+    }
+
+    /// `elasticfs status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let out = elasticfs(&["status", "--meta", &self.meta, "--json"], &self.env_refs());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
+    }
+
     /// Runs `elasticfs fsck` (with `--verify-data` if asked) and returns its report.
     pub fn fsck(&self, verify_data: bool) -> String {
         let mut args = vec!["fsck", "--meta", &self.meta];
@@ -421,9 +434,14 @@ impl S3Server {
         .collect()
     }
 
-    /// Bytes of objects in the bucket (as the server stores them).
+    /// Objects in the bucket (as the server stores them).
     pub fn bucket_objects(&self) -> usize {
         walk_files(&self.root.path().join(S3_BUCKET)).len()
+    }
+
+    /// Bytes of the objects in the bucket.
+    pub fn bucket_bytes(&self) -> u64 {
+        dir_bytes(&self.root.path().join(S3_BUCKET))
     }
 }
 
@@ -433,6 +451,20 @@ impl Drop for S3Server {
             let _ = tx.send(());
         }
     }
+}
+
+/// Bytes of every file under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    walk_files(dir).iter().map(|f| f.metadata().map_or(0, |m| m.len())).sum()
+}
+
+/// Bytes in use on the file system mounted at `path`, as `df` computes them.
+pub fn df_used(path: &Path) -> u64 {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path and a zeroed statvfs for the kernel to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut st) }, 0, "statvfs {}", path.display());
+    (st.f_blocks - st.f_bfree) * st.f_frsize
 }
 
 pub fn walk_files(dir: &Path) -> Vec<PathBuf> {

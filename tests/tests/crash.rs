@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use elasticfs_tests::posix_suite::hash_file;
-use elasticfs_tests::{detach, elasticfs, fuse_available, pattern, Volume};
+use elasticfs_tests::{detach, fuse_available, pattern, Volume};
 
 #[test]
 fn fsynced_files_survive_sigkill_of_the_mount() {
@@ -62,17 +62,8 @@ fn fsynced_files_survive_sigkill_of_the_mount() {
     }
     again.unmount();
     vol.assert_fsck_clean(false);
-    let status = elasticfs(&["status", "--meta", &vol.meta, "--json"], &[]);
     // Root plus the files the writer created (at most one more than acknowledged); the ghost is gone.
-    let inodes: u64 = status
-        .split("\"used_inodes\": ")
-        .nth(1)
-        .unwrap()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let inodes = vol.status()["used_inodes"].as_u64().unwrap();
     assert!(
         inodes == acked.len() as u64 + 1 || inodes == acked.len() as u64 + 2,
         "{inodes} inodes for {} files",

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use elasticfs_tests::{
-    built_bin, detach, elasticfs, fuse_available, pattern, MetaService, Mount, S3Server, Volume,
-};
+use elasticfs_tests::{built_bin, detach, fuse_available, pattern, MetaService, Mount, S3Server, Volume};
 
 fn mounts(vol: &Volume, range: std::ops::Range<usize>) -> Vec<Mount> {
     range.map(|i| vol.mount_named(&format!("m{i}"), "", None)).collect()
@@ -71,8 +69,7 @@ fn mounts_share_one_namespace_with_close_to_open() {
         assert_eq!(names(&m.path), expected, "listing on {}", m.path.display());
         assert_eq!(std::fs::read_to_string(m.path.join("from-5")).unwrap(), "mount 5");
     }
-    let status = elasticfs(&["status", "--meta", &vol.meta, "--json"], &vol.env_refs());
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let status = vol.status();
     assert_eq!(status["client_connections"], 8, "{status}");
 
     // Creates, mkdirs and renames storming in from four mounts at once.
@@ -113,8 +110,8 @@ fn mounts_share_one_namespace_with_close_to_open() {
     for m in all {
         m.unmount();
     }
-    let status = elasticfs(&["status", "--meta", &vol.meta, "--json"], &vol.env_refs());
-    assert!(status.contains("\"client_connections\": 0"), "clean unmounts end their sessions: {status}");
+    let status = vol.status();
+    assert_eq!(status["client_connections"], 0, "clean unmounts end their sessions: {status}");
 }
 
 fn lock_tool(args: &[&str]) -> Command {

@@ -25,7 +25,8 @@ use super::wire::{self, Hello, Request, SessionRequest, Welcome};
 use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::{ClientInfo, SessionId, SessionRecord};
-use crate::store::{BlockCommit, MetaStore, RenameMode, Unlinked, XattrMode};
+use crate::store::{BlockCommit, ChunkProtection, MetaStore, RenameMode, Unlinked, XattrMode};
+use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{
     Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
 };
@@ -539,6 +540,38 @@ impl MetaStore for RemoteStore {
 
     fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>> {
         self.call(&Request::UnreferencedChunks)
+    }
+
+    fn protect_chunk(&self, hash: &ChunkHash) -> MetaResult<ChunkProtection> {
+        self.call(&Request::ProtectChunk(*hash))
+    }
+
+    fn condemn_chunks(
+        &self,
+        hashes: &[ChunkHash],
+        unreferenced_before: Timestamp,
+    ) -> MetaResult<Vec<ChunkHash>> {
+        self.call(&Request::CondemnChunks(hashes.to_vec(), unreferenced_before))
+    }
+
+    fn condemned_chunks(&self) -> MetaResult<Vec<ChunkHash>> {
+        self.call(&Request::CondemnedChunks)
+    }
+
+    fn forget_condemned(&self, hashes: &[ChunkHash]) -> MetaResult<()> {
+        self.call(&Request::ForgetCondemned(hashes.to_vec()))
+    }
+
+    fn lease_throughput(&self, request: &LeaseRequest) -> MetaResult<Lease> {
+        self.call(&Request::LeaseThroughput(*request))
+    }
+
+    fn throughput(&self) -> MetaResult<ThroughputStatus> {
+        self.call(&Request::Throughput)
+    }
+
+    fn set_throughput(&self, settings: &ThroughputSettings) -> MetaResult<()> {
+        self.call(&Request::SetThroughput(*settings))
     }
 
     fn sessions(&self) -> MetaResult<Vec<SessionRecord>> {

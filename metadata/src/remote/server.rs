@@ -67,6 +67,11 @@ impl MetaServer {
         Ok(Arc::new(server))
     }
 
+    /// The store, once it is formatted (for the service's own background work).
+    pub fn store(&self) -> Option<SledStore> {
+        self.store.get().cloned()
+    }
+
     /// Serves connections from `listener` until the process ends.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         tokio::spawn(self.clone().reap_expired_sessions());
@@ -307,6 +312,13 @@ impl MetaServer {
             Request::SetLock(ino, req) => encode(store.set_lock(ino, &req)),
             Request::GetLock(ino, req) => encode(store.get_lock(ino, &req)),
             Request::ReleaseLocks(ino, owner) => encode(store.release_locks(ino, owner)),
+            Request::ProtectChunk(hash) => encode(store.protect_chunk(&hash)),
+            Request::CondemnChunks(hashes, before) => encode(store.condemn_chunks(&hashes, before)),
+            Request::CondemnedChunks => encode(store.condemned_chunks()),
+            Request::ForgetCondemned(hashes) => encode(store.forget_condemned(&hashes)),
+            Request::LeaseThroughput(req) => encode(store.lease_throughput(&req)),
+            Request::Throughput => encode(store.throughput()),
+            Request::SetThroughput(settings) => encode(store.set_throughput(&settings)),
         }
     }
 

@@ -17,11 +17,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::locks::LockRequest;
 use crate::session::{ClientInfo, SessionId};
 use crate::store::{BlockCommit, RenameMode, XattrMode};
-use crate::types::{FileKind, Ino, SetAttr, Superblock};
+use crate::throughput::{LeaseRequest, ThroughputSettings};
+use crate::types::{ChunkHash, FileKind, Ino, SetAttr, Superblock, Timestamp};
 
 pub const MAGIC: [u8; 4] = *b"EFSM";
 /// Bumped whenever a message changes shape; a client and a service must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest request frame a server accepts (inline data is at most 1 MiB per block).
 pub const MAX_REQUEST_FRAME: usize = 16 << 20;
 /// Largest reply frame a client accepts (chunk lists of a large file system are long).
@@ -94,10 +95,18 @@ pub enum Request {
     SetLock(Ino, LockRequest),
     GetLock(Ino, LockRequest),
     ReleaseLocks(Ino, u64),
+    ProtectChunk(ChunkHash),
+    CondemnChunks(Vec<ChunkHash>, Timestamp),
+    CondemnedChunks,
+    ForgetCondemned(Vec<ChunkHash>),
+    LeaseThroughput(LeaseRequest),
+    Throughput,
+    SetThroughput(ThroughputSettings),
 }
 
 impl Request {
-    /// Reads of a few keys, which never wait on the disk for long; scans and writes are not.
+    /// Requests that touch a few keys and never wait on the disk (reads, and throughput leases
+    /// whose balance saves are not flushed); scans and durable writes are not.
     pub fn is_point_read(&self) -> bool {
         matches!(
             self,
@@ -108,6 +117,8 @@ impl Request {
                 | Request::ListXattr(_)
                 | Request::GetLock(..)
                 | Request::Usage
+                | Request::LeaseThroughput(_)
+                | Request::Throughput
         )
     }
 }
@@ -218,7 +229,7 @@ mod tests {
         assert!(decode_hello(&raw).is_ok());
         raw[4] = 9;
         let err = decode_hello(&raw).unwrap_err();
-        assert!(err.contains("version 9") && err.contains("version 1"), "{err}");
+        assert!(err.contains("version 9") && err.contains(&format!("version {PROTOCOL_VERSION}")), "{err}");
         assert!(decode_hello(b"GET / HTTP/1.1").unwrap_err().contains("did not speak"));
     }
 

@@ -2,7 +2,9 @@
 //! release with cross-tree transactions). Every mutation is one transaction over the trees it
 //! touches, followed by a group-committed flush, so it is durable when it returns.
 
+mod chunks;
 mod sessions;
+mod throughput;
 mod txn;
 
 use std::path::Path;
@@ -16,7 +18,8 @@ use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::schema::{self, Dentry};
 use crate::session::{SessionId, SessionRecord};
-use crate::store::{BlockCommit, MetaStore, RenameMode, Unlinked, XattrMode};
+use crate::store::{BlockCommit, ChunkProtection, MetaStore, RenameMode, Unlinked, XattrMode};
+use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{
     Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
     FORMAT_VERSION, MAX_NAME_LEN, ROOT_INO,
@@ -39,6 +42,8 @@ struct Trees {
     symlinks: sled::Tree,
     chunk_refs: sled::Tree,
     unreferenced: sled::Tree,
+    intents: sled::Tree,
+    condemned: sled::Tree,
     xattrs: sled::Tree,
     orphans: sled::Tree,
     counters: sled::Tree,
@@ -56,6 +61,8 @@ impl Trees {
             symlinks: db.open_tree("symlinks")?,
             chunk_refs: db.open_tree("chunk_refs")?,
             unreferenced: db.open_tree("unreferenced")?,
+            intents: db.open_tree("intents")?,
+            condemned: db.open_tree("condemned")?,
             xattrs: db.open_tree("xattrs")?,
             orphans: db.open_tree("orphans")?,
             counters: db.open_tree("counters")?,
@@ -71,6 +78,7 @@ struct Shared {
     trees: Trees,
     superblock: Superblock,
     durable: GroupCommit,
+    throughput: throughput::Throughput,
 }
 
 /// The embedded engine, as seen by one session (see [`SledStore::session`]). Cloning is cheap
@@ -152,7 +160,8 @@ impl SledStore {
 
     fn with_db(db: sled::Db, superblock: Superblock) -> MetaResult<Self> {
         let trees = Trees::open(&db)?;
-        let shared = Shared { durable: GroupCommit::new(db.clone()), db, trees, superblock };
+        let throughput = throughput::Throughput::open(&trees.counters, superblock.throughput)?;
+        let shared = Shared { durable: GroupCommit::new(db.clone()), db, trees, superblock, throughput };
         Ok(SledStore { shared: Arc::new(shared), session: NO_SESSION })
     }
 
@@ -190,6 +199,8 @@ impl SledStore {
             &t.symlinks,
             &t.chunk_refs,
             &t.unreferenced,
+            &t.intents,
+            &t.condemned,
             &t.xattrs,
             &t.orphans,
             &t.counters,
@@ -203,6 +214,8 @@ impl SledStore {
                 symlinks,
                 chunk_refs,
                 unreferenced,
+                intents,
+                condemned,
                 xattrs,
                 orphans,
                 counters,
@@ -215,6 +228,8 @@ impl SledStore {
                     symlinks,
                     chunk_refs,
                     unreferenced,
+                    intents,
+                    condemned,
                     xattrs,
                     orphans,
                     counters,
@@ -561,6 +576,9 @@ impl MetaStore for SledStore {
             for (index, block) in &commit.blocks {
                 delta += t.set_block(ino, *index, Some(block))?;
             }
+            for hash in &commit.release {
+                t.release_intent(hash)?;
+            }
             attr.size = attr.size.max(commit.min_size);
             attr.stored = attr.stored.saturating_add_signed(delta);
             if let Some(mtime) = commit.mtime {
@@ -673,6 +691,38 @@ impl MetaStore for SledStore {
             out.push((key.as_ref().try_into().map_err(MetaError::store)?, schema::decode_time(&value)?));
         }
         Ok(out)
+    }
+
+    fn protect_chunk(&self, hash: &ChunkHash) -> MetaResult<ChunkProtection> {
+        self.mutate(|t| t.protect_chunk(hash))
+    }
+
+    fn condemn_chunks(
+        &self,
+        hashes: &[ChunkHash],
+        unreferenced_before: Timestamp,
+    ) -> MetaResult<Vec<ChunkHash>> {
+        self.condemn_chunks_in(hashes, unreferenced_before)
+    }
+
+    fn condemned_chunks(&self) -> MetaResult<Vec<ChunkHash>> {
+        self.condemned_chunks_in()
+    }
+
+    fn forget_condemned(&self, hashes: &[ChunkHash]) -> MetaResult<()> {
+        self.forget_condemned_in(hashes)
+    }
+
+    fn lease_throughput(&self, request: &LeaseRequest) -> MetaResult<Lease> {
+        self.lease_throughput_in(request)
+    }
+
+    fn throughput(&self) -> MetaResult<ThroughputStatus> {
+        self.throughput_in()
+    }
+
+    fn set_throughput(&self, settings: &ThroughputSettings) -> MetaResult<()> {
+        self.set_throughput_in(settings)
     }
 
     fn sessions(&self) -> MetaResult<Vec<SessionRecord>> {

@@ -28,8 +28,8 @@ impl SledStore {
         Ok(self.shared.trees.sessions.contains_key(schema::ino_key(id))?)
     }
 
-    /// Ends a session: releases its locks, removes the files it held open after unlinking
-    /// them, and forgets it.
+    /// Ends a session: releases its locks and its chunk intents, removes the files it held
+    /// open after unlinking them, and forgets it.
     pub fn end_session(&self, id: SessionId) -> MetaResult<()> {
         let locks = &self.shared.trees.locks;
         for key in locks.iter().keys() {
@@ -47,6 +47,7 @@ impl SledStore {
                 purged += 1;
             }
         }
+        self.drop_intents_of(id)?;
         self.shared.trees.sessions.remove(schema::ino_key(id))?;
         self.shared.durable.wait_durable()?;
         info!(session = id, purged, "session ended");
@@ -65,6 +66,7 @@ impl SledStore {
             self.purge(*ino)?;
         }
         self.shared.trees.locks.clear()?;
+        self.shared.trees.intents.clear()?;
         self.shared.durable.wait_durable()?;
         Ok(orphans.len())
     }

@@ -33,6 +33,8 @@ pub(super) struct Txn<'a> {
     pub(super) symlinks: &'a TransactionalTree,
     pub(super) chunk_refs: &'a TransactionalTree,
     pub(super) unreferenced: &'a TransactionalTree,
+    pub(super) intents: &'a TransactionalTree,
+    pub(super) condemned: &'a TransactionalTree,
     pub(super) xattrs: &'a TransactionalTree,
     pub(super) orphans: &'a TransactionalTree,
     pub(super) counters: &'a TransactionalTree,
@@ -105,6 +107,9 @@ impl Txn<'_> {
 
     fn chunk_ref(&self, hash: &ChunkHash, delta: i64) -> TxResult<()> {
         let current = self.chunk_refs.get(hash)?.map(|v| schema::decode_u64(&v)).unwrap_or(0);
+        if current == 0 && delta > 0 {
+            self.check_protected(hash)?;
+        }
         let next = current.saturating_add_signed(delta);
         if next == 0 {
             self.chunk_refs.remove(hash)?;
