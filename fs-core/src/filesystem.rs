@@ -170,11 +170,6 @@ impl FileSystem {
         Ok(())
     }
 
-    /// This client's metering of its I/O against the file system's permitted throughput.
-    pub fn throttle(&self) -> &Arc<Throttle> {
-        &self.throttle
-    }
-
     pub fn chunks(&self) -> &Arc<ChunkStore> {
         &self.chunks
     }

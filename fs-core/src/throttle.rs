@@ -26,8 +26,6 @@ struct State {
     unlimited: bool,
     /// I/O not yet reported to the governor.
     unreported: IoReport,
-    /// Everything this client did since it started (for its metrics).
-    totals: IoReport,
 }
 
 /// Longest wait between two lease requests of a throttled client, so that a change of mode
@@ -49,7 +47,6 @@ impl Throttle {
             IoKind::Metadata => IoReport { metadata: metered, metered, ..Default::default() },
         };
         let mut st = self.state.lock().unwrap();
-        st.totals.add(&report);
         st.unreported.add(&report);
         loop {
             let now = Instant::now();
@@ -106,10 +103,5 @@ impl Throttle {
         if self.meta.lease_throughput(&request).is_ok() {
             st.unreported = IoReport::default();
         }
-    }
-
-    /// Everything this client did since it started.
-    pub fn totals(&self) -> IoReport {
-        self.state.lock().unwrap().totals
     }
 }
