@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use elasticfs_core::metadata::{FileKind, MetaStore, SledStore, Superblock, ROOT_INO};
+use elasticfs_core::metadata::{FileKind, MetaStore, NewNode, SledStore, Superblock, ROOT_INO};
 use elasticfs_core::{hash_of, open_object_store, Caller, ChunkStore, FileSystem, FsConfig};
 
 fn hashing(c: &mut Criterion) {
@@ -29,7 +29,7 @@ fn metadata_ops(c: &mut Criterion) {
     group.bench_function("create (durable)", |b| {
         b.iter(|| {
             n += 1;
-            store.create(ROOT_INO, format!("f{n}").as_bytes(), FileKind::File, 0o644, 0, 0, 0, b"").unwrap()
+            store.create(&NewNode::new(ROOT_INO, format!("f{n}").as_bytes(), FileKind::File, 0o644)).unwrap()
         })
     });
     group.bench_function("lookup", |b| b.iter(|| store.lookup(ROOT_INO, b"f1").unwrap()));

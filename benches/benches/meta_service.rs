@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use elasticfs_core::metadata::remote::{ClientOptions, MetaServer, RemoteStore, Retry, ServerConfig};
-use elasticfs_core::metadata::{ClientInfo, FileKind, MetaStore, SledStore, Superblock, ROOT_INO};
+use elasticfs_core::metadata::{ClientInfo, FileKind, MetaStore, NewNode, SledStore, Superblock, ROOT_INO};
 
 const READS_PER_THREAD: usize = 20_000;
 const CREATES_PER_THREAD: usize = 1_000;
@@ -38,7 +38,7 @@ fn main() {
     println!("| store | operation | in flight | ops/s | p50 µs | p99 µs |");
     println!("|---|---|---:|---:|---:|---:|");
     for (label, store) in [("service (loopback)", &remote), ("embedded", &embedded)] {
-        let file = store.create(ROOT_INO, b"target", FileKind::File, 0o644, 0, 0, 0, b"").unwrap().ino;
+        let file = store.create(&NewNode::new(ROOT_INO, b"target", FileKind::File, 0o644)).unwrap().ino;
         for threads in [1, 4, 16] {
             let (ops, p50, p99) = measure(store, threads, READS_PER_THREAD, move |s, _, _| {
                 s.getattr(file).unwrap();
@@ -48,7 +48,7 @@ fn main() {
         for threads in [1, 4, 16] {
             let (ops, p50, p99) = measure(store, threads, CREATES_PER_THREAD, move |s, t, i| {
                 let name = format!("f-{threads}-{t}-{i}");
-                s.create(ROOT_INO, name.as_bytes(), FileKind::File, 0o644, 0, 0, 0, b"").unwrap();
+                s.create(&NewNode::new(ROOT_INO, name.as_bytes(), FileKind::File, 0o644)).unwrap();
             });
             println!("| {label} | create (durable) | {threads} | {ops:.0} | {p50:.0} | {p99:.0} |");
         }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use elasticfs_metadata::throughput::IoKind;
 use elasticfs_metadata::{
     Attr, BlockCommit, BlockRef, ChunkHash, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest,
-    MetaError, MetaStore, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
+    MetaError, MetaStore, NewNode, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
 };
 use futures::future::try_join_all;
 use tokio::sync::Semaphore;
@@ -223,7 +223,13 @@ impl FileSystem {
         caller: Caller,
     ) -> FsResult<Attr> {
         self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.meta.create(parent, name, kind, perm & 0o7777, caller.uid, caller.gid, rdev, b"")?)
+        let node = NewNode {
+            uid: caller.uid,
+            gid: caller.gid,
+            rdev,
+            ..NewNode::new(parent, name, kind, perm & 0o7777)
+        };
+        Ok(self.meta.create(&node)?)
     }
 
     #[instrument(level = "debug", skip(self, name, target))]
@@ -231,11 +237,17 @@ impl FileSystem {
         self.throttle.charge(IoKind::Metadata, 0);
         if target.is_empty() || target.len() > 4095 {
             return Err(FsError::new(
-                if target.is_empty() { errno::ENOENT } else { 36 },
+                if target.is_empty() { errno::ENOENT } else { errno::ENAMETOOLONG },
                 "symlink target length",
             ));
         }
-        Ok(self.meta.create(parent, name, FileKind::Symlink, 0o777, caller.uid, caller.gid, 0, target)?)
+        let node = NewNode {
+            uid: caller.uid,
+            gid: caller.gid,
+            link_target: target.to_vec(),
+            ..NewNode::new(parent, name, FileKind::Symlink, 0o777)
+        };
+        Ok(self.meta.create(&node)?)
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {

@@ -32,6 +32,28 @@ pub struct Unlinked {
     pub purged: bool,
 }
 
+/// A node for [`MetaStore::create`] to make.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewNode {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub kind: FileKind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    /// The device number of a block or character device.
+    pub rdev: u32,
+    /// The target of a symlink (empty for every other kind).
+    pub link_target: Vec<u8>,
+}
+
+impl NewNode {
+    /// A node owned by root, with no device number and no link target; set those as needed.
+    pub fn new(parent: Ino, name: &[u8], kind: FileKind, perm: u16) -> Self {
+        NewNode { parent, name: name.to_vec(), kind, perm, uid: 0, gid: 0, rdev: 0, link_target: Vec::new() }
+    }
+}
+
 /// A change to a file's block map, applied in one transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockCommit {
@@ -79,19 +101,8 @@ pub trait MetaStore: Send + Sync + 'static {
 
     fn getattr(&self, ino: Ino) -> MetaResult<Attr>;
     fn lookup(&self, parent: Ino, name: &[u8]) -> MetaResult<Attr>;
-    /// Creates a file, directory, symlink (with `link_target`) or special node.
-    #[allow(clippy::too_many_arguments)]
-    fn create(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        kind: FileKind,
-        perm: u16,
-        uid: u32,
-        gid: u32,
-        rdev: u32,
-        link_target: &[u8],
-    ) -> MetaResult<Attr>;
+    /// Creates a file, directory, symlink or special node.
+    fn create(&self, node: &NewNode) -> MetaResult<Attr>;
     fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr>;
     /// Removes a name. `closed` is the inode the caller believes the name points to, if no
     /// handle of the caller holds it open: when that inode loses its last name it is removed

@@ -163,8 +163,6 @@ pub struct ThroughputStatus {
     /// `MeteredIOBytes`, `TotalIOBytes`, `DataReadIOBytes`, `DataWriteIOBytes`,
     /// `MetadataIOBytes`, as clients reported them since the store was opened.
     pub io: IoReport,
-    /// Metered bytes granted to clients since the store was opened.
-    pub granted_bytes: u64,
 }
 
 /// How long a lease's tokens may be used: unused ones then lapse, so that a client that went
@@ -188,7 +186,6 @@ pub struct Governor {
     /// Clock reading of the last update, seconds.
     now: f64,
     io: IoReport,
-    granted: u64,
 }
 
 impl Governor {
@@ -197,8 +194,7 @@ impl Governor {
     pub fn new(settings: ThroughputSettings, stored: u64, credits: Option<f64>, now: f64) -> Self {
         let cap = settings.credit_cap(stored);
         let credits = credits.unwrap_or(cap).clamp(0.0, cap);
-        let mut governor =
-            Governor { settings, stored, credits, tokens: 0.0, now, io: IoReport::default(), granted: 0 };
+        let mut governor = Governor { settings, stored, credits, tokens: 0.0, now, io: IoReport::default() };
         governor.tokens = governor.bucket_size();
         governor
     }
@@ -286,7 +282,6 @@ impl Governor {
         let bytes = (request.need as f64).max(batch);
         self.tokens -= bytes;
         self.spend(bytes);
-        self.granted += bytes as u64;
         Lease::Granted { bytes: bytes as u64, valid_ms: LEASE_VALID_MS }
     }
 
@@ -299,8 +294,9 @@ impl Governor {
     }
 
     /// Metered I/O at time `now` without the bucket: what a client that uses exactly what it
-    /// is permitted looks like to the credit balance (for simulations).
-    pub fn simulate_use(&mut self, bytes: f64, now: f64) {
+    /// is permitted looks like to the credit balance (for the simulations below).
+    #[cfg(test)]
+    fn simulate_use(&mut self, bytes: f64, now: f64) {
         self.advance(now);
         self.spend(bytes);
     }
@@ -315,7 +311,6 @@ impl Governor {
             burst_credit_balance: view.credits as u64,
             permitted_throughput: if permitted.is_finite() { permitted as u64 } else { 0 },
             io: view.io,
-            granted_bytes: view.granted,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The embedded engine's namespace rules, durability of the format and refusal of bad stores.
 
 use elasticfs_metadata::{
-    ClientInfo, FileKind, LockKind, LockRequest, MetaError, MetaStore, RenameMode, SledStore, Superblock,
-    XattrMode, FORMAT_VERSION, ROOT_INO,
+    ClientInfo, FileKind, LockKind, LockRequest, MetaError, MetaStore, NewNode, RenameMode, SledStore,
+    Superblock, XattrMode, FORMAT_VERSION, ROOT_INO,
 };
 
 fn store() -> (tempfile::TempDir, SledStore) {
@@ -13,11 +13,11 @@ fn store() -> (tempfile::TempDir, SledStore) {
 }
 
 fn mkdir(s: &SledStore, parent: u64, name: &str) -> u64 {
-    s.create(parent, name.as_bytes(), FileKind::Dir, 0o755, 0, 0, 0, b"").unwrap().ino
+    s.create(&NewNode::new(parent, name.as_bytes(), FileKind::Dir, 0o755)).unwrap().ino
 }
 
 fn mkfile(s: &SledStore, parent: u64, name: &str) -> u64 {
-    s.create(parent, name.as_bytes(), FileKind::File, 0o644, 0, 0, 0, b"").unwrap().ino
+    s.create(&NewNode::new(parent, name.as_bytes(), FileKind::File, 0o644)).unwrap().ino
 }
 
 #[test]
@@ -117,11 +117,11 @@ fn names_are_checked() {
     let (_d, s) = store();
     let long = "x".repeat(256);
     assert_eq!(
-        s.create(ROOT_INO, long.as_bytes(), FileKind::File, 0o644, 0, 0, 0, b""),
+        s.create(&NewNode::new(ROOT_INO, long.as_bytes(), FileKind::File, 0o644)),
         Err(MetaError::NameTooLong)
     );
     assert!(matches!(
-        s.create(ROOT_INO, b"a/b", FileKind::File, 0o644, 0, 0, 0, b""),
+        s.create(&NewNode::new(ROOT_INO, b"a/b", FileKind::File, 0o644)),
         Err(MetaError::Invalid(_))
     ));
     mkfile(&s, ROOT_INO, &"x".repeat(255));

@@ -250,7 +250,11 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
             if !throughput.is_empty() {
                 meta.set_throughput(&throughput.apply(current)?)?;
             }
-            crate::status::print_throughput_settings(&meta.throughput()?.settings);
+            let settings = meta.throughput()?.settings;
+            println!("throughput mode     {}", crate::throughput_spec::describe(&settings.mode));
+            for (name, value) in crate::throughput_spec::settings(&settings) {
+                println!("{name:<20}{value}");
+            }
             Ok(())
         }
         Command::Gc { meta, token_file, dry_run, grace } => {

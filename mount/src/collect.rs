@@ -2,23 +2,28 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use elasticfs_core::gc::{collect, GcOptions};
 use elasticfs_core::open_object_store;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::throughput_spec::human_bytes;
-use crate::volume::{self, MetaAccess, MetaUrl, Role};
+use crate::options::human_bytes;
+use crate::status::{elasticfs_runtime, held_by_mount};
+use crate::volume::{self, MetaAccess, Role};
 
 pub fn gc(access: &MetaAccess, dry_run: bool, grace: Duration) -> Result<()> {
-    let meta = volume::open_meta(access, Role::Tool).with_context(|| match MetaUrl::parse(&access.url) {
-        Ok(MetaUrl::Sled(_)) => "elasticfs gc needs the metadata store to itself; a mount of an embedded \
-            store collects its own garbage (every hour; -o gc-interval=, gc-grace=): unmount it to collect now"
-            .to_string(),
-        _ => "opening the metadata store".to_string(),
-    })?;
+    let meta = match volume::open_meta(access, Role::Tool) {
+        Ok(meta) => meta,
+        Err(e) if held_by_mount(&access.url) => {
+            return Err(e.context(
+                "elasticfs gc needs the metadata store to itself; a mount of an embedded store collects \
+                 its own garbage (every hour; -o gc-interval=, gc-grace=): unmount it to collect now",
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     let store = open_object_store(&meta.superblock().storage)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = elasticfs_runtime()?;
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} chunks ({eta})")?);
     bar.set_message(if dry_run { "counting" } else { "deleting" });

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod collect;
 pub mod fuse;
+pub mod listening;
 pub mod mounting;
 pub mod options;
 pub mod serve_meta;

@@ -1,18 +1,17 @@
 //! `elasticfs meta serve`: runs the metadata service in this process until it is killed.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use elasticfs_core::gc::{BackgroundGc, GcTarget};
 use elasticfs_core::metadata::remote::{tls, MetaServer, ServerConfig};
 use elasticfs_core::metadata::MetaStore;
 use elasticfs_core::open_object_store;
 use tracing::{info, warn};
 
-use crate::volume;
+use crate::{listening, volume};
 
 pub struct ServeArgs {
     pub db: PathBuf,
@@ -35,11 +34,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         Some((cert, key)) => Some(tls::acceptor(cert, key)?),
         None => None,
     };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("elasticfs-meta").build()?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(&args.listen))
-        .with_context(|| format!("listening on {} (in use, or not an address of this host?)", args.listen))?;
+    let (runtime, listener) = listening::bind(&args.listen, "elasticfs-meta")?;
     let addr = listener.local_addr()?;
     if token.is_none() && !addr.ip().is_loopback() {
         warn!("serving {addr} without --token-file: any host that reaches it can change the file system");
@@ -47,10 +42,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let tls_on = tls.is_some();
     let server = MetaServer::open(ServerConfig { db: args.db.clone(), token, tls, lease: args.lease })?;
     info!(%addr, db = %args.db.display(), tls = tls_on, "metadata service listening");
-    // Tests and scripts read the address from the first line (useful with port 0).
-    let mut out = std::io::stdout();
-    writeln!(out, "listening on {addr}")?;
-    out.flush()?;
+    listening::announce(addr)?;
     let _gc = start_gc(&server, args.gc_interval, args.gc_grace)?;
     runtime.block_on(server.serve(listener));
     Ok(())

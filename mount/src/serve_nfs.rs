@@ -1,7 +1,6 @@
 //! `elasticfs nfs serve`: the NFS gateway, a client of the file system like a mount, serving
 //! NFSv3 and MOUNT on one TCP port until SIGINT or SIGTERM.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,6 +8,7 @@ use anyhow::{Context, Result};
 use elasticfs_nfs_gateway::{parse_network, ExportConfig, Gateway, Squash};
 use tracing::{info, warn};
 
+use crate::listening;
 use crate::options::MountOptions;
 use crate::volume::{self, MetaAccess};
 
@@ -55,11 +55,7 @@ pub fn serve(args: NfsArgs) -> Result<()> {
     };
     let opts = MountOptions::parse(args.options.iter().map(String::as_str))?;
     let meta = MetaAccess::new(args.meta, args.token_file.or_else(|| opts.token_file.clone()));
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("elasticfs-nfs").build()?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(&args.listen))
-        .with_context(|| format!("listening on {} (in use, or not an address of this host?)", args.listen))?;
+    let (runtime, listener) = listening::bind(&args.listen, "elasticfs-nfs")?;
     let addr = listener.local_addr()?;
     let fs = Arc::new(volume::open_filesystem(&meta, Path::new(&format!("nfs://{addr}")), &opts)?);
     if export.allow.is_empty() && !addr.ip().is_loopback() {
@@ -67,10 +63,7 @@ pub fn serve(args: NfsArgs) -> Result<()> {
     }
     info!(%addr, read_only = export.read_only, squash = ?export.squash, "NFS gateway listening");
     let gateway = Gateway::new(fs.clone(), export);
-    // Tests and scripts read the address from the first line (useful with port 0).
-    let mut out = std::io::stdout();
-    writeln!(out, "listening on {addr}")?;
-    out.flush()?;
+    listening::announce(addr)?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

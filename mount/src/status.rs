@@ -9,13 +9,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use elasticfs_core::metadata::throughput::{ThroughputSettings, ThroughputStatus};
+use elasticfs_core::metadata::throughput::ThroughputStatus;
 use elasticfs_core::metadata::{SessionRecord, Superblock, Usage, FORMAT_VERSION};
 use elasticfs_core::{connect_chunk_store, FileSystem};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::throughput_spec::{describe, human_bytes};
+use crate::options::human_bytes;
+use crate::throughput_spec::describe;
 use crate::volume::{self, MetaAccess, MetaUrl, Role};
 
 /// Where an embedded store's mount publishes its status (a service has none: ask it).
@@ -24,6 +25,11 @@ fn status_file(meta_url: &str) -> Result<Option<PathBuf>> {
         MetaUrl::Sled(path) => Some(path.join("status.json")),
         MetaUrl::Service { .. } => None,
     })
+}
+
+/// Whether a running mount holds the embedded store at `meta_url` (it publishes its status).
+pub(crate) fn held_by_mount(meta_url: &str) -> bool {
+    status_file(meta_url).ok().flatten().is_some_and(|f| f.exists())
 }
 
 fn report(
@@ -76,19 +82,6 @@ fn throughput_json(t: &ThroughputStatus) -> serde_json::Value {
         "data_write_io_bytes": t.io.data_write,
         "metadata_io_bytes": t.io.metadata,
     })
-}
-
-pub fn print_throughput_settings(s: &ThroughputSettings) {
-    let rate = |r: u64| format!("{}/s", human_bytes(r));
-    println!("throughput mode     {}", describe(&s.mode));
-    println!("baseline-per-tib    {}", rate(s.baseline_per_tib));
-    println!("burst-per-tib       {}", rate(s.burst_per_tib));
-    println!("burst-floor         {}", rate(s.burst_floor));
-    println!("metered-floor       {}", rate(s.metered_floor));
-    println!("credit-cap-per-tib  {}", human_bytes(s.credit_cap_per_tib));
-    println!("read-divisor        {}", s.read_divisor);
-    println!("min-request         {}", human_bytes(s.min_request));
-    println!("elastic-ceiling     {}", rate(s.elastic_ceiling));
 }
 
 /// Keeps `status.json` current while a mount runs.
@@ -251,6 +244,6 @@ pub fn fsck(access: &MetaAccess, verify_data: bool) -> Result<()> {
     Ok(())
 }
 
-fn elasticfs_runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn elasticfs_runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }

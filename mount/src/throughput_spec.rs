@@ -4,15 +4,17 @@
 use anyhow::{bail, Context, Result};
 use elasticfs_core::metadata::throughput::{ThroughputMode, ThroughputSettings};
 
-use crate::options::parse_size;
+use crate::options::{human_bytes, parse_size};
 
 const MODES: &str = "bursting, provisioned:RATE (e.g. provisioned:200MiB), elastic[:CEILING], off";
-const OPTIONS: &str = "baseline-per-tib, burst-per-tib, burst-floor, metered-floor, credit-cap-per-tib, \
-    read-divisor, min-request, elastic-ceiling";
+/// Bytes per second: `200MiB` or `200MiB/s` (as [`options`] shows them).
+fn parse_per_second(text: &str) -> Result<u64> {
+    parse_size(text.strip_suffix("/s").unwrap_or(text))
+}
 
-/// A rate: a size per second (`200MiB`, `200MiB/s`).
+/// A rate that must not be zero.
 fn parse_rate(text: &str) -> Result<u64> {
-    let rate = parse_size(text.strip_suffix("/s").unwrap_or(text))?;
+    let rate = parse_per_second(text)?;
     if rate == 0 {
         bail!("{text:?}: a rate must be above zero");
     }
@@ -28,9 +30,9 @@ pub fn parse(mode: Option<&str>, options: &[String], base: ThroughputSettings) -
             .with_context(|| format!("--throughput-option {option:?}: use NAME=VALUE"))?;
         let context = || format!("--throughput-option {name}");
         match name {
-            "baseline-per-tib" => s.baseline_per_tib = parse_size(value).with_context(context)?,
-            "burst-per-tib" => s.burst_per_tib = parse_size(value).with_context(context)?,
-            "burst-floor" => s.burst_floor = parse_size(value).with_context(context)?,
+            "baseline-per-tib" => s.baseline_per_tib = parse_per_second(value).with_context(context)?,
+            "burst-per-tib" => s.burst_per_tib = parse_per_second(value).with_context(context)?,
+            "burst-floor" => s.burst_floor = parse_per_second(value).with_context(context)?,
             "metered-floor" => s.metered_floor = parse_rate(value).with_context(context)?,
             "credit-cap-per-tib" => s.credit_cap_per_tib = parse_size(value).with_context(context)?,
             "read-divisor" => {
@@ -40,7 +42,10 @@ pub fn parse(mode: Option<&str>, options: &[String], base: ThroughputSettings) -
             }
             "min-request" => s.min_request = parse_size(value).with_context(context)?,
             "elastic-ceiling" => s.elastic_ceiling = parse_rate(value).with_context(context)?,
-            other => bail!("unknown throughput option {other:?}; known: {OPTIONS}"),
+            other => {
+                let known: Vec<&str> = settings(&base).iter().map(|(name, _)| *name).collect();
+                bail!("unknown throughput option {other:?}; known: {}", known.join(", "))
+            }
         }
     }
     if let Some(mode) = mode {
@@ -61,6 +66,21 @@ pub fn parse(mode: Option<&str>, options: &[String], base: ThroughputSettings) -
     Ok(s)
 }
 
+/// Every `--throughput-option` with its value in `s`, as [`parse`] reads them back.
+pub fn settings(s: &ThroughputSettings) -> [(&'static str, String); 8] {
+    let rate = |r: u64| format!("{}/s", human_bytes(r));
+    [
+        ("baseline-per-tib", rate(s.baseline_per_tib)),
+        ("burst-per-tib", rate(s.burst_per_tib)),
+        ("burst-floor", rate(s.burst_floor)),
+        ("metered-floor", rate(s.metered_floor)),
+        ("credit-cap-per-tib", human_bytes(s.credit_cap_per_tib)),
+        ("read-divisor", s.read_divisor.to_string()),
+        ("min-request", human_bytes(s.min_request)),
+        ("elastic-ceiling", rate(s.elastic_ceiling)),
+    ]
+}
+
 /// The mode as `parse` reads it.
 pub fn describe(mode: &ThroughputMode) -> String {
     match mode {
@@ -68,22 +88,6 @@ pub fn describe(mode: &ThroughputMode) -> String {
         ThroughputMode::Provisioned(rate) => format!("provisioned:{}/s", human_bytes(*rate)),
         ThroughputMode::Elastic(ceiling) => format!("elastic:{}/s", human_bytes(*ceiling)),
         ThroughputMode::Off => "off".into(),
-    }
-}
-
-/// `1.5 GiB`, `200 MiB`, `512 B`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value.fract() == 0.0 {
-        format!("{value:.0}{}", UNITS[unit])
-    } else {
-        format!("{value:.2}{}", UNITS[unit])
     }
 }
 

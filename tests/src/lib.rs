@@ -453,6 +453,22 @@ impl Drop for S3Server {
     }
 }
 
+/// Writes `mib` MiB to `path` in 1 MiB writes, each MiB distinct (seeded by `seed`: the same
+/// seed writes the same file), and fsyncs it.
+pub fn write_mib(path: &Path, mib: usize, seed: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    for i in 0..mib as u64 {
+        f.write_all(&pattern(seed << 32 | i, 1 << 20)).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// Drops the kernel's page cache, so that the next reads are asked of the file systems.
+pub fn drop_page_cache() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
 /// Bytes of every file under `dir`.
 pub fn dir_bytes(dir: &Path) -> u64 {
     walk_files(dir).iter().map(|f| f.metadata().map_or(0, |m| m.len())).sum()

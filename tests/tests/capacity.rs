@@ -1,23 +1,12 @@
 //! Elastic capacity with real mounts: `df` shows what the counters count, deleted data leaves
 //! the bucket once garbage is collected, and identical files from two clients are stored once.
 
-use std::io::Write;
-use std::path::Path;
-
 use elasticfs_tests::{
-    df_used, dir_bytes, elasticfs, elasticfs_fails, fuse_available, pattern, MetaService, S3Server, Volume,
+    df_used, dir_bytes, drop_page_cache, elasticfs, elasticfs_fails, fuse_available, pattern, write_mib,
+    MetaService, S3Server, Volume,
 };
 
 const MIB: usize = 1 << 20;
-
-/// Writes `mib` MiB of data no other file shares (seeded by `seed`), fsynced.
-fn write_distinct(path: &Path, mib: usize, seed: u64) {
-    let mut f = std::fs::File::create(path).unwrap();
-    for i in 0..mib as u64 {
-        f.write_all(&pattern(seed << 32 | i, MIB)).unwrap();
-    }
-    f.sync_all().unwrap();
-}
 
 #[test]
 fn a_gibibyte_written_and_deleted_leaves_the_bucket() {
@@ -29,7 +18,7 @@ fn a_gibibyte_written_and_deleted_leaves_the_bucket() {
     let chunks = vol.dir.path().join("chunks");
     let before = dir_bytes(&chunks);
     let mount = vol.mount();
-    write_distinct(&mount.path.join("big"), 1024, 1);
+    write_mib(&mount.path.join("big"), 1024, 1);
     std::fs::write(mount.path.join("small"), b"stays").unwrap();
 
     // df reports the counters, which count every byte written.
@@ -79,10 +68,10 @@ fn identical_files_from_two_clients_are_stored_once() {
     let vol = Volume::shared(&service, &s3);
     let (a, b) = (vol.mount_named("a", "", None), vol.mount_named("b", "", None));
     let empty = s3.bucket_bytes();
-    write_distinct(&a.path.join("one"), 8, 7);
+    write_mib(&a.path.join("one"), 8, 7);
     let once = s3.bucket_bytes() - empty;
     assert!(once >= 8 * MIB as u64, "{once}");
-    write_distinct(&b.path.join("two"), 8, 7);
+    write_mib(&b.path.join("two"), 8, 7);
     assert_eq!(s3.bucket_bytes() - empty, once, "the second copy is not stored again");
 
     // Deleting one copy keeps the other intact, through a collection with no grace.
@@ -90,7 +79,7 @@ fn identical_files_from_two_clients_are_stored_once() {
     let report = elasticfs(&["gc", "--meta", &vol.meta, "--grace", "0s"], &vol.env_refs());
     assert!(report.contains("deleted 0 chunks"), "{report}");
     let expected: Vec<u8> = (0..8u64).flat_map(|i| pattern(7 << 32 | i, MIB)).collect();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    drop_page_cache();
     assert!(
         std::fs::read(a.path.join("two")).unwrap() == expected,
         "the other copy, read on the first mount"

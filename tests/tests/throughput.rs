@@ -6,31 +6,26 @@
 //! These tests time what the governor is for: transfers held to a rate far below what this
 //! machine can do (20 MiB/s), so a slow machine cannot make them fail, with EFS's own ±15%.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use elasticfs_tests::{fuse_available, pattern, MetaService, S3Server, Volume};
+use elasticfs_tests::{drop_page_cache, fuse_available, write_mib, MetaService, S3Server, Volume};
 
 const MIB: usize = 1 << 20;
 const RATE: f64 = 20.0;
 
-/// Writes `mib` MiB to `path` in 1 MiB writes and fsyncs it; returns how long it took.
+/// Writes `mib` MiB to `path` (see [`write_mib`]); returns how long it took.
 fn write_file(path: &Path, mib: usize, seed: u64) -> Duration {
-    let data = pattern(seed, MIB);
     let start = Instant::now();
-    let mut f = std::fs::File::create(path).unwrap();
-    for _ in 0..mib {
-        f.write_all(&data).unwrap();
-    }
-    f.sync_all().unwrap();
+    write_mib(path, mib, seed);
     start.elapsed()
 }
 
 /// Reads `path` through, after dropping the kernel's page cache so that every byte is asked of
 /// the file system; returns how long it took.
 fn read_file(path: &Path) -> Duration {
-    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    drop_page_cache();
     let start = Instant::now();
     let mut f = std::fs::File::open(path).unwrap();
     let mut buf = vec![0u8; MIB];

@@ -25,11 +25,9 @@ use super::wire::{self, Hello, Request, SessionRequest, Welcome};
 use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::{ClientInfo, SessionId, SessionRecord};
-use crate::store::{BlockCommit, ChunkProtection, MetaStore, RenameMode, Unlinked, XattrMode};
+use crate::store::{BlockCommit, ChunkProtection, MetaStore, NewNode, RenameMode, Unlinked, XattrMode};
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
-use crate::types::{
-    Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
-};
+use crate::types::{Attr, BlockRef, ChunkHash, DirEntry, Ino, SetAttr, Superblock, Timestamp, Usage};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A call with no reply for this long is taken to have met a hung connection: the connection
@@ -432,27 +430,8 @@ impl MetaStore for RemoteStore {
         self.call(&Request::Lookup(parent, name.to_vec()))
     }
 
-    fn create(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        kind: FileKind,
-        perm: u16,
-        uid: u32,
-        gid: u32,
-        rdev: u32,
-        link_target: &[u8],
-    ) -> MetaResult<Attr> {
-        self.call(&Request::Create(wire::Create {
-            parent,
-            name: name.to_vec(),
-            kind,
-            perm,
-            uid,
-            gid,
-            rdev,
-            link_target: link_target.to_vec(),
-        }))
+    fn create(&self, node: &NewNode) -> MetaResult<Attr> {
+        self.call(&Request::Create(node.clone()))
     }
 
     fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr> {

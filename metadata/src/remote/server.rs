@@ -285,9 +285,7 @@ impl MetaServer {
             Request::Format { .. } => unreachable!("handled above"),
             Request::GetAttr(ino) => encode(store.getattr(ino)),
             Request::Lookup(parent, name) => encode(store.lookup(parent, &name)),
-            Request::Create(c) => {
-                encode(store.create(c.parent, &c.name, c.kind, c.perm, c.uid, c.gid, c.rdev, &c.link_target))
-            }
+            Request::Create(node) => encode(store.create(&node)),
             Request::Link(ino, parent, name) => encode(store.link(ino, parent, &name)),
             Request::Unlink(parent, name, closed) => encode(store.unlink(parent, &name, closed)),
             Request::Rmdir(parent, name) => encode(store.rmdir(parent, &name)),

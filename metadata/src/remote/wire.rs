@@ -16,9 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::locks::LockRequest;
 use crate::session::{ClientInfo, SessionId};
-use crate::store::{BlockCommit, RenameMode, XattrMode};
+use crate::store::{BlockCommit, NewNode, RenameMode, XattrMode};
 use crate::throughput::{LeaseRequest, ThroughputSettings};
-use crate::types::{ChunkHash, FileKind, Ino, SetAttr, Superblock, Timestamp};
+use crate::types::{ChunkHash, Ino, SetAttr, Superblock, Timestamp};
 
 pub const MAGIC: [u8; 4] = *b"EFSM";
 /// Bumped whenever a message changes shape; a client and a service must agree exactly.
@@ -72,7 +72,7 @@ pub enum Request {
     },
     GetAttr(Ino),
     Lookup(Ino, Vec<u8>),
-    Create(Create),
+    Create(NewNode),
     Link(Ino, Ino, Vec<u8>),
     Unlink(Ino, Vec<u8>, Option<Ino>),
     Rmdir(Ino, Vec<u8>),
@@ -121,18 +121,6 @@ impl Request {
                 | Request::Throughput
         )
     }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Create {
-    pub parent: Ino,
-    pub name: Vec<u8>,
-    pub kind: FileKind,
-    pub perm: u16,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u32,
-    pub link_target: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::schema::{self, Dentry};
 use crate::session::{SessionId, SessionRecord};
-use crate::store::{BlockCommit, ChunkProtection, MetaStore, RenameMode, Unlinked, XattrMode};
+use crate::store::{BlockCommit, ChunkProtection, MetaStore, NewNode, RenameMode, Unlinked, XattrMode};
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{
     Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
@@ -126,8 +126,7 @@ impl SledStore {
             t.put_inode(&root)?;
             t.add_counter(schema::INODES_COUNTER, 1)
         })?;
-        let encoded = serde_json::to_vec(superblock).map_err(MetaError::store)?;
-        meta.insert(schema::SUPERBLOCK_KEY, encoded)?;
+        write_superblock(&store.shared.db, superblock)?;
         store.shared.durable.wait_durable()?;
         Ok(store)
     }
@@ -270,6 +269,13 @@ impl SledStore {
     }
 }
 
+/// Stores the superblock (not yet durable: the caller waits for that).
+fn write_superblock(db: &sled::Db, superblock: &Superblock) -> MetaResult<()> {
+    let encoded = serde_json::to_vec(superblock).map_err(MetaError::store)?;
+    db.open_tree("superblock")?.insert(schema::SUPERBLOCK_KEY, encoded)?;
+    Ok(())
+}
+
 fn open_db(path: &Path) -> MetaResult<sled::Db> {
     sled::Config::new()
         .path(path)
@@ -332,18 +338,9 @@ impl MetaStore for SledStore {
         }
     }
 
-    #[instrument(level = "debug", skip(self, name, link_target))]
-    fn create(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        kind: FileKind,
-        perm: u16,
-        uid: u32,
-        gid: u32,
-        rdev: u32,
-        link_target: &[u8],
-    ) -> MetaResult<Attr> {
+    #[instrument(level = "debug", skip_all, fields(parent = node.parent, kind = ?node.kind))]
+    fn create(&self, node: &NewNode) -> MetaResult<Attr> {
+        let NewNode { parent, ref name, kind, perm, uid, gid, rdev, ref link_target } = *node;
         check_name(name)?;
         let ino = self.new_ino()?;
         self.mutate(|t| {
@@ -385,7 +382,7 @@ impl MetaStore for SledStore {
             t.put_inode(&dir)?;
             t.put_inode(&attr)?;
             if kind == FileKind::Symlink {
-                t.symlinks.insert(&schema::ino_key(ino), link_target)?;
+                t.symlinks.insert(&schema::ino_key(ino), link_target.as_slice())?;
             }
             t.add_counter(schema::INODES_COUNTER, 1)?;
             Ok(attr)

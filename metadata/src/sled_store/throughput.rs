@@ -5,10 +5,11 @@
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::SledStore;
-use crate::error::{MetaError, MetaResult};
+use super::{write_superblock, SledStore};
+use crate::error::MetaResult;
 use crate::schema;
 use crate::throughput::{Governor, Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
+use crate::types::Superblock;
 
 /// Counter keys: the balance (f64 bits) and the Unix time it was saved (f64 bits).
 const CREDITS: &[u8] = b"burst_credits";
@@ -107,14 +108,11 @@ impl SledStore {
         self.shared.throughput.with(|g, now| g.status(now))
     }
 
-    /// Stores the new settings in the superblock, durably, then applies them.
+    /// Stores the new settings in the superblock, durably, then applies them. Only the
+    /// throughput settings of a superblock ever change.
     pub(super) fn set_throughput_in(&self, settings: &ThroughputSettings) -> MetaResult<()> {
-        let tree = self.shared.db.open_tree("superblock")?;
-        let raw =
-            tree.get(schema::SUPERBLOCK_KEY)?.ok_or_else(|| MetaError::Format("no superblock".into()))?;
-        let mut superblock: crate::Superblock = serde_json::from_slice(&raw).map_err(MetaError::store)?;
-        superblock.throughput = *settings;
-        tree.insert(schema::SUPERBLOCK_KEY, serde_json::to_vec(&superblock).map_err(MetaError::store)?)?;
+        let superblock = Superblock { throughput: *settings, ..self.shared.superblock.clone() };
+        write_superblock(&self.shared.db, &superblock)?;
         self.shared.durable.wait_durable()?;
         self.shared.throughput.with(|g, now| g.set_settings(*settings, now))
     }
