@@ -19,6 +19,7 @@ use tracing::{error, instrument, warn};
 use crate::block_cache::{BlockCache, CacheKey, Part};
 use crate::disk_cache::DiskCache;
 use crate::error::{FsError, FsResult};
+use crate::metrics::{CacheTier, EngineMetrics, ObjectRequest};
 use crate::segments::{SegmentHashes, SEGMENT_LEN};
 
 pub struct ChunkStore {
@@ -35,6 +36,7 @@ pub struct ChunkStore {
     /// Uploads under way, by chunk: a second upload of the same bytes waits for the first.
     uploading: Mutex<HashMap<ChunkHash, Arc<OnceCell<()>>>>,
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Bytes>>>>,
+    metrics: Arc<EngineMetrics>,
 }
 
 /// Copies to the disk cache that may be queued at once.
@@ -71,6 +73,7 @@ impl ChunkStore {
             meta: None,
             uploading: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            metrics: Arc::default(),
         }
     }
 
@@ -96,6 +99,21 @@ impl ChunkStore {
 
     pub fn cache(&self) -> &BlockCache {
         &self.cache
+    }
+
+    /// This client's metrics (the engine built on this store counts into them too).
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
+    }
+
+    /// Counts a finished object-store request.
+    fn counted<T>(&self, request: ObjectRequest, result: object_store::Result<T>) -> object_store::Result<T> {
+        let failed = match &result {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) if request == ObjectRequest::Head => false,
+            other => other.is_err(),
+        };
+        self.metrics.object_request(request, failed);
+        result
     }
 
     /// Stores `data` and returns its name. Safe to repeat: the same bytes make the same object.
@@ -187,10 +205,16 @@ impl ChunkStore {
     }
 
     async fn put_object(&self, path: Path, data: Bytes) -> FsResult<()> {
-        self.store.put(&path, PutPayload::from_bytes(data)).await.map(|_| ()).map_err(|e| {
+        let result = self.store.put(&path, PutPayload::from_bytes(data)).await;
+        self.counted(ObjectRequest::Put, result).map(|_| ()).map_err(|e| {
             error!(%path, "upload failed: {e}");
             FsError::io(format!("uploading {path}: {e}"))
         })
+    }
+
+    async fn get_object(&self, path: &Path) -> object_store::Result<Bytes> {
+        let result = async { self.store.get(path).await?.bytes().await }.await;
+        self.counted(ObjectRequest::Get, result)
     }
 
     /// The verified contents of chunk `hash`.
@@ -209,6 +233,9 @@ impl ChunkStore {
         range: Range<u64>,
     ) -> FsResult<Bytes> {
         let whole = self.cache.get(&(hash, Part::Whole));
+        if whole.is_some() {
+            self.metrics.cache_lookup(CacheTier::Memory, true);
+        }
         let segments = match whole {
             None if SegmentHashes::applies_to(chunk_len) => self.segment_hashes(hash, chunk_len).await,
             _ => None,
@@ -248,7 +275,9 @@ impl ChunkStore {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = FsResult<Bytes>>,
     {
-        if let Some(data) = self.cache.get(&key) {
+        let cached = self.cache.get(&key);
+        self.metrics.cache_lookup(CacheTier::Memory, cached.is_some());
+        if let Some(data) = cached {
             return Ok(data);
         }
         let cell = self.inflight.lock().unwrap().entry(key).or_default().clone();
@@ -270,7 +299,7 @@ impl ChunkStore {
             return Ok(data);
         }
         let path = chunk_path(&hash);
-        let data = async { self.store.get(&path).await?.bytes().await }.await.map_err(|e| {
+        let data = self.get_object(&path).await.map_err(|e| {
             error!(%path, "download failed: {e}");
             FsError::io(format!("downloading chunk {path}: {e}"))
         })?;
@@ -294,13 +323,18 @@ impl ChunkStore {
     ) -> Option<Bytes> {
         let disk = self.disk.clone()?;
         let lookup = disk.clone();
-        let data = tokio::task::spawn_blocking(move || lookup.get(&key, range)).await.ok()??;
-        if verify(&data) {
-            return Some(Bytes::from(data));
-        }
-        warn!(dir = %disk.dir().display(), "a disk cache file did not match its hash: fetching it again");
-        disk.discard(&key);
-        None
+        let data = tokio::task::spawn_blocking(move || lookup.get(&key, range)).await.ok().flatten();
+        let verified = match data {
+            Some(data) if verify(&data) => Some(Bytes::from(data)),
+            Some(_) => {
+                warn!(dir = %disk.dir().display(), "a disk cache file did not match its hash: fetching it again");
+                disk.discard(&key);
+                None
+            }
+            None => None,
+        };
+        self.metrics.cache_lookup(CacheTier::Disk, verified.is_some());
+        verified
     }
 
     /// After a ranged read, fetches the rest of the chunk in the background when there is a
@@ -341,7 +375,8 @@ impl ChunkStore {
         let path = segments_path(&hash);
         let fetched = self
             .single_flight(key, || async {
-                let bytes = async { self.store.get(&path).await?.bytes().await }
+                let bytes = self
+                    .get_object(&path)
                     .await
                     .map_err(|e| FsError::io(format!("downloading {path}: {e}")))?;
                 match SegmentHashes::decode(&bytes, chunk_len, &hash) {
@@ -376,7 +411,8 @@ impl ChunkStore {
             return Ok(data);
         }
         let path = chunk_path(&hash);
-        let data = self.store.get_range(&path, range).await.map_err(|e| {
+        let result = self.store.get_range(&path, range).await;
+        let data = self.counted(ObjectRequest::Get, result).map_err(|e| {
             error!(%path, segment = index, "ranged download failed: {e}");
             FsError::io(format!("downloading segment {index} of chunk {path}: {e}"))
         })?;
@@ -392,7 +428,7 @@ impl ChunkStore {
 
     /// Whether the object for `hash` exists (fsck).
     pub async fn exists(&self, hash: &ChunkHash) -> FsResult<bool> {
-        match self.store.head(&chunk_path(hash)).await {
+        match self.counted(ObjectRequest::Head, self.store.head(&chunk_path(hash)).await) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(FsError::io(format!("checking chunk {}: {e}", hex::encode(hash)))),

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use elasticfs_metadata::throughput::IoKind;
@@ -20,6 +21,7 @@ use crate::block_cache::Part;
 use crate::chunk_store::ChunkStore;
 use crate::error::{errno, FsError, FsResult};
 use crate::locks::LockTable;
+use crate::metrics::{EngineMetrics, Op};
 use crate::open_file::{Dirty, FileState, OpenFile, Readahead};
 use crate::throttle::Throttle;
 
@@ -94,6 +96,7 @@ pub struct FileSystem {
     last_opened: Mutex<lru::LruCache<Ino, Version>>,
     locks: LockTable,
     throttle: Arc<Throttle>,
+    metrics: Arc<EngineMetrics>,
 }
 
 /// What tells one state of a file's content from another.
@@ -112,7 +115,8 @@ impl FileSystem {
             .build()
             .map_err(|e| FsError::io(format!("starting the I/O runtime: {e}")))?;
         let sb = meta.superblock().clone();
-        let throttle = Arc::new(Throttle::new(meta.clone()));
+        let metrics = chunks.metrics().clone();
+        let throttle = Arc::new(Throttle::new(meta.clone(), metrics.clone()));
         let idle_reports = Arc::downgrade(&throttle);
         runtime.spawn(async move {
             // An idle client's last I/O reaches the governor's figures within a second.
@@ -126,6 +130,7 @@ impl FileSystem {
         Ok(FileSystem {
             locks: LockTable::new(meta.clone()),
             throttle,
+            metrics,
             meta,
             chunks: Arc::new(chunks),
             runtime,
@@ -145,9 +150,22 @@ impl FileSystem {
         &self.meta
     }
 
+    /// This client's metrics (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
+    }
+
+    /// Counts and times one operation, throttling included.
+    fn run<T>(&self, op: Op, body: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
+        let started = Instant::now();
+        let result = body();
+        self.metrics.operation(op, started.elapsed(), result.is_err());
+        result
+    }
+
     /// The lock that would keep `req` from being granted (F_GETLK).
     pub fn test_lock(&self, ino: Ino, req: &LockRequest) -> FsResult<Option<LockRecord>> {
-        self.locks.test(ino, req)
+        self.run(Op::TestLock, || self.locks.test(ino, req))
     }
 
     /// Releases every lock `owner` holds on `ino` (close, process exit).
@@ -159,15 +177,17 @@ impl FileSystem {
     /// unlock first commits what the handle's file wrote, and a granted lock makes this client
     /// see what others committed before it (the caller drops its own caches of the file).
     pub fn set_lock(&self, fh: u64, ino: Ino, req: &LockRequest, wait: bool) -> FsResult<()> {
-        if req.kind == LockKind::Unlock {
-            self.flush(fh)?;
-            return self.locks.set(ino, req, false);
-        }
-        self.locks.set(ino, req, wait)?;
-        if let Some(file) = self.open_file(ino) {
-            file.adopt_committed_size(self.meta.getattr(ino)?.size);
-        }
-        Ok(())
+        self.run(Op::SetLock, || {
+            if req.kind == LockKind::Unlock {
+                self.flush(fh)?;
+                return self.locks.set(ino, req, false);
+            }
+            self.locks.set(ino, req, wait)?;
+            if let Some(file) = self.open_file(ino) {
+                file.adopt_committed_size(self.meta.getattr(ino)?.size);
+            }
+            Ok(())
+        })
     }
 
     pub fn chunks(&self) -> &Arc<ChunkStore> {
@@ -200,14 +220,18 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self))]
     pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.with_local_changes(self.meta.getattr(ino)?))
+        self.run(Op::Getattr, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.with_local_changes(self.meta.getattr(ino)?))
+        })
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.with_local_changes(self.meta.lookup(parent, name)?))
+        self.run(Op::Lookup, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.with_local_changes(self.meta.lookup(parent, name)?))
+        })
     }
 
     /// Creates a node of any kind but symlink. `perm` is the requested mode's permission bits,
@@ -222,63 +246,75 @@ impl FileSystem {
         rdev: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        let node = NewNode {
-            uid: caller.uid,
-            gid: caller.gid,
-            rdev,
-            ..NewNode::new(parent, name, kind, perm & 0o7777)
-        };
-        Ok(self.meta.create(&node)?)
+        self.run(Op::Mknod, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            let node = NewNode {
+                uid: caller.uid,
+                gid: caller.gid,
+                rdev,
+                ..NewNode::new(parent, name, kind, perm & 0o7777)
+            };
+            Ok(self.meta.create(&node)?)
+        })
     }
 
     #[instrument(level = "debug", skip(self, name, target))]
     pub fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], caller: Caller) -> FsResult<Attr> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        if target.is_empty() || target.len() > 4095 {
-            return Err(FsError::new(
-                if target.is_empty() { errno::ENOENT } else { errno::ENAMETOOLONG },
-                "symlink target length",
-            ));
-        }
-        let node = NewNode {
-            uid: caller.uid,
-            gid: caller.gid,
-            link_target: target.to_vec(),
-            ..NewNode::new(parent, name, FileKind::Symlink, 0o777)
-        };
-        Ok(self.meta.create(&node)?)
+        self.run(Op::Symlink, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            if target.is_empty() || target.len() > 4095 {
+                return Err(FsError::new(
+                    if target.is_empty() { errno::ENOENT } else { errno::ENAMETOOLONG },
+                    "symlink target length",
+                ));
+            }
+            let node = NewNode {
+                uid: caller.uid,
+                gid: caller.gid,
+                link_target: target.to_vec(),
+                ..NewNode::new(parent, name, FileKind::Symlink, 0o777)
+            };
+            Ok(self.meta.create(&node)?)
+        })
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.meta.readlink(ino)?)
+        self.run(Op::Readlink, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.meta.readlink(ino)?)
+        })
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.with_local_changes(self.meta.link(ino, parent, name)?))
+        self.run(Op::Link, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.with_local_changes(self.meta.link(ino, parent, name)?))
+        })
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        let victim = self.meta.lookup(parent, name)?.ino;
-        let gate = self.open_gate(victim);
-        let closed = self.closed(victim);
-        let unlinked = self.meta.unlink(parent, name, closed)?;
-        drop(gate);
-        if unlinked.orphaned {
-            self.purge_unless_open(unlinked.attr.ino)?;
-        }
-        Ok(())
+        self.run(Op::Unlink, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            let victim = self.meta.lookup(parent, name)?.ino;
+            let gate = self.open_gate(victim);
+            let closed = self.closed(victim);
+            let unlinked = self.meta.unlink(parent, name, closed)?;
+            drop(gate);
+            if unlinked.orphaned {
+                self.purge_unless_open(unlinked.attr.ino)?;
+            }
+            Ok(())
+        })
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.meta.rmdir(parent, name)?)
+        self.run(Op::Rmdir, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.meta.rmdir(parent, name)?)
+        })
     }
 
     #[instrument(level = "debug", skip(self, name, new_name))]
@@ -290,20 +326,22 @@ impl FileSystem {
         new_name: &[u8],
         mode: RenameMode,
     ) -> FsResult<()> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        // Only a plain rename can unlink what its destination names.
-        let victim = match mode {
-            RenameMode::Replace => self.meta.lookup(new_parent, new_name).ok().map(|attr| attr.ino),
-            RenameMode::NoReplace | RenameMode::Exchange => None,
-        };
-        let gate = victim.map(|ino| self.open_gate(ino));
-        let closed = victim.and_then(|ino| self.closed(ino));
-        let replaced = self.meta.rename(parent, name, new_parent, new_name, mode, closed)?;
-        drop(gate);
-        match replaced {
-            Some(replaced) if replaced.orphaned => self.purge_unless_open(replaced.attr.ino),
-            _ => Ok(()),
-        }
+        self.run(Op::Rename, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            // Only a plain rename can unlink what its destination names.
+            let victim = match mode {
+                RenameMode::Replace => self.meta.lookup(new_parent, new_name).ok().map(|attr| attr.ino),
+                RenameMode::NoReplace | RenameMode::Exchange => None,
+            };
+            let gate = victim.map(|ino| self.open_gate(ino));
+            let closed = victim.and_then(|ino| self.closed(ino));
+            let replaced = self.meta.rename(parent, name, new_parent, new_name, mode, closed)?;
+            drop(gate);
+            match replaced {
+                Some(replaced) if replaced.orphaned => self.purge_unless_open(replaced.attr.ino),
+                _ => Ok(()),
+            }
+        })
     }
 
     /// `ino` if no handle of this client holds it: an unlink may then remove it outright.
@@ -320,8 +358,10 @@ impl FileSystem {
 
     /// Entries after cookie `after` (0 = from the start), at most `limit` of them.
     pub fn readdir(&self, dir: Ino, after: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.meta.readdir(dir, after, limit)?)
+        self.run(Op::Readdir, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.meta.readdir(dir, after, limit)?)
+        })
     }
 
     /// Lists `dir` from listing offset `offset` (0 = the start), with `.` and `..` first (offsets
@@ -366,48 +406,60 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self))]
     pub fn setattr(&self, ino: Ino, req: &SetAttrRequest) -> FsResult<Attr> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        let mut attr = None;
-        if let Some(size) = req.size {
-            attr = Some(self.truncate(ino, size)?);
-        }
-        let changes = SetAttr {
-            perm: req.perm,
-            uid: req.uid,
-            gid: req.gid,
-            atime: req.atime,
-            mtime: req.mtime,
-            ctime: None,
-        };
-        if changes != SetAttr::default() || attr.is_none() {
-            attr = Some(self.meta.setattr(ino, &changes)?);
-        }
-        Ok(self.with_local_changes(attr.expect("set above")))
+        self.run(Op::Setattr, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            let mut attr = None;
+            if let Some(size) = req.size {
+                attr = Some(self.truncate(ino, size)?);
+            }
+            let changes = SetAttr {
+                perm: req.perm,
+                uid: req.uid,
+                gid: req.gid,
+                atime: req.atime,
+                mtime: req.mtime,
+                ctime: None,
+            };
+            if changes != SetAttr::default() || attr.is_none() {
+                attr = Some(self.meta.setattr(ino, &changes)?);
+            }
+            Ok(self.with_local_changes(attr.expect("set above")))
+        })
     }
 
     pub fn statfs(&self) -> FsResult<Usage> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.meta.usage()?)
+        self.run(Op::Statfs, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.meta.usage()?)
+        })
     }
 
     pub fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> FsResult<()> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.meta.set_xattr(ino, name, value, mode)?)
+        self.run(Op::SetXattr, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.meta.set_xattr(ino, name, value, mode)?)
+        })
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.meta.get_xattr(ino, name)?)
+        self.run(Op::GetXattr, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.meta.get_xattr(ino, name)?)
+        })
     }
 
     pub fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.meta.list_xattr(ino)?)
+        self.run(Op::ListXattr, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.meta.list_xattr(ino)?)
+        })
     }
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        Ok(self.meta.remove_xattr(ino, name)?)
+        self.run(Op::RemoveXattr, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            Ok(self.meta.remove_xattr(ino, name)?)
+        })
     }
 
     // ----- handles ----------------------------------------------------------------------------
@@ -428,25 +480,28 @@ impl FileSystem {
     /// Opens a regular file and returns its handle number.
     #[instrument(level = "debug", skip(self))]
     pub fn open(&self, ino: Ino, append: bool) -> FsResult<u64> {
-        self.throttle.charge(IoKind::Metadata, 0);
-        let _gate = self.open_gate(ino);
-        let attr = self.meta.getattr(ino)?;
-        let file = {
-            let mut open = self.open_files.lock().unwrap();
-            let entry = open
-                .entry(ino)
-                .or_insert_with(|| OpenEntry { handles: 0, file: Arc::new(OpenFile::new(ino, attr.size)) });
-            entry.handles += 1;
-            entry.file.clone()
-        };
-        // Close-to-open.
-        file.adopt_committed_size(attr.size);
-        let version = (attr.mtime, attr.ctime, attr.size);
-        let unchanged = self.last_opened.lock().unwrap().put(ino, version) == Some(version);
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { file, append, unchanged, readahead: Mutex::new(Readahead::default()) };
-        self.handles.lock().unwrap().insert(fh, Arc::new(handle));
-        Ok(fh)
+        self.run(Op::Open, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            let _gate = self.open_gate(ino);
+            let attr = self.meta.getattr(ino)?;
+            let file = {
+                let mut open = self.open_files.lock().unwrap();
+                let entry = open.entry(ino).or_insert_with(|| OpenEntry {
+                    handles: 0,
+                    file: Arc::new(OpenFile::new(ino, attr.size)),
+                });
+                entry.handles += 1;
+                entry.file.clone()
+            };
+            // Close-to-open.
+            file.adopt_committed_size(attr.size);
+            let version = (attr.mtime, attr.ctime, attr.size);
+            let unchanged = self.last_opened.lock().unwrap().put(ino, version) == Some(version);
+            let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+            let handle = Handle { file, append, unchanged, readahead: Mutex::new(Readahead::default()) };
+            self.handles.lock().unwrap().insert(fh, Arc::new(handle));
+            Ok(fh)
+        })
     }
 
     /// Whether the file of handle `fh` is unchanged since this client last opened it, so that a
@@ -487,8 +542,10 @@ impl FileSystem {
     /// Commits this handle's file: after it returns, every write made before is durable.
     #[instrument(level = "debug", skip(self))]
     pub fn flush(&self, fh: u64) -> FsResult<()> {
-        let handle = self.handle(fh)?;
-        self.flush_file(&handle.file)
+        self.run(Op::Flush, || {
+            let handle = self.handle(fh)?;
+            self.flush_file(&handle.file)
+        })
     }
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
@@ -498,29 +555,31 @@ impl FileSystem {
     /// Closes a handle; the last one of an unlinked file removes it.
     #[instrument(level = "debug", skip(self))]
     pub fn release(&self, fh: u64) -> FsResult<()> {
-        let Some(handle) = self.handles.lock().unwrap().remove(&fh) else {
-            return Err(FsError::new(errno::EBADF, "unknown handle"));
-        };
-        let flushed = self.flush_file(&handle.file);
-        let ino = handle.file.ino;
-        let _gate = self.open_gate(ino);
-        let last = {
-            let mut open = self.open_files.lock().unwrap();
-            let entry = open.get_mut(&ino).expect("an open handle has an open entry");
-            entry.handles -= 1;
-            let last = entry.handles == 0;
+        self.run(Op::Release, || {
+            let Some(handle) = self.handles.lock().unwrap().remove(&fh) else {
+                return Err(FsError::new(errno::EBADF, "unknown handle"));
+            };
+            let flushed = self.flush_file(&handle.file);
+            let ino = handle.file.ino;
+            let _gate = self.open_gate(ino);
+            let last = {
+                let mut open = self.open_files.lock().unwrap();
+                let entry = open.get_mut(&ino).expect("an open handle has an open entry");
+                entry.handles -= 1;
+                let last = entry.handles == 0;
+                if last {
+                    open.remove(&ino);
+                }
+                last
+            };
             if last {
-                open.remove(&ino);
+                match self.meta.getattr(ino) {
+                    Ok(attr) if attr.nlink == 0 => self.meta.purge(ino)?,
+                    _ => {}
+                }
             }
-            last
-        };
-        if last {
-            match self.meta.getattr(ino) {
-                Ok(attr) if attr.nlink == 0 => self.meta.purge(ino)?,
-                _ => {}
-            }
-        }
-        flushed
+            flushed
+        })
     }
 
     /// Commits every open file (at unmount).
@@ -544,75 +603,81 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self))]
     pub fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
-        self.throttle.charge(IoKind::Read, len as u64);
-        let handle = self.handle(fh)?;
-        let file = &handle.file;
-        let bs = self.block_size;
-        // Under the file's lock: what each block of the range is made of. Uncommitted bytes
-        // are copied for just the part of the block the read covers.
-        let (end, sources) = {
-            let st = file.state.lock().unwrap();
-            let end = st.size.min(offset.saturating_add(len as u64));
-            if offset >= end {
-                return Ok(Vec::new());
+        self.run(Op::Read, || {
+            self.throttle.charge(IoKind::Read, len as u64);
+            let handle = self.handle(fh)?;
+            let file = &handle.file;
+            let bs = self.block_size;
+            // Under the file's lock: what each block of the range is made of. Uncommitted bytes
+            // are copied for just the part of the block the read covers.
+            let (end, sources) = {
+                let st = file.state.lock().unwrap();
+                let end = st.size.min(offset.saturating_add(len as u64));
+                if offset >= end {
+                    return Ok(Vec::new());
+                }
+                let (first, last) = (offset / bs, (end - 1) / bs);
+                let mut committed: HashMap<u64, BlockRef> = HashMap::new();
+                if (first..=last).any(|i| !st.dirty.contains_key(&i)) {
+                    committed.extend(self.meta.blocks(file.ino, first, last - first + 1)?);
+                }
+                let mut sources = Vec::with_capacity((last - first + 1) as usize);
+                for index in first..=last {
+                    let block_start = index * bs;
+                    let within =
+                        offset.max(block_start) - block_start..end.min(block_start + bs) - block_start;
+                    let source = match st.dirty.get(&index) {
+                        Some(Dirty::Buffer(data)) => {
+                            Source::Bytes(Bytes::copy_from_slice(clip(data, &within)))
+                        }
+                        Some(Dirty::Uploading { data, .. }) => {
+                            Source::Bytes(data.slice(clip_range(data, &within)))
+                        }
+                        Some(Dirty::Stored(block)) => Source::Block(block.clone()),
+                        None => committed.remove(&index).map_or(Source::Hole, Source::Block),
+                    };
+                    sources.push((block_start + within.start, within, source));
+                }
+                (end, sources)
+            };
+            let random = {
+                let mut readahead = handle.readahead.lock().unwrap();
+                let prefetch = readahead.on_read(offset, end - offset, bs, self.config.max_readahead_blocks);
+                if let Some((first, count)) = prefetch {
+                    self.prefetch(file.ino, first, count);
+                }
+                readahead.is_random()
+            };
+            let pieces = self.block_on(try_join_all(sources.into_iter().map(|(at, within, source)| {
+                let chunks = self.chunks.clone();
+                async move {
+                    let data = match source {
+                        Source::Hole => Bytes::new(),
+                        Source::Bytes(data) => data,
+                        Source::Block(BlockRef::Inline(data)) => Bytes::copy_from_slice(clip(&data, &within)),
+                        // A random read fetches only the segments it touches; a sequential one the
+                        // whole block, which readahead is fetching anyway.
+                        Source::Block(BlockRef::Chunk { hash, len }) if random => {
+                            let end = within.end.min(len as u64);
+                            chunks.get_range(hash, len as u64, within.start.min(end)..end).await?
+                        }
+                        Source::Block(BlockRef::Chunk { hash, .. }) => {
+                            let data = chunks.get(hash).await?;
+                            data.slice(clip_range(&data, &within))
+                        }
+                    };
+                    Ok::<_, FsError>((at, data))
+                }
+            })))?;
+            // Whatever a piece does not cover (holes, the end of a short block) reads as zeros.
+            let mut out = vec![0u8; (end - offset) as usize];
+            for (at, data) in pieces {
+                let dst = (at - offset) as usize;
+                out[dst..dst + data.len()].copy_from_slice(&data);
             }
-            let (first, last) = (offset / bs, (end - 1) / bs);
-            let mut committed: HashMap<u64, BlockRef> = HashMap::new();
-            if (first..=last).any(|i| !st.dirty.contains_key(&i)) {
-                committed.extend(self.meta.blocks(file.ino, first, last - first + 1)?);
-            }
-            let mut sources = Vec::with_capacity((last - first + 1) as usize);
-            for index in first..=last {
-                let block_start = index * bs;
-                let within = offset.max(block_start) - block_start..end.min(block_start + bs) - block_start;
-                let source = match st.dirty.get(&index) {
-                    Some(Dirty::Buffer(data)) => Source::Bytes(Bytes::copy_from_slice(clip(data, &within))),
-                    Some(Dirty::Uploading { data, .. }) => {
-                        Source::Bytes(data.slice(clip_range(data, &within)))
-                    }
-                    Some(Dirty::Stored(block)) => Source::Block(block.clone()),
-                    None => committed.remove(&index).map_or(Source::Hole, Source::Block),
-                };
-                sources.push((block_start + within.start, within, source));
-            }
-            (end, sources)
-        };
-        let random = {
-            let mut readahead = handle.readahead.lock().unwrap();
-            let prefetch = readahead.on_read(offset, end - offset, bs, self.config.max_readahead_blocks);
-            if let Some((first, count)) = prefetch {
-                self.prefetch(file.ino, first, count);
-            }
-            readahead.is_random()
-        };
-        let pieces = self.block_on(try_join_all(sources.into_iter().map(|(at, within, source)| {
-            let chunks = self.chunks.clone();
-            async move {
-                let data = match source {
-                    Source::Hole => Bytes::new(),
-                    Source::Bytes(data) => data,
-                    Source::Block(BlockRef::Inline(data)) => Bytes::copy_from_slice(clip(&data, &within)),
-                    // A random read fetches only the segments it touches; a sequential one the
-                    // whole block, which readahead is fetching anyway.
-                    Source::Block(BlockRef::Chunk { hash, len }) if random => {
-                        let end = within.end.min(len as u64);
-                        chunks.get_range(hash, len as u64, within.start.min(end)..end).await?
-                    }
-                    Source::Block(BlockRef::Chunk { hash, .. }) => {
-                        let data = chunks.get(hash).await?;
-                        data.slice(clip_range(&data, &within))
-                    }
-                };
-                Ok::<_, FsError>((at, data))
-            }
-        })))?;
-        // Whatever a piece does not cover (holes, the end of a short block) reads as zeros.
-        let mut out = vec![0u8; (end - offset) as usize];
-        for (at, data) in pieces {
-            let dst = (at - offset) as usize;
-            out[dst..dst + data.len()].copy_from_slice(&data);
-        }
-        Ok(out)
+            self.metrics.read(out.len() as u64);
+            Ok(out)
+        })
     }
 
     /// Starts fetching committed blocks into the cache, without waiting for them.
@@ -635,68 +700,73 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self, data), fields(len = data.len()))]
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
-        self.throttle.charge(IoKind::Write, data.len() as u64);
-        let handle = self.handle(fh)?;
-        if data.is_empty() {
-            // POSIX: writing nothing changes nothing, not even the size.
-            return Ok(0);
-        }
-        let file = &handle.file;
-        let bs = self.block_size;
-        let mut st = file.state.lock().unwrap();
-        let offset = if handle.append { st.size } else { offset };
-        let end = offset.checked_add(data.len() as u64).filter(|e| *e <= MAX_FILE_SIZE);
-        let Some(end) = end else {
-            return Err(FsError::new(errno::EFBIG, "write past the largest file size"));
-        };
-        self.collect_uploads(&mut st);
-        let (mut pos, mut rest) = (offset, data);
-        while !rest.is_empty() {
-            let index = pos / bs;
-            let within = (pos % bs) as usize;
-            let n = rest.len().min(bs as usize - within);
-            let size = st.size;
-            let buffer = self.dirty_buffer(file.ino, &mut st, index, size)?;
-            if buffer.len() < within + n {
-                if within + n > self.inline_threshold as usize {
-                    // Past the inline size the block will most likely fill: one allocation of
-                    // the whole block instead of a doubling series of copies.
-                    buffer.reserve_exact(bs as usize - buffer.len());
+        self.run(Op::Write, || {
+            self.throttle.charge(IoKind::Write, data.len() as u64);
+            let handle = self.handle(fh)?;
+            if data.is_empty() {
+                // POSIX: writing nothing changes nothing, not even the size.
+                return Ok(0);
+            }
+            let file = &handle.file;
+            let bs = self.block_size;
+            let mut st = file.state.lock().unwrap();
+            let offset = if handle.append { st.size } else { offset };
+            let end = offset.checked_add(data.len() as u64).filter(|e| *e <= MAX_FILE_SIZE);
+            let Some(end) = end else {
+                return Err(FsError::new(errno::EFBIG, "write past the largest file size"));
+            };
+            self.collect_uploads(&mut st);
+            let (mut pos, mut rest) = (offset, data);
+            while !rest.is_empty() {
+                let index = pos / bs;
+                let within = (pos % bs) as usize;
+                let n = rest.len().min(bs as usize - within);
+                let size = st.size;
+                let buffer = self.dirty_buffer(file.ino, &mut st, index, size)?;
+                if buffer.len() < within + n {
+                    if within + n > self.inline_threshold as usize {
+                        // Past the inline size the block will most likely fill: one allocation of
+                        // the whole block instead of a doubling series of copies.
+                        buffer.reserve_exact(bs as usize - buffer.len());
+                    }
+                    buffer.resize(within + n, 0);
                 }
-                buffer.resize(within + n, 0);
+                buffer[within..within + n].copy_from_slice(&rest[..n]);
+                if buffer.len() as u64 == bs {
+                    self.seal(&mut st.dirty, index);
+                }
+                pos += n as u64;
+                rest = &rest[n..];
             }
-            buffer[within..within + n].copy_from_slice(&rest[..n]);
-            if buffer.len() as u64 == bs {
-                self.seal(&mut st.dirty, index);
-            }
-            pos += n as u64;
-            rest = &rest[n..];
-        }
-        st.size = st.size.max(end);
-        st.mtime = Some(Timestamp::now());
-        Ok(data.len())
+            st.size = st.size.max(end);
+            st.mtime = Some(Timestamp::now());
+            self.metrics.written(data.len() as u64);
+            Ok(data.len())
+        })
     }
 
     /// fallocate: mode 0 extends the file (space is elastic, so there is nothing to reserve);
     /// FALLOC_FL_KEEP_SIZE is a no-op for the same reason.
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
-        const KEEP_SIZE: i32 = 1;
-        let handle = self.handle(fh)?;
-        match mode {
-            0 => {
-                let end = offset.checked_add(len).filter(|e| *e <= MAX_FILE_SIZE);
-                let end =
-                    end.ok_or_else(|| FsError::new(errno::EFBIG, "fallocate past the largest file size"))?;
-                let mut st = handle.file.state.lock().unwrap();
-                if end > st.size {
-                    st.size = end;
-                    st.mtime = Some(Timestamp::now());
+        self.run(Op::Fallocate, || {
+            const KEEP_SIZE: i32 = 1;
+            let handle = self.handle(fh)?;
+            match mode {
+                0 => {
+                    let end = offset.checked_add(len).filter(|e| *e <= MAX_FILE_SIZE);
+                    let end = end
+                        .ok_or_else(|| FsError::new(errno::EFBIG, "fallocate past the largest file size"))?;
+                    let mut st = handle.file.state.lock().unwrap();
+                    if end > st.size {
+                        st.size = end;
+                        st.mtime = Some(Timestamp::now());
+                    }
+                    Ok(())
                 }
-                Ok(())
+                KEEP_SIZE => Ok(()),
+                _ => Err(FsError::new(errno::EOPNOTSUPP, "fallocate mode")),
             }
-            KEEP_SIZE => Ok(()),
-            _ => Err(FsError::new(errno::EOPNOTSUPP, "fallocate mode")),
-        }
+        })
     }
 
     /// The writable buffer of block `index`, loading its committed content first if it has any.

@@ -9,6 +9,7 @@ mod error;
 mod filesystem;
 pub mod gc;
 mod locks;
+pub mod metrics;
 mod open_file;
 mod segments;
 mod storage;

@@ -10,8 +10,11 @@ use elasticfs_metadata::throughput::{IoKind, IoReport, Lease, LeaseRequest, Thro
 use elasticfs_metadata::MetaStore;
 use tracing::warn;
 
+use crate::metrics::EngineMetrics;
+
 pub struct Throttle {
     meta: Arc<dyn MetaStore>,
+    metrics: Arc<EngineMetrics>,
     /// How requests are metered (the rules of the settings at mount time).
     metering: ThroughputSettings,
     state: Mutex<State>,
@@ -33,9 +36,9 @@ struct State {
 const MAX_WAIT: Duration = Duration::from_millis(200);
 
 impl Throttle {
-    pub fn new(meta: Arc<dyn MetaStore>) -> Self {
+    pub fn new(meta: Arc<dyn MetaStore>, metrics: Arc<EngineMetrics>) -> Self {
         let metering = meta.superblock().throughput;
-        Throttle { meta, metering, state: Mutex::new(State::default()) }
+        Throttle { meta, metrics, metering, state: Mutex::new(State::default()) }
     }
 
     /// Meters one request of `len` bytes (0 for metadata) and returns once it may proceed.
@@ -80,7 +83,9 @@ impl Throttle {
                     st.unreported = IoReport::default();
                     // Others may pay from a lease meanwhile; this caller asks again after.
                     drop(st);
-                    std::thread::sleep(Duration::from_millis(retry_ms).min(MAX_WAIT));
+                    let wait = Duration::from_millis(retry_ms).min(MAX_WAIT);
+                    std::thread::sleep(wait);
+                    self.metrics.throttled(wait);
                     st = self.state.lock().unwrap();
                 }
                 Err(e) => {

@@ -197,6 +197,9 @@ pub enum MetaCommand {
         /// How long deleted data stays in the bucket first.
         #[arg(long, default_value = "1h")]
         gc_grace: String,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9567).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
 }
 
@@ -265,7 +268,17 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
         }
         Command::Meta {
             command:
-                MetaCommand::Serve { db, listen, token_file, tls_cert, tls_key, lease, gc_interval, gc_grace },
+                MetaCommand::Serve {
+                    db,
+                    listen,
+                    token_file,
+                    tls_cert,
+                    tls_key,
+                    lease,
+                    gc_interval,
+                    gc_grace,
+                    metrics,
+                },
         } => crate::serve_meta::serve(crate::serve_meta::ServeArgs {
             db,
             listen,
@@ -274,6 +287,7 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
             lease: parse_duration(&lease)?,
             gc_interval: parse_duration(&gc_interval)?,
             gc_grace: parse_duration(&gc_grace)?,
+            metrics,
         }),
         Command::Nfs { command: NfsCommand::Serve(args) } => crate::serve_nfs::serve(args),
         Command::InstallHelper { path } => install_helper(&path),

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod collect;
 pub mod fuse;
 pub mod listening;
+pub mod metrics_endpoint;
 pub mod mounting;
 pub mod options;
 pub mod serve_meta;

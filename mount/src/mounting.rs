@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing::{info, warn};
 
 use crate::fuse::FuseAdapter;
+use crate::metrics_endpoint::{self, client_registry};
 use crate::options::MountOptions;
 use crate::status::StatusWriter;
 use crate::volume::{self, FormatSpec, MetaAccess, MetaUrl};
@@ -87,6 +88,11 @@ fn check_mountpoint(mountpoint: &Path) -> Result<()> {
 /// Runs the mount in this process until it is unmounted.
 fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<()> {
     let fs = Arc::new(volume::open_filesystem(access, mountpoint, &opts)?);
+    let metrics = opts
+        .metrics
+        .as_deref()
+        .map(|addr| metrics_endpoint::serve(addr, client_registry(&fs)))
+        .transpose()?;
     let status = StatusWriter::start(fs.clone(), &access.url, mountpoint)?;
     // An embedded store has no service to collect its garbage: its mount does.
     let embedded = matches!(MetaUrl::parse(&access.url)?, MetaUrl::Sled(_));
@@ -140,6 +146,7 @@ fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<(
     });
     session.run().context("serving the FUSE session")?;
     drop(gc);
+    drop(metrics);
     if let Some(status) = status {
         status.stop();
     }

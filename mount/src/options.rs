@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub gc_interval: Duration,
     /// How long deleted data stays in the bucket before a collection removes it.
     pub gc_grace: Duration,
+    /// Where to serve Prometheus metrics (`host:port`), if anywhere.
+    pub metrics: Option<String>,
 }
 
 /// How long a `soft` mount waits for the metadata service unless `timeo=` says otherwise.
@@ -54,12 +56,13 @@ impl Default for MountOptions {
             token_file: None,
             gc_interval: Duration::from_secs(3600),
             gc_grace: Duration::from_secs(3600),
+            metrics: None,
         }
     }
 }
 
 const KNOWN: &str = "ro, rw, allow_other, allow_root, fsname=, threads=, cache-size=, cache-dir=, \
-    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, token-file=, gc-interval=, gc-grace=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
+    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, token-file=, gc-interval=, gc-grace=, metrics=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
     and the mount(8)/fstab options defaults, auto, noauto, user, nouser, users, _netdev, nofail";
 
 impl MountOptions {
@@ -99,6 +102,7 @@ impl MountOptions {
                 "token-file" => opts.token_file = Some(PathBuf::from(need(value)?)),
                 "gc-interval" => opts.gc_interval = parse_duration(need(value)?)?,
                 "gc-grace" => opts.gc_grace = parse_duration(need(value)?)?,
+                "metrics" => opts.metrics = Some(need(value)?.to_string()),
                 "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "noatime" | "atime" => {
                     opts.kernel_flags.push(key.to_string())
                 }

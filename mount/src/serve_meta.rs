@@ -11,7 +11,7 @@ use elasticfs_core::metadata::MetaStore;
 use elasticfs_core::open_object_store;
 use tracing::{info, warn};
 
-use crate::{listening, volume};
+use crate::{listening, metrics_endpoint, volume};
 
 pub struct ServeArgs {
     pub db: PathBuf,
@@ -23,6 +23,8 @@ pub struct ServeArgs {
     /// How often to collect garbage (zero: never), and the grace period of deleted data.
     pub gc_interval: Duration,
     pub gc_grace: Duration,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -42,8 +44,17 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let tls_on = tls.is_some();
     let server = MetaServer::open(ServerConfig { db: args.db.clone(), token, tls, lease: args.lease })?;
     info!(%addr, db = %args.db.display(), tls = tls_on, "metadata service listening");
-    listening::announce(addr)?;
     let _gc = start_gc(&server, args.gc_interval, args.gc_grace)?;
+    let _metrics = match &args.metrics {
+        Some(addr) => {
+            let server = server.clone();
+            let store = move || server.store().map(|s| Arc::new(s) as Arc<dyn MetaStore>);
+            Some(metrics_endpoint::serve(addr, metrics_endpoint::service_registry(store))?)
+        }
+        None => None,
+    };
+    // Last: whoever waits for this line may use every endpoint.
+    listening::announce(addr)?;
     runtime.block_on(server.serve(listener));
     Ok(())
 }

@@ -9,6 +9,7 @@ use elasticfs_nfs_gateway::{parse_network, ExportConfig, Gateway, Squash};
 use tracing::{info, warn};
 
 use crate::listening;
+use crate::metrics_endpoint::{self, client_registry};
 use crate::options::MountOptions;
 use crate::volume::{self, MetaAccess};
 
@@ -36,6 +37,9 @@ pub struct NfsArgs {
     anon_uid: u32,
     #[arg(long, default_value_t = 65534)]
     anon_gid: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9568).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Engine options, as for mount (cache-dir=, cache-size=, hard, soft, timeo=, …).
     #[arg(short = 'o')]
     options: Vec<String>,
@@ -53,7 +57,8 @@ pub fn serve(args: NfsArgs) -> Result<()> {
         anon_uid: args.anon_uid,
         anon_gid: args.anon_gid,
     };
-    let opts = MountOptions::parse(args.options.iter().map(String::as_str))?;
+    let mut opts = MountOptions::parse(args.options.iter().map(String::as_str))?;
+    opts.metrics = args.metrics.or(opts.metrics);
     let meta = MetaAccess::new(args.meta, args.token_file.or_else(|| opts.token_file.clone()));
     let (runtime, listener) = listening::bind(&args.listen, "elasticfs-nfs")?;
     let addr = listener.local_addr()?;
@@ -62,6 +67,11 @@ pub fn serve(args: NfsArgs) -> Result<()> {
         warn!("serving {addr} to every address: restrict clients with --allow CIDR");
     }
     info!(%addr, read_only = export.read_only, squash = ?export.squash, "NFS gateway listening");
+    let _metrics = opts
+        .metrics
+        .as_deref()
+        .map(|addr| metrics_endpoint::serve(addr, client_registry(&fs)))
+        .transpose()?;
     let gateway = Gateway::new(fs.clone(), export);
     listening::announce(addr)?;
     runtime.block_on(async {

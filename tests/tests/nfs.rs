@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::Command;
 
 use elasticfs_tests::nfs::*;
-use elasticfs_tests::{fuse_available, pattern, MetaService, S3Server, Volume};
+use elasticfs_tests::{free_port, fuse_available, pattern, scrape, MetaService, S3Server, Volume};
 use nfs3_client::nfs3_types::mount::mountstat3;
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::rpc::{auth_stat, opaque_auth};
@@ -437,7 +437,8 @@ fn libnfs_utils_copy_a_large_file_in_and_out() {
     }
     const SIZE: usize = 1 << 30;
     let vol = Volume::local();
-    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
+    let metrics = free_port();
+    let gw = Gateway::start(&vol, "gw", &["--squash", "none", "--metrics", &format!("127.0.0.1:{metrics}")]);
     let source = vol.dir.path().join("source");
     let mut hash = blake3::Hasher::new();
     let mut out = std::io::BufWriter::new(std::fs::File::create(&source).unwrap());
@@ -467,4 +468,9 @@ fn libnfs_utils_copy_a_large_file_in_and_out() {
     std::io::copy(&mut file, &mut copied).unwrap();
     assert_eq!(std::fs::metadata(&back).unwrap().len(), SIZE as u64);
     assert_eq!(copied.finalize(), hash.finalize(), "the copy out differs from what went in");
+    // The gateway is a client like a mount: its metrics count what went through it.
+    let m = scrape(metrics);
+    assert_eq!(m["elasticfs_client_written_bytes_total"], SIZE as f64, "{m:?}");
+    assert_eq!(m["elasticfs_client_read_bytes_total"], SIZE as f64, "{m:?}");
+    assert!(m[r#"elasticfs_client_operation_seconds_count{op="write"}"#] >= (SIZE >> 20) as f64, "{m:?}");
 }
