@@ -112,7 +112,7 @@ impl Harness {
         self.fs.lookup(ROOT_INO, format!("f{file}").as_bytes()).unwrap().ino
     }
 
-    /// After all handles close, what the metadata holds is exactly the model.
+    /// After all handles close, what the metadata holds is exactly the model, and consistent.
     fn check_committed(mut self) {
         for fh in std::mem::take(&mut self.handles) {
             self.fs.release(fh).unwrap();
@@ -127,6 +127,9 @@ impl Harness {
         }
         assert_eq!(self.fs.statfs().unwrap().bytes, stored, "usage counter matches the files' blocks");
         assert_eq!(self.fs.statfs().unwrap().inodes, FILES as u64 + 1);
+        // Every counter, link count and chunk reference count agrees with a recount.
+        let audit = self.fs.meta().audit().unwrap();
+        assert!(audit.is_clean(), "{:#?}", audit.findings);
     }
 }
 

@@ -5,6 +5,7 @@
 //! engine; a networked client implements the same trait. This crate knows nothing of FUSE,
 //! NFS or object storage: a block entry names a chunk by its hash and length, nothing more.
 
+pub mod audit;
 mod codec;
 mod durability;
 mod error;

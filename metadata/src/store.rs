@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 
+use crate::audit::Audit;
 use crate::error::MetaResult;
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::SessionRecord;
@@ -143,6 +144,9 @@ pub trait MetaStore: Send + Sync + 'static {
     fn usage(&self) -> MetaResult<Usage>;
     /// Every referenced chunk and its reference count (for fsck).
     fn referenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, u64)>>;
+    /// Recounts every record against the counters, link counts and chunk reference counts
+    /// that summarise them (for fsck). Changes wait while it runs.
+    fn audit(&self) -> MetaResult<Audit>;
     /// Chunks whose reference count fell to zero, with the time it did (for GC).
     fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>>;
 

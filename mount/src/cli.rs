@@ -116,7 +116,8 @@ pub enum Command {
         #[arg(long, default_value = "1h")]
         grace: String,
     },
-    /// Check that every referenced chunk exists (and, with --verify-data, hashes to its name).
+    /// Check the metadata (counters, link counts, chunk references) and that every referenced
+    /// chunk exists (with --verify-data: hashes to its name). Reports; repairs nothing.
     Fsck {
         #[arg(long, env = "ELASTICFS_META")]
         meta: Option<String>,
@@ -264,7 +265,7 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
             crate::collect::gc(&MetaAccess::new(meta, token_file), dry_run, parse_duration(&grace)?)
         }
         Command::Fsck { meta, token_file, verify_data } => {
-            crate::status::fsck(&MetaAccess::new(meta, token_file), verify_data)
+            crate::fsck::fsck(&MetaAccess::new(meta, token_file), verify_data)
         }
         Command::Meta {
             command:

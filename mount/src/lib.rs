@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod collect;
+pub mod fsck;
 pub mod fuse;
 pub mod listening;
 pub mod metrics_endpoint;

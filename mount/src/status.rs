@@ -1,4 +1,4 @@
-//! `elasticfs status` and `elasticfs fsck`. An embedded store is locked by the process that
+//! `elasticfs status`. An embedded store is locked by the process that
 //! mounts it, so a mount also publishes its figures in `status.json` beside the store; a
 //! metadata service answers them live.
 
@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use elasticfs_core::metadata::throughput::ThroughputStatus;
 use elasticfs_core::metadata::{SessionRecord, Superblock, Usage, FORMAT_VERSION};
-use elasticfs_core::{connect_chunk_store, FileSystem};
-use indicatif::{ProgressBar, ProgressStyle};
+use elasticfs_core::FileSystem;
 use serde_json::json;
 
 use crate::options::human_bytes;
@@ -203,43 +202,6 @@ pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
             s["pid"],
             s["version"].as_str().unwrap_or("?")
         );
-    }
-    Ok(())
-}
-
-pub fn fsck(access: &MetaAccess, verify_data: bool) -> Result<()> {
-    let meta = volume::open_meta(access, Role::Tool)?;
-    let chunks = connect_chunk_store(&meta.superblock().storage, 64 << 20)?;
-    let runtime = elasticfs_runtime()?;
-    let referenced = meta.referenced_chunks()?;
-    let bar = ProgressBar::new(referenced.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} chunks ({eta})")?);
-    bar.set_message(if verify_data { "verifying" } else { "checking" });
-    let (mut missing, mut corrupt) = (0u64, 0u64);
-    for (hash, _refs) in &referenced {
-        let name = hex::encode(hash);
-        // With --verify-data one GET both proves the object exists and checks its hash; only a
-        // failed GET needs a HEAD to tell a missing object from a corrupt one.
-        let fetched = if verify_data { runtime.block_on(chunks.get(*hash)).err() } else { None };
-        let present =
-            if verify_data && fetched.is_none() { true } else { runtime.block_on(chunks.exists(hash))? };
-        if !present {
-            bar.println(format!("missing chunk {name}"));
-            missing += 1;
-        } else if let Some(e) = fetched {
-            bar.println(format!("bad chunk {name}: {e}"));
-            corrupt += 1;
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let unreferenced = meta.unreferenced_chunks()?.len();
-    println!(
-        "{} referenced chunks: {missing} missing, {corrupt} corrupt; {unreferenced} unreferenced (left for gc)",
-        referenced.len()
-    );
-    if missing + corrupt > 0 {
-        bail!("fsck found {} damaged chunk references", missing + corrupt);
     }
     Ok(())
 }

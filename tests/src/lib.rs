@@ -175,9 +175,12 @@ impl Volume {
         elasticfs(&args, &self.env_refs())
     }
 
-    /// Checks that fsck finds every referenced chunk present (and, with `verify_data`, intact).
+    /// Checks that fsck finds the metadata consistent (every counter, link count and chunk
+    /// reference count agrees with a recount) and every referenced chunk present (and, with
+    /// `verify_data`, intact).
     pub fn assert_fsck_clean(&self, verify_data: bool) {
         let report = self.fsck(verify_data);
+        assert!(report.contains(": consistent\n"), "{report}");
         assert!(report.contains("0 missing, 0 corrupt"), "{report}");
     }
 

@@ -73,7 +73,7 @@ fn unreachable_bucket_is_reported_at_format() {
 }
 
 #[test]
-fn fsck_finds_missing_and_corrupt_chunks() {
+fn fsck_finds_a_wrong_counter_and_missing_and_corrupt_chunks() {
     if !fuse_available() {
         return;
     }
@@ -84,6 +84,33 @@ fn fsck_finds_missing_and_corrupt_chunks() {
     mount.unmount();
     let clean = vol.fsck(true);
     assert!(clean.contains("3 referenced chunks: 0 missing, 0 corrupt"), "{clean}");
+    assert!(
+        clean.contains("metadata: 2 inodes and 3145728 bytes in 3 blocks over 3 distinct chunks"),
+        "{clean}"
+    );
+    assert!(clean.contains(": consistent"), "{clean}");
+
+    // A usage counter gone wrong behind the store's back: found, with its repair, and left alone.
+    let meta_dir = vol.dir.path().join("meta");
+    let db = sled::open(&meta_dir).unwrap();
+    db.open_tree("counters").unwrap().insert("bytes", &12345u64.to_le_bytes()).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let out = std::process::Command::new(elasticfs_tests::elasticfs_bin())
+        .args(["fsck", "--meta", &vol.meta])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{stdout}");
+    let expected =
+        format!("the bytes counter says 12345, the records add up to {}: would set it to", 3 << 20);
+    assert!(stdout.contains(&expected), "{stdout}");
+    assert!(stderr.contains("1 inconsistencies in the metadata (nothing was changed)"), "{stderr}");
+    assert_eq!(vol.status()["used_bytes"], 12345, "fsck changed nothing");
+    let db = sled::open(&meta_dir).unwrap();
+    db.open_tree("counters").unwrap().insert("bytes", &(3u64 << 20).to_le_bytes()).unwrap();
+    db.flush().unwrap();
+    drop(db);
 
     let mut objects: Vec<_> = elasticfs_tests::walk_files(&vol.dir.path().join("chunks/chunks"))
         .into_iter()

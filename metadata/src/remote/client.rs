@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use super::tls::TlsClient;
 use super::wire::{self, Hello, Request, SessionRequest, Welcome};
+use crate::audit::Audit;
 use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::{ClientInfo, SessionId, SessionRecord};
@@ -519,6 +520,10 @@ impl MetaStore for RemoteStore {
 
     fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>> {
         self.call(&Request::UnreferencedChunks)
+    }
+
+    fn audit(&self) -> MetaResult<Audit> {
+        self.call(&Request::Audit)
     }
 
     fn protect_chunk(&self, hash: &ChunkHash) -> MetaResult<ChunkProtection> {

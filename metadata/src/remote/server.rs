@@ -306,6 +306,7 @@ impl MetaServer {
             Request::Usage => encode(store.usage()),
             Request::ReferencedChunks => encode(store.referenced_chunks()),
             Request::UnreferencedChunks => encode(store.unreferenced_chunks()),
+            Request::Audit => encode(store.audit()),
             Request::Sessions => encode(store.sessions()),
             Request::SetLock(ino, req) => encode(store.set_lock(ino, &req)),
             Request::GetLock(ino, req) => encode(store.get_lock(ino, &req)),

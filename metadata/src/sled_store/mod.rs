@@ -2,17 +2,19 @@
 //! release with cross-tree transactions). Every mutation is one transaction over the trees it
 //! touches, followed by a group-committed flush, so it is durable when it returns.
 
+mod audit;
 mod chunks;
 mod sessions;
 mod throughput;
 mod txn;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use sled::transaction::Transactional;
 use tracing::instrument;
 
+use crate::audit::Audit;
 use crate::durability::GroupCommit;
 use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
@@ -79,6 +81,9 @@ struct Shared {
     superblock: Superblock,
     durable: GroupCommit,
     throughput: throughput::Throughput,
+    /// Every transaction holds the read side; an audit holds the write side, so that it
+    /// recounts one state of the records.
+    audit_gate: RwLock<()>,
 }
 
 /// The embedded engine, as seen by one session (see [`SledStore::session`]). Cloning is cheap
@@ -160,7 +165,14 @@ impl SledStore {
     fn with_db(db: sled::Db, superblock: Superblock) -> MetaResult<Self> {
         let trees = Trees::open(&db)?;
         let throughput = throughput::Throughput::open(&trees.counters, superblock.throughput)?;
-        let shared = Shared { durable: GroupCommit::new(db.clone()), db, trees, superblock, throughput };
+        let shared = Shared {
+            durable: GroupCommit::new(db.clone()),
+            db,
+            trees,
+            superblock,
+            throughput,
+            audit_gate: RwLock::new(()),
+        };
         Ok(SledStore { shared: Arc::new(shared), session: NO_SESSION })
     }
 
@@ -188,6 +200,7 @@ impl SledStore {
     }
 
     fn transact<T>(&self, f: impl Fn(&Txn) -> TxResult<T>) -> MetaResult<T> {
+        let _not_audited = self.shared.audit_gate.read().unwrap();
         let block_size = self.shared.superblock.block_size as u64;
         let t = &self.shared.trees;
         let all = (
@@ -679,6 +692,10 @@ impl MetaStore for SledStore {
             out.push((key.as_ref().try_into().map_err(MetaError::store)?, schema::decode_u64(&value)));
         }
         Ok(out)
+    }
+
+    fn audit(&self) -> MetaResult<Audit> {
+        self.audit_records()
     }
 
     fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>> {
