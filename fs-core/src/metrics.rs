@@ -328,65 +328,45 @@ impl fmt::Debug for FileSystemFigures {
 impl Collector for FileSystemFigures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let figures = (self.source)().and_then(|meta| read_figures(meta.as_ref()).ok());
-        let up = i64::from(figures.is_some());
-        gauge(
-            &mut encoder,
-            "file_system_up",
-            "1 if this scrape read the file system's figures (the metadata store answered and holds a file system).",
-            up,
-        )?;
+        let up = u64::from(figures.is_some());
+        let up_help =
+            "1 if this scrape read the file system's figures (the metadata store answered and holds a file system).";
+        gauge(&mut encoder, "file_system_up", up_help, up)?;
         let Some((t, usage, sessions)) = figures else { return Ok(()) };
-        let bytes = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        gauge(
-            &mut encoder,
-            "burst_credit_balance_bytes",
-            "BurstCreditBalance: burst credits left (bursting mode).",
-            bytes(t.burst_credit_balance),
-        )?;
-        gauge(
-            &mut encoder,
-            "permitted_throughput_bytes_per_second",
-            "PermittedThroughput: the metered throughput the file system may use now.",
-            bytes(t.permitted_throughput),
-        )?;
-        counter(
-            &mut encoder,
-            "metered_io_bytes",
-            "MeteredIOBytes: I/O as the governor meters it.",
-            t.io.metered,
-        )?;
-        counter(
-            &mut encoder,
-            "io_bytes",
-            "TotalIOBytes: data read and written plus metadata I/O.",
-            t.io.total(),
-        )?;
-        counter(&mut encoder, "data_read_io_bytes", "DataReadIOBytes: file data read.", t.io.data_read)?;
-        counter(
-            &mut encoder,
-            "data_write_io_bytes",
-            "DataWriteIOBytes: file data written.",
-            t.io.data_write,
-        )?;
-        counter(
-            &mut encoder,
-            "metadata_io_bytes",
-            "MetadataIOBytes: metadata requests, metered.",
-            t.io.metadata,
-        )?;
-        gauge(
-            &mut encoder,
-            "client_connections",
-            "ClientConnections: live client sessions.",
-            sessions as i64,
-        )?;
-        gauge(
-            &mut encoder,
-            "storage_bytes",
-            "StorageBytes: bytes stored, as the governor last measured them.",
-            bytes(t.stored_bytes),
-        )?;
-        gauge(&mut encoder, "used_inodes", "Inodes in use.", bytes(usage.inodes))
+        let gauges = [
+            (
+                "burst_credit_balance_bytes",
+                "BurstCreditBalance: burst credits left (bursting mode).",
+                t.burst_credit_balance,
+            ),
+            (
+                "permitted_throughput_bytes_per_second",
+                "PermittedThroughput: the metered throughput the file system may use now.",
+                t.permitted_throughput,
+            ),
+            ("client_connections", "ClientConnections: live client sessions.", sessions as u64),
+            (
+                "storage_bytes",
+                "StorageBytes: bytes stored, as the governor last measured them.",
+                t.stored_bytes,
+            ),
+            ("used_inodes", "Inodes in use.", usage.inodes),
+        ];
+        for (name, help, value) in gauges {
+            gauge(&mut encoder, name, help, value)?;
+        }
+        let counters = [
+            ("metered_io_bytes", "MeteredIOBytes: I/O as the governor meters it.", t.io.metered),
+            ("io_bytes", "TotalIOBytes: data read and written plus metadata I/O.", t.io.total()),
+            ("data_read_io_bytes", "DataReadIOBytes: file data read.", t.io.data_read),
+            ("data_write_io_bytes", "DataWriteIOBytes: file data written.", t.io.data_write),
+            ("metadata_io_bytes", "MetadataIOBytes: metadata requests, metered.", t.io.metadata),
+        ];
+        for (name, help, value) in counters {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 
@@ -394,13 +374,8 @@ fn read_figures(meta: &dyn MetaStore) -> MetaResult<(ThroughputStatus, Usage, us
     Ok((meta.throughput()?, meta.usage()?, meta.sessions()?.len()))
 }
 
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> fmt::Result {
-    let metric = ConstGauge::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
-    let metric = ConstCounter::new(value);
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
