@@ -167,6 +167,9 @@ pub struct EngineMetrics {
     operation_errors: Family<OpLabel, Counter>,
     op_seconds: Vec<Histogram>,
     op_errors: Vec<Counter>,
+    /// Every operation, for [`EngineMetrics::totals`] (Prometheus gets the histograms'
+    /// `_count`, which the crate does not let us read).
+    operations: Counter,
     read_bytes: Counter,
     written_bytes: Counter,
     cache_hits: Family<CacheLabel, Counter>,
@@ -207,6 +210,7 @@ impl Default for EngineMetrics {
         EngineMetrics {
             op_seconds: op_seconds.collect(),
             op_errors: op_errors.collect(),
+            operations: Counter::default(),
             operation_seconds,
             operation_errors,
             read_bytes: Counter::default(),
@@ -268,6 +272,7 @@ impl EngineMetrics {
     pub fn operation(&self, op: Op, took: Duration, failed: bool) {
         let index = op as usize;
         self.op_seconds[index].observe(took.as_secs_f64());
+        self.operations.inc();
         if failed {
             self.op_errors[index].inc();
         }
@@ -297,6 +302,37 @@ impl EngineMetrics {
     pub fn throttled(&self, waited: Duration) {
         self.throttled_seconds.inc_by(waited.as_secs_f64());
     }
+
+    /// This client's totals so far, summed over the labels (for `elasticfs status`).
+    pub fn totals(&self) -> ClientTotals {
+        let (memory, disk) = (&self.tiers[CacheTier::Memory as usize], &self.tiers[CacheTier::Disk as usize]);
+        ClientTotals {
+            operations: self.operations.get(),
+            operation_errors: self.op_errors.iter().map(Counter::get).sum(),
+            read_bytes: self.read_bytes.get(),
+            written_bytes: self.written_bytes.get(),
+            memory_cache: (memory.0.get(), memory.1.get()),
+            disk_cache: (disk.0.get(), disk.1.get()),
+            object_requests: self.requests.iter().map(|(requests, _)| requests.get()).sum(),
+            object_errors: self.requests.iter().map(|(_, errors)| errors.get()).sum(),
+            throttled_seconds: self.throttled_seconds.get(),
+        }
+    }
+}
+
+/// See [`EngineMetrics::totals`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ClientTotals {
+    pub operations: u64,
+    pub operation_errors: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    /// Hits and misses.
+    pub memory_cache: (u64, u64),
+    pub disk_cache: (u64, u64),
+    pub object_requests: u64,
+    pub object_errors: u64,
+    pub throttled_seconds: f64,
 }
 
 /// Where [`FileSystemFigures`] reads: the metadata store, once there is a file system in it.

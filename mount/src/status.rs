@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use elasticfs_core::metadata::throughput::ThroughputStatus;
 use elasticfs_core::metadata::{SessionRecord, Superblock, Usage, FORMAT_VERSION};
+use elasticfs_core::metrics::ClientTotals;
 use elasticfs_core::FileSystem;
 use serde_json::json;
 
@@ -83,6 +84,23 @@ fn throughput_json(t: &ThroughputStatus) -> serde_json::Value {
     })
 }
 
+/// What this mount did, as its `/metrics` counts it.
+fn client_json(c: &ClientTotals) -> serde_json::Value {
+    json!({
+        "operations": c.operations,
+        "operation_errors": c.operation_errors,
+        "read_bytes": c.read_bytes,
+        "written_bytes": c.written_bytes,
+        "memory_cache_hits": c.memory_cache.0,
+        "memory_cache_misses": c.memory_cache.1,
+        "disk_cache_hits": c.disk_cache.0,
+        "disk_cache_misses": c.disk_cache.1,
+        "object_store_requests": c.object_requests,
+        "object_store_errors": c.object_errors,
+        "throttled_seconds": c.throttled_seconds,
+    })
+}
+
 /// Keeps `status.json` current while a mount runs.
 pub struct StatusWriter {
     stop: Arc<AtomicBool>,
@@ -113,6 +131,7 @@ impl StatusWriter {
                             "dir": d.dir(),
                             "bytes": d.size(),
                         })),
+                        "client": client_json(&fs.metrics().totals()),
                         "updated_secs": elasticfs_core::metadata::Timestamp::now().secs,
                     });
                     let doc = report(meta.superblock(), usage, &throughput, &sessions, Some(mount));
@@ -171,6 +190,25 @@ pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
                 Some(d) => println!("disk cache      {} bytes in {}", d["bytes"], d["dir"]),
                 None => println!("disk cache      off"),
             }
+            let c = &m["client"];
+            let n = |k: &str| c[k].as_u64().unwrap_or(0);
+            println!(
+                "this mount      read {}, wrote {} in {} operations ({} errors); throttled {:.1} s",
+                human_bytes(n("read_bytes")),
+                human_bytes(n("written_bytes")),
+                n("operations"),
+                n("operation_errors"),
+                c["throttled_seconds"].as_f64().unwrap_or(0.0)
+            );
+            println!(
+                "                cache hits/misses: memory {}/{}, disk {}/{}; object store {} requests, {} errors",
+                n("memory_cache_hits"),
+                n("memory_cache_misses"),
+                n("disk_cache_hits"),
+                n("disk_cache_misses"),
+                n("object_store_requests"),
+                n("object_store_errors")
+            );
         }
         None if status_file(&access.url)?.is_none() => {}
         None => println!("mounted         no"),

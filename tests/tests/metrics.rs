@@ -82,6 +82,10 @@ fn a_mounts_counters_move_with_its_writes_and_reads() {
     let m = scrape(port);
     assert_eq!(sample(&m, "elasticfs_client_read_bytes_total"), 60.0 * MIB);
     assert!(lookups(&m) >= before_read + 15.0, "{m:?}");
+    // `elasticfs status` shows the same counts (the mount publishes them every 2 s).
+    let shown = |key: &str| vol.status()["mount"]["client"][key].as_f64();
+    assert!(eventually(5, || shown("read_bytes") == Some(60.0 * MIB)), "{}", vol.status());
+    assert_eq!(shown("written_bytes"), Some(60.0 * MIB));
     mount.unmount();
 }
 
