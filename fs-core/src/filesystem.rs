@@ -604,9 +604,11 @@ impl FileSystem {
     #[instrument(level = "debug", skip(self))]
     pub fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
         self.run(Op::Read, || {
-            self.throttle.charge(IoKind::Read, len as u64);
             let handle = self.handle(fh)?;
             let file = &handle.file;
+            // Metered as the bytes it returns: what lies past the end is not data read.
+            let size = file.state.lock().unwrap().size;
+            self.throttle.charge(IoKind::Read, size.saturating_sub(offset).min(len as u64));
             let bs = self.block_size;
             // Under the file's lock: what each block of the range is made of. Uncommitted bytes
             // are copied for just the part of the block the read covers.
