@@ -10,7 +10,7 @@ use bytes::Bytes;
 use elasticfs_metadata::throughput::IoKind;
 use elasticfs_metadata::{
     Attr, BlockCommit, BlockRef, ChunkHash, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest,
-    MetaError, MetaStore, NewNode, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
+    MetaError, MetaStore, NewNode, Rename, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
 };
 use futures::future::try_join_all;
 use tokio::sync::Semaphore;
@@ -96,7 +96,6 @@ pub struct FileSystem {
     last_opened: Mutex<lru::LruCache<Ino, Version>>,
     locks: LockTable,
     throttle: Arc<Throttle>,
-    metrics: Arc<EngineMetrics>,
 }
 
 /// What tells one state of a file's content from another.
@@ -115,8 +114,7 @@ impl FileSystem {
             .build()
             .map_err(|e| FsError::io(format!("starting the I/O runtime: {e}")))?;
         let sb = meta.superblock().clone();
-        let metrics = chunks.metrics().clone();
-        let throttle = Arc::new(Throttle::new(meta.clone(), metrics.clone()));
+        let throttle = Arc::new(Throttle::new(meta.clone(), chunks.metrics().clone()));
         let idle_reports = Arc::downgrade(&throttle);
         runtime.spawn(async move {
             // An idle client's last I/O reaches the governor's figures within a second.
@@ -130,7 +128,6 @@ impl FileSystem {
         Ok(FileSystem {
             locks: LockTable::new(meta.clone()),
             throttle,
-            metrics,
             meta,
             chunks: Arc::new(chunks),
             runtime,
@@ -152,14 +149,14 @@ impl FileSystem {
 
     /// This client's metrics (see [`crate::metrics`]).
     pub fn metrics(&self) -> &Arc<EngineMetrics> {
-        &self.metrics
+        self.chunks.metrics()
     }
 
     /// Counts and times one operation, throttling included.
     fn run<T>(&self, op: Op, body: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
         let started = Instant::now();
         let result = body();
-        self.metrics.operation(op, started.elapsed(), result.is_err());
+        self.metrics().operation(op, started.elapsed(), result.is_err());
         result
     }
 
@@ -335,7 +332,9 @@ impl FileSystem {
             };
             let gate = victim.map(|ino| self.open_gate(ino));
             let closed = victim.and_then(|ino| self.closed(ino));
-            let replaced = self.meta.rename(parent, name, new_parent, new_name, mode, closed)?;
+            let rename =
+                Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), mode, closed };
+            let replaced = self.meta.rename(&rename)?;
             drop(gate);
             match replaced {
                 Some(replaced) if replaced.orphaned => self.purge_unless_open(replaced.attr.ino),
@@ -677,7 +676,7 @@ impl FileSystem {
                 let dst = (at - offset) as usize;
                 out[dst..dst + data.len()].copy_from_slice(&data);
             }
-            self.metrics.read(out.len() as u64);
+            self.metrics().read(out.len() as u64);
             Ok(out)
         })
     }
@@ -742,7 +741,7 @@ impl FileSystem {
             }
             st.size = st.size.max(end);
             st.mtime = Some(Timestamp::now());
-            self.metrics.written(data.len() as u64);
+            self.metrics().written(data.len() as u64);
             Ok(data.len())
         })
     }

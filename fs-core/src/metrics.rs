@@ -115,6 +115,20 @@ pub enum ObjectRequest {
     List,
 }
 
+// The series are kept in `ALL` order and found by discriminant: the two must agree.
+const _: () = {
+    let mut i = 0;
+    while i < Op::ALL.len() {
+        assert!(Op::ALL[i] as usize == i);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < ObjectRequest::ALL.len() {
+        assert!(ObjectRequest::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 impl ObjectRequest {
     const ALL: [ObjectRequest; 5] = [
         ObjectRequest::Get,

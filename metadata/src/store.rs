@@ -55,6 +55,18 @@ impl NewNode {
     }
 }
 
+/// A rename for [`MetaStore::rename`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rename {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub new_parent: Ino,
+    pub new_name: Vec<u8>,
+    pub mode: RenameMode,
+    /// As for [`MetaStore::unlink`], for the inode the destination name points to.
+    pub closed: Option<Ino>,
+}
+
 /// A change to a file's block map, applied in one transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockCommit {
@@ -110,18 +122,8 @@ pub trait MetaStore: Send + Sync + 'static {
     /// in the same transaction instead of becoming an orphan (one durable commit, not two).
     fn unlink(&self, parent: Ino, name: &[u8], closed: Option<Ino>) -> MetaResult<Unlinked>;
     fn rmdir(&self, parent: Ino, name: &[u8]) -> MetaResult<()>;
-    /// Returns what a replacing rename unlinked, if anything. `closed` is as for `unlink`, for
-    /// the inode the destination name points to.
-    #[allow(clippy::too_many_arguments)]
-    fn rename(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        new_parent: Ino,
-        new_name: &[u8],
-        mode: RenameMode,
-        closed: Option<Ino>,
-    ) -> MetaResult<Option<Unlinked>>;
+    /// Returns what a replacing rename unlinked, if anything.
+    fn rename(&self, rename: &Rename) -> MetaResult<Option<Unlinked>>;
     /// Up to `limit` entries whose cookie is greater than `after`, in cookie order.
     fn readdir(&self, dir: Ino, after: u64, limit: usize) -> MetaResult<Vec<DirEntry>>;
     fn readlink(&self, ino: Ino) -> MetaResult<Vec<u8>>;

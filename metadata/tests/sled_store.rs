@@ -1,8 +1,8 @@
 //! The embedded engine's namespace rules, durability of the format and refusal of bad stores.
 
 use elasticfs_metadata::{
-    ClientInfo, FileKind, LockKind, LockRequest, MetaError, MetaStore, NewNode, RenameMode, SledStore,
-    Superblock, XattrMode, FORMAT_VERSION, ROOT_INO,
+    ClientInfo, FileKind, LockKind, LockRequest, MetaError, MetaResult, MetaStore, NewNode, Rename,
+    RenameMode, SledStore, Superblock, Unlinked, XattrMode, FORMAT_VERSION, ROOT_INO,
 };
 
 fn store() -> (tempfile::TempDir, SledStore) {
@@ -16,6 +16,18 @@ fn mkdir(s: &SledStore, parent: u64, name: &str) -> u64 {
     s.create(&NewNode::new(parent, name.as_bytes(), FileKind::Dir, 0o755)).unwrap().ino
 }
 
+fn rename(
+    s: &SledStore,
+    parent: u64,
+    name: &[u8],
+    new_parent: u64,
+    new_name: &[u8],
+    mode: RenameMode,
+) -> MetaResult<Option<Unlinked>> {
+    let (name, new_name) = (name.to_vec(), new_name.to_vec());
+    s.rename(&Rename { parent, name, new_parent, new_name, mode, closed: None })
+}
+
 fn mkfile(s: &SledStore, parent: u64, name: &str) -> u64 {
     s.create(&NewNode::new(parent, name.as_bytes(), FileKind::File, 0o644)).unwrap().ino
 }
@@ -27,11 +39,11 @@ fn rename_refuses_cycles_and_keeps_link_counts() {
     let b = mkdir(&s, a, "b");
     let c = mkdir(&s, b, "c");
     assert_eq!(
-        s.rename(ROOT_INO, b"a", c, b"a", RenameMode::Replace, None),
+        rename(&s, ROOT_INO, b"a", c, b"a", RenameMode::Replace),
         Err(MetaError::Invalid("cannot move a directory into itself".into()))
     );
-    assert!(matches!(s.rename(a, b"b", b, b"x", RenameMode::Replace, None), Err(MetaError::Invalid(_))));
-    s.rename(b, b"c", ROOT_INO, b"c", RenameMode::Replace, None).unwrap();
+    assert!(matches!(rename(&s, a, b"b", b, b"x", RenameMode::Replace), Err(MetaError::Invalid(_))));
+    rename(&s, b, b"c", ROOT_INO, b"c", RenameMode::Replace).unwrap();
     assert_eq!(s.getattr(ROOT_INO).unwrap().nlink, 4); // ., a, c and its own ..
     assert_eq!(s.getattr(b).unwrap().nlink, 2);
     assert_eq!(s.lookup(c, b"..").unwrap().ino, ROOT_INO);
@@ -43,13 +55,13 @@ fn rename_replace_noreplace_and_exchange() {
     let f = mkfile(&s, ROOT_INO, "f");
     let g = mkfile(&s, ROOT_INO, "g");
     let d = mkdir(&s, ROOT_INO, "d");
-    assert_eq!(s.rename(ROOT_INO, b"f", ROOT_INO, b"g", RenameMode::NoReplace, None), Err(MetaError::Exists));
-    assert_eq!(s.rename(ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Replace, None), Err(MetaError::IsDir));
-    assert_eq!(s.rename(ROOT_INO, b"d", ROOT_INO, b"f", RenameMode::Replace, None), Err(MetaError::NotDir));
-    s.rename(ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Exchange, None).unwrap();
+    assert_eq!(rename(&s, ROOT_INO, b"f", ROOT_INO, b"g", RenameMode::NoReplace), Err(MetaError::Exists));
+    assert_eq!(rename(&s, ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Replace), Err(MetaError::IsDir));
+    assert_eq!(rename(&s, ROOT_INO, b"d", ROOT_INO, b"f", RenameMode::Replace), Err(MetaError::NotDir));
+    rename(&s, ROOT_INO, b"f", ROOT_INO, b"d", RenameMode::Exchange).unwrap();
     assert_eq!(s.lookup(ROOT_INO, b"d").unwrap().ino, f);
     assert_eq!(s.lookup(ROOT_INO, b"f").unwrap().ino, d);
-    let replaced = s.rename(ROOT_INO, b"d", ROOT_INO, b"g", RenameMode::Replace, None).unwrap().unwrap();
+    let replaced = rename(&s, ROOT_INO, b"d", ROOT_INO, b"g", RenameMode::Replace).unwrap().unwrap();
     assert_eq!(replaced.attr.ino, g);
     assert!(replaced.orphaned);
     assert_eq!(s.orphans().unwrap(), vec![g]);

@@ -8,20 +8,15 @@ use elasticfs_core::open_object_store;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::options::human_bytes;
-use crate::status::{elasticfs_runtime, held_by_mount};
-use crate::volume::{self, MetaAccess, Role};
+use crate::status::{elasticfs_runtime, open_unmounted};
+use crate::volume::MetaAccess;
 
 pub fn gc(access: &MetaAccess, dry_run: bool, grace: Duration) -> Result<()> {
-    let meta = match volume::open_meta(access, Role::Tool) {
-        Ok(meta) => meta,
-        Err(e) if held_by_mount(&access.url) => {
-            return Err(e.context(
-                "elasticfs gc needs the metadata store to itself; a mount of an embedded store collects \
-                 its own garbage (every hour; -o gc-interval=, gc-grace=): unmount it to collect now",
-            ))
-        }
-        Err(e) => return Err(e),
-    };
+    let meta = open_unmounted(
+        access,
+        "elasticfs gc needs the metadata store to itself; a mount of an embedded store collects \
+         its own garbage (every hour; -o gc-interval=, gc-grace=): unmount it to collect now",
+    )?;
     let store = open_object_store(&meta.superblock().storage)?;
     let runtime = elasticfs_runtime()?;
     let bar = ProgressBar::new(0);

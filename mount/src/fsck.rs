@@ -8,17 +8,11 @@ use elasticfs_core::connect_chunk_store;
 use elasticfs_core::metadata::audit::Audit;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::status::{elasticfs_runtime, held_by_mount};
-use crate::volume::{self, MetaAccess, Role};
+use crate::status::{elasticfs_runtime, open_unmounted};
+use crate::volume::MetaAccess;
 
 pub fn fsck(access: &MetaAccess, verify_data: bool) -> Result<()> {
-    let meta = match volume::open_meta(access, Role::Tool) {
-        Ok(meta) => meta,
-        Err(e) if held_by_mount(&access.url) => {
-            return Err(e.context("elasticfs fsck needs the embedded store to itself: unmount it first"))
-        }
-        Err(e) => return Err(e),
-    };
+    let meta = open_unmounted(access, "elasticfs fsck needs the embedded store to itself: unmount it first")?;
     let spinner = ProgressBar::new_spinner().with_message("auditing the metadata (changes wait meanwhile)");
     spinner.enable_steady_tick(std::time::Duration::from_millis(100));
     let audit = meta.audit();

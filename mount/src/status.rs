@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use elasticfs_core::metadata::throughput::ThroughputStatus;
-use elasticfs_core::metadata::{SessionRecord, Superblock, Usage, FORMAT_VERSION};
+use elasticfs_core::metadata::{MetaStore, SessionRecord, Superblock, Usage, FORMAT_VERSION};
 use elasticfs_core::metrics::ClientTotals;
 use elasticfs_core::FileSystem;
 use serde_json::json;
@@ -28,8 +28,15 @@ fn status_file(meta_url: &str) -> Result<Option<PathBuf>> {
 }
 
 /// Whether a running mount holds the embedded store at `meta_url` (it publishes its status).
-pub(crate) fn held_by_mount(meta_url: &str) -> bool {
+fn held_by_mount(meta_url: &str) -> bool {
     status_file(meta_url).ok().flatten().is_some_and(|f| f.exists())
+}
+
+/// Opens the store for a tool that needs it to itself (`gc`, `fsck`); when a running mount
+/// holds an embedded store, the error says so with `fix`.
+pub(crate) fn open_unmounted(access: &MetaAccess, fix: &'static str) -> Result<Arc<dyn MetaStore>> {
+    volume::open_meta(access, Role::Tool)
+        .map_err(|e| if held_by_mount(&access.url) { e.context(fix) } else { e })
 }
 
 fn report(

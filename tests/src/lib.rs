@@ -88,17 +88,21 @@ pub fn fuse_available() -> bool {
     ok
 }
 
-/// Runs `elasticfs ARGS`, panicking with its output if it fails.
-pub fn elasticfs(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out =
-        Command::new(elasticfs_bin()).args(args).envs(env.iter().copied()).output().expect("run elasticfs");
+/// Runs `command` and returns its output, panicking with the output if it fails.
+pub fn run_ok(command: &mut Command) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
     assert!(
         out.status.success(),
-        "elasticfs {args:?} failed: {}{}",
+        "{command:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `elasticfs ARGS`, panicking with its output if it fails.
+pub fn elasticfs(args: &[&str], env: &[(&str, &str)]) -> String {
+    run_ok(Command::new(elasticfs_bin()).args(args).envs(env.iter().copied()))
 }
 
 /// Runs `elasticfs ARGS` expecting failure; returns its error output.

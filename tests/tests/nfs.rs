@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::Command;
 
 use elasticfs_tests::nfs::*;
-use elasticfs_tests::{free_port, fuse_available, pattern, scrape, MetaService, S3Server, Volume};
+use elasticfs_tests::{free_port, fuse_available, pattern, run_ok, scrape, MetaService, S3Server, Volume};
 use nfs3_client::nfs3_types::mount::mountstat3;
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::rpc::{auth_stat, opaque_auth};
@@ -448,16 +448,7 @@ fn libnfs_utils_copy_a_large_file_in_and_out() {
         out.write_all(&piece).unwrap();
     }
     drop(out);
-    let run = |args: &[&str]| {
-        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |args: &[&str]| run_ok(Command::new(args[0]).args(&args[1..]));
     run(&["nfs-cp", source.to_str().unwrap(), &gw.url("/big")]);
     let listing = run(&["nfs-ls", &gw.url("")]);
     assert!(listing.contains(&SIZE.to_string()) && listing.contains("big"), "{listing}");

@@ -26,7 +26,7 @@ use crate::audit::Audit;
 use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::{ClientInfo, SessionId, SessionRecord};
-use crate::store::{BlockCommit, ChunkProtection, MetaStore, NewNode, RenameMode, Unlinked, XattrMode};
+use crate::store::{BlockCommit, ChunkProtection, MetaStore, NewNode, Rename, Unlinked, XattrMode};
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{Attr, BlockRef, ChunkHash, DirEntry, Ino, SetAttr, Superblock, Timestamp, Usage};
 
@@ -447,23 +447,8 @@ impl MetaStore for RemoteStore {
         self.call(&Request::Rmdir(parent, name.to_vec()))
     }
 
-    fn rename(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        new_parent: Ino,
-        new_name: &[u8],
-        mode: RenameMode,
-        closed: Option<Ino>,
-    ) -> MetaResult<Option<Unlinked>> {
-        self.call(&Request::Rename(wire::Rename {
-            parent,
-            name: name.to_vec(),
-            new_parent,
-            new_name: new_name.to_vec(),
-            mode,
-            closed,
-        }))
+    fn rename(&self, rename: &Rename) -> MetaResult<Option<Unlinked>> {
+        self.call(&Request::Rename(rename.clone()))
     }
 
     fn readdir(&self, dir: Ino, after: u64, limit: usize) -> MetaResult<Vec<DirEntry>> {

@@ -289,9 +289,7 @@ impl MetaServer {
             Request::Link(ino, parent, name) => encode(store.link(ino, parent, &name)),
             Request::Unlink(parent, name, closed) => encode(store.unlink(parent, &name, closed)),
             Request::Rmdir(parent, name) => encode(store.rmdir(parent, &name)),
-            Request::Rename(r) => {
-                encode(store.rename(r.parent, &r.name, r.new_parent, &r.new_name, r.mode, r.closed))
-            }
+            Request::Rename(r) => encode(store.rename(&r)),
             Request::Readdir(dir, after, limit) => encode(store.readdir(dir, after, limit as usize)),
             Request::Readlink(ino) => encode(store.readlink(ino)),
             Request::SetAttr(ino, changes) => encode(store.setattr(ino, &changes)),

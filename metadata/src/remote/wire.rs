@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::locks::LockRequest;
 use crate::session::{ClientInfo, SessionId};
-use crate::store::{BlockCommit, NewNode, RenameMode, XattrMode};
+use crate::store::{BlockCommit, NewNode, Rename, XattrMode};
 use crate::throughput::{LeaseRequest, ThroughputSettings};
 use crate::types::{ChunkHash, Ino, SetAttr, Superblock, Timestamp};
 
@@ -122,16 +122,6 @@ impl Request {
                 | Request::Throughput
         )
     }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Rename {
-    pub parent: Ino,
-    pub name: Vec<u8>,
-    pub new_parent: Ino,
-    pub new_name: Vec<u8>,
-    pub mode: RenameMode,
-    pub closed: Option<Ino>,
 }
 
 /// Why a frame could not be read.

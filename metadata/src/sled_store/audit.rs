@@ -44,10 +44,19 @@ impl SledStore {
                 .insert(attr.ino, Seen { attr, names: 0, subdirs: 0, entries: 0, named_in: None, stored: 0 });
         }
 
+        // The listing index, to match against the entries (two scans, no point reads).
+        let mut cookies: HashMap<(Ino, u64), sled::IVec> = HashMap::new();
+        for item in t.cookies.iter() {
+            let (key, name) = item?;
+            cookies.insert((schema::decode_ino_key(&key[..8])?, schema::split_pair_key(&key)), name);
+        }
         for item in t.dentries.iter() {
             let (key, value) = item?;
             let (parent, name) = (schema::decode_ino_key(&key[..8])?, &key[8..]);
             let entry = Dentry::decode(&value)?;
+            if cookies.remove(&(parent, entry.cookie)).as_deref() != Some(name) {
+                audit.add(Finding::ListingIndex { parent, cookie: entry.cookie, name: name.to_vec() });
+            }
             let parent_is_dir = inodes.get(&parent).is_some_and(|p| p.attr.kind == FileKind::Dir);
             let Some(child) = inodes.get_mut(&entry.ino).filter(|_| parent_is_dir) else {
                 audit.add(Finding::DanglingEntry { parent, name: name.to_vec(), ino: entry.ino });
@@ -63,19 +72,12 @@ impl SledStore {
             if child_is_dir {
                 dir.subdirs += 1;
             }
-            let indexed = t.cookies.get(schema::pair_key(parent, entry.cookie))?;
-            if indexed.as_deref() != Some(name) {
-                audit.add(Finding::ListingIndex { parent, cookie: entry.cookie, name: name.to_vec() });
-            }
         }
-        // Cookies whose entry is gone (the other direction was checked above).
-        for item in t.cookies.iter() {
-            let (key, name) = item?;
-            let (parent, cookie) = (schema::decode_ino_key(&key[..8])?, schema::split_pair_key(&key));
-            let entry = t.dentries.get(schema::ino_prefixed(parent, &name))?;
-            if entry.map(|v| Dentry::decode(&v)).transpose()?.is_none_or(|e| e.cookie != cookie) {
-                audit.add(Finding::ListingIndex { parent, cookie, name: name.to_vec() });
-            }
+        // Cookies no entry claims.
+        let mut unclaimed: Vec<_> = cookies.into_iter().collect();
+        unclaimed.sort();
+        for ((parent, cookie), name) in unclaimed {
+            audit.add(Finding::ListingIndex { parent, cookie, name: name.to_vec() });
         }
 
         let block_size = self.shared.superblock.block_size as u64;

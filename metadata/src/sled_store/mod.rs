@@ -20,7 +20,9 @@ use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::schema::{self, Dentry};
 use crate::session::{SessionId, SessionRecord};
-use crate::store::{BlockCommit, ChunkProtection, MetaStore, NewNode, RenameMode, Unlinked, XattrMode};
+use crate::store::{
+    BlockCommit, ChunkProtection, MetaStore, NewNode, Rename, RenameMode, Unlinked, XattrMode,
+};
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{
     Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
@@ -482,19 +484,11 @@ impl MetaStore for SledStore {
         self.drop_xattrs(removed)
     }
 
-    #[instrument(level = "debug", skip(self, name, new_name))]
-    fn rename(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        new_parent: Ino,
-        new_name: &[u8],
-        mode: RenameMode,
-        closed: Option<Ino>,
-    ) -> MetaResult<Option<Unlinked>> {
-        check_name(name)?;
-        check_name(new_name)?;
-        let outcome = self.mutate(|t| rename_in(t, parent, name, new_parent, new_name, mode, closed))?;
+    #[instrument(level = "debug", skip_all, fields(parent = rename.parent, new_parent = rename.new_parent))]
+    fn rename(&self, rename: &Rename) -> MetaResult<Option<Unlinked>> {
+        check_name(&rename.name)?;
+        check_name(&rename.new_name)?;
+        let outcome = self.mutate(|t| rename_in(t, rename))?;
         if let Some(RenameOutcome { removed_dir: Some(ino), .. }) = outcome {
             self.drop_xattrs(ino)?;
         }
@@ -764,15 +758,9 @@ struct RenameOutcome {
 }
 
 /// The body of `rename`, in one transaction. Returns `None` when it had nothing to do.
-fn rename_in(
-    t: &Txn,
-    parent: Ino,
-    name: &[u8],
-    new_parent: Ino,
-    new_name: &[u8],
-    mode: RenameMode,
-    closed: Option<Ino>,
-) -> TxResult<Option<RenameOutcome>> {
+fn rename_in(t: &Txn, rename: &Rename) -> TxResult<Option<RenameOutcome>> {
+    let Rename { parent, ref name, new_parent, ref new_name, mode, closed } = *rename;
+    let (name, new_name) = (name.as_slice(), new_name.as_slice());
     t.dir(parent)?;
     let Some(src) = t.dentry(parent, name)? else {
         return fail(MetaError::NotFound);
