@@ -23,6 +23,7 @@ use crate::error::{errno, FsError, FsResult};
 use crate::locks::LockTable;
 use crate::metrics::{EngineMetrics, Op};
 use crate::open_file::{Dirty, FileState, OpenFile, Readahead};
+use crate::read_data::ReadData;
 use crate::throttle::Throttle;
 
 /// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
@@ -601,7 +602,7 @@ impl FileSystem {
     // ----- data -------------------------------------------------------------------------------
 
     #[instrument(level = "debug", skip(self))]
-    pub fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+    pub fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<ReadData> {
         self.run(Op::Read, || {
             let handle = self.handle(fh)?;
             let file = &handle.file;
@@ -615,7 +616,7 @@ impl FileSystem {
                 let st = file.state.lock().unwrap();
                 let end = st.size.min(offset.saturating_add(len as u64));
                 if offset >= end {
-                    return Ok(Vec::new());
+                    return Ok(ReadData::default());
                 }
                 let (first, last) = (offset / bs, (end - 1) / bs);
                 let mut committed: HashMap<u64, BlockRef> = HashMap::new();
@@ -671,11 +672,14 @@ impl FileSystem {
                 }
             })))?;
             // Whatever a piece does not cover (holes, the end of a short block) reads as zeros.
-            let mut out = vec![0u8; (end - offset) as usize];
+            let mut out = ReadData::default();
+            let mut at_end = offset;
             for (at, data) in pieces {
-                let dst = (at - offset) as usize;
-                out[dst..dst + data.len()].copy_from_slice(&data);
+                out.push_zeros((at - at_end) as usize);
+                at_end = at + data.len() as u64;
+                out.push(data);
             }
+            out.push_zeros((end - at_end) as usize);
             self.metrics().read(out.len() as u64);
             Ok(out)
         })

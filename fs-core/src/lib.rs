@@ -11,6 +11,7 @@ pub mod gc;
 mod locks;
 pub mod metrics;
 mod open_file;
+mod read_data;
 mod segments;
 mod storage;
 mod throttle;
@@ -21,6 +22,7 @@ pub use chunk_store::{chunk_path, hash_of, segments_path, ChunkStore};
 pub use disk_cache::DiskCache;
 pub use error::{errno, FsError, FsResult};
 pub use filesystem::{Caller, FileSystem, FsConfig, SetAttrRequest};
+pub use read_data::ReadData;
 pub use storage::{connect_chunk_store, open_object_store};
 pub use throttle::Throttle;
 

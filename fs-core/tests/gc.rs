@@ -57,7 +57,7 @@ impl Setup {
     fn read(&self, name: &str) -> Vec<u8> {
         let attr = self.fs.lookup(ROOT_INO, name.as_bytes()).unwrap();
         let fh = self.fs.open(attr.ino, false).unwrap();
-        let data = self.fs.read(fh, 0, attr.size as u32).unwrap();
+        let data = self.fs.read(fh, 0, attr.size as u32).unwrap().into_vec();
         self.fs.release(fh).unwrap();
         data
     }

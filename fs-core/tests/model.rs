@@ -85,7 +85,7 @@ impl Harness {
                 self.model[file].resize(size as usize, 0);
             }
             Op::Read { file, offset, len } => {
-                let got = self.fs.read(self.handles[file], offset, len).unwrap();
+                let got = self.fs.read(self.handles[file], offset, len).unwrap().into_vec();
                 let m = &self.model[file];
                 let from = (offset as usize).min(m.len());
                 let to = (offset as usize + len as usize).min(m.len());
@@ -121,7 +121,7 @@ impl Harness {
         for (file, expected) in self.model.iter().enumerate() {
             let ino = self.ino(file);
             let fh = self.fs.open(ino, false).unwrap();
-            assert_eq!(&self.fs.read(fh, 0, expected.len() as u32 + 10).unwrap(), expected);
+            assert_eq!(&self.fs.read(fh, 0, expected.len() as u32 + 10).unwrap().into_vec(), expected);
             stored += self.fs.getattr(ino).unwrap().stored;
             self.fs.release(fh).unwrap();
         }

@@ -38,7 +38,7 @@ fn a_corrupted_chunk_is_an_io_error_not_wrong_data() {
     let data = vec![7u8; 100_000];
     let (ino, hash) = write_file(&fs, &data);
     let fh = fs.open(ino, false).unwrap();
-    assert_eq!(fs.read(fh, 0, 100_000).unwrap(), data);
+    assert_eq!(fs.read(fh, 0, 100_000).unwrap().into_vec(), data);
 
     fs.block_on(store.put(&chunk_path(&hash), PutPayload::from_static(b"garbage"))).unwrap();
     let err = fs.read(fh, 0, 10).unwrap_err();
@@ -55,7 +55,7 @@ fn random_reads_fetch_verified_segments_and_refuse_a_corrupt_one() {
     // Reads that jump around (the first one already does) take the ranged path; some cross
     // segment boundaries, one runs past the end of the file.
     let check = |fh: u64, at: usize, len: usize| {
-        let got = fs.read(fh, at as u64, len as u32).unwrap();
+        let got = fs.read(fh, at as u64, len as u32).unwrap().into_vec();
         assert_eq!(got, data[at..(at + len).min(data.len())], "read of {len} at {at}");
     };
     let fh = fs.open(ino, false).unwrap();
@@ -81,5 +81,5 @@ fn random_reads_fetch_verified_segments_and_refuse_a_corrupt_one() {
     let err = fresh.read(fh3, 5 * 65_536 + 10, 4096).unwrap_err();
     assert_eq!(err.errno, elasticfs_core::errno::EIO);
     assert!(err.message.contains("segment 5"), "{err}");
-    assert_eq!(fresh.read(fh3, 65_536 * 2, 4096).unwrap(), data[65_536 * 2..65_536 * 2 + 4096]);
+    assert_eq!(fresh.read(fh3, 65_536 * 2, 4096).unwrap().into_vec(), data[65_536 * 2..65_536 * 2 + 4096]);
 }

@@ -327,7 +327,7 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let _s = info_span!("read", ino = ino.0, offset, size).entered();
         match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(&data.contiguous()),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use elasticfs_core::{FileSystem, FsResult};
 use nfs3_types::nfs3::writeverf3;
 use nfs3_types::rpc::{accept_stat_data, auth_stat};
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info_span, warn};
@@ -38,6 +37,8 @@ const VERSION_3: u32 = 3;
 
 /// Calls of one connection served at once.
 const IN_FLIGHT_PER_CONNECTION: usize = 32;
+/// Replies gathered into one write at most.
+const REPLIES_PER_WRITE: usize = 64;
 /// A file's handle is closed (and its writes committed) after this long without a call.
 const IDLE_CLOSE: Duration = Duration::from_secs(5);
 
@@ -103,28 +104,24 @@ impl Gateway {
         if !allowed {
             warn!(%peer, "refusing a client outside --allow");
         }
-        let (mut reader, writer) = stream.into_split();
-        let (replies, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (mut reader, mut writer) = stream.into_split();
+        let (replies, mut outgoing) = mpsc::unbounded_channel::<rpc::Record>();
         let writing = tokio::spawn(async move {
-            let mut writer = BufWriter::new(writer);
-            while let Some(reply) = outgoing.recv().await {
-                if writer.write_all(&reply).await.is_err() {
+            let mut ready = Vec::new();
+            // Whatever replies are ready go out together, in one writev where they fit.
+            while outgoing.recv_many(&mut ready, REPLIES_PER_WRITE).await > 0 {
+                if rpc::send(&mut writer, &ready).await.is_err() {
                     return;
                 }
-                while let Ok(reply) = outgoing.try_recv() {
-                    if writer.write_all(&reply).await.is_err() {
-                        return;
-                    }
-                }
-                if writer.flush().await.is_err() {
-                    return;
-                }
+                ready.clear();
             }
         });
         let slots = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
+        let buffers = Arc::new(rpc::RecordBuffers::default());
         loop {
-            let record = match rpc::read_record(&mut reader).await {
-                Ok(record) => record,
+            let mut record = buffers.take();
+            match rpc::read_record(&mut reader, &mut record).await {
+                Ok(()) => {}
                 Err(rpc::RecordError::Closed) => break,
                 Err(e) => {
                     warn!(%peer, "dropping the connection: {e}");
@@ -134,6 +131,7 @@ impl Gateway {
             let call = match rpc::decode_call(&record) {
                 Ok(call) => call,
                 Err(rpc::BadCall::Reply(reply)) => {
+                    buffers.give(record);
                     let _ = replies.send(reply);
                     continue;
                 }
@@ -143,9 +141,10 @@ impl Gateway {
                 }
             };
             let permit = slots.clone().acquire_owned().await.expect("never closed");
-            let (gateway, replies) = (self.clone(), replies.clone());
+            let (gateway, replies, buffers) = (self.clone(), replies.clone(), buffers.clone());
             tokio::task::spawn_blocking(move || {
                 let reply = gateway.answer(&call, &record[call.args_at..], allowed);
+                buffers.give(record);
                 let _ = replies.send(reply);
                 drop(permit);
             });
@@ -155,7 +154,7 @@ impl Gateway {
     }
 
     /// The reply to one call.
-    fn answer(&self, call: &rpc::Call, mut args: &[u8], allowed: bool) -> Vec<u8> {
+    fn answer(&self, call: &rpc::Call, mut args: &[u8], allowed: bool) -> rpc::Record {
         let _span = info_span!("nfs", prog = call.prog, proc = call.proc, xid = call.xid).entered();
         let who = self.export.identity(call.auth.as_ref());
         let reply = match (call.prog, call.vers) {

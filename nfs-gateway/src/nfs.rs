@@ -1,13 +1,15 @@
 //! The NFSv3 procedures (RFC 1813) over the engine, with permission checks against the
 //! caller's (squashed) identity.
 
+use bytes::Bytes;
 use elasticfs_core::metadata::{Attr, FileKind, Ino, RenameMode, Timestamp};
-use elasticfs_core::{errno, FsError, Identity, SetAttrRequest, MAY_EXEC, MAY_READ, MAY_WRITE};
+use elasticfs_core::{errno, FsError, Identity, ReadData, SetAttrRequest, MAY_EXEC, MAY_READ, MAY_WRITE};
 use nfs3_types::nfs3::*;
 use nfs3_types::xdr_codec::{List, Opaque, Pack, Void};
 
 use crate::attrs::{fattr, join_rdev, post_op, requested_mode, set_request, status, time, wcc};
 use crate::handle::BadHandle;
+use crate::rpc::Record;
 use crate::Gateway;
 
 /// Largest READ and WRITE (FSINFO's rtmax and wtmax).
@@ -22,15 +24,54 @@ type Nfs<T> = Result<T, nfsstat3>;
 
 /// Each procedure's result, packed after room for the RPC reply header (see `rpc::success`).
 pub enum Reply {
-    Packed(Vec<u8>),
+    Packed(Record),
     /// The procedure number is not NFSv3's.
     NoSuchProcedure,
 }
 
 pub(crate) fn packed(result: impl Pack) -> Reply {
+    Reply::Packed(pack(result))
+}
+
+fn pack(result: impl Pack) -> Record {
     let mut out = crate::rpc::result_buffer(result.packed_size());
     result.pack(&mut out).expect("packing into a Vec cannot fail");
-    Reply::Packed(out)
+    out.into()
+}
+
+/// A successful READ, whose data follows its packed result as the engine's pieces.
+fn packed_read(result: READ3resok<'_>, data: ReadData) -> Reply {
+    debug_assert!(result.data.is_empty(), "the data goes after the packed result");
+    let mut record = pack(READ3res::Ok(result));
+    // The result ends with the (empty) data's length word: set it to the real length, and
+    // pad the data to four bytes as XDR asks.
+    let len = data.len();
+    let at = record.packed.len() - 4;
+    record.packed[at..].copy_from_slice(&(len as u32).to_be_bytes());
+    record.data = data.into_pieces();
+    let padding = len.next_multiple_of(4) - len;
+    if padding > 0 {
+        record.data.push(Bytes::from_static(&[0; 3][..padding]));
+    }
+    Reply::Packed(record)
+}
+
+/// WRITE's arguments with the data borrowed from the record: the library's decoder would copy
+/// it (up to a megabyte) into a fresh buffer for every WRITE.
+fn unpack_write<'a>(args: &mut &'a [u8]) -> Option<WRITE3args<'a>> {
+    use nfs3_types::xdr_codec::Unpack;
+    let (file, _) = nfs_fh3::unpack(args).ok()?;
+    let (offset, _) = u64::unpack(args).ok()?;
+    let (count, _) = u32::unpack(args).ok()?;
+    let (stable, _) = stable_how::unpack(args).ok()?;
+    let (len, _) = u32::unpack(args).ok()?;
+    let (len, padded) = (len as usize, (len as usize).next_multiple_of(4));
+    let rest: &'a [u8] = args;
+    if rest.len() < padded {
+        return None;
+    }
+    *args = &rest[padded..];
+    Some(WRITE3args { file, offset, count, stable, data: Opaque::borrowed(&rest[..len]) })
 }
 
 fn fail<T, E: Default>(status: nfsstat3) -> Nfs3Result<T, E> {
@@ -90,8 +131,8 @@ impl Gateway {
             3 => call!(LOOKUP3args, |a| self.lookup(a, who)),
             4 => call!(ACCESS3args, |a| self.access(a, who)),
             5 => call!(READLINK3args, |a: READLINK3args| self.readlink(a)),
-            6 => call!(READ3args, |a| self.read(a, who)),
-            7 => call!(WRITE3args, |a| self.write(a, who)),
+            6 => self.read(READ3args::unpack(args).ok()?.0, who),
+            7 => packed(self.write(unpack_write(args)?, who)),
             8 => call!(CREATE3args, |a| self.create(a, who)),
             9 => call!(MKDIR3args, |a| self.mkdir(a, who)),
             10 => call!(SYMLINK3args, |a| self.symlink(a, who)),
@@ -543,21 +584,25 @@ impl Gateway {
         Ok(attr)
     }
 
-    fn read(&self, a: READ3args, who: &Identity) -> READ3res<'static> {
-        let run = || -> Nfs<READ3resok<'static>> {
+    fn read(&self, a: READ3args, who: &Identity) -> Reply {
+        let run = || -> Nfs<(READ3resok<'static>, ReadData)> {
             let attr = self.data_file(&a.file, who, MAY_READ)?;
             let handle = self.open.get(attr.ino).map_err(fs_err)?;
             // What others committed since this gateway opened the file (close-to-open).
             self.fs.revalidate(handle.fh, &attr).map_err(fs_err)?;
             let data = self.fs.read(handle.fh, a.offset, a.count.min(MAX_IO)).map_err(fs_err)?;
-            Ok(READ3resok {
+            let result = READ3resok {
                 file_attributes: post_op(Some(&attr), self.handles.volume),
                 count: data.len() as u32,
                 eof: a.offset.saturating_add(data.len() as u64) >= attr.size,
-                data: Opaque::owned(data),
-            })
+                data: Opaque::borrowed(&[]),
+            };
+            Ok((result, data))
         };
-        result(run())
+        match run() {
+            Ok((result, data)) => packed_read(result, data),
+            Err(status) => packed(fail::<READ3resok, READ3resfail>(status)),
+        }
     }
 
     fn write(&self, a: WRITE3args, who: &Identity) -> WRITE3res {
@@ -699,5 +744,37 @@ impl Gateway {
             Ok(reply)
         };
         result(run())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_arguments_decode_as_the_library_packs_them_without_copying_the_data() {
+        let args = WRITE3args {
+            file: nfs_fh3 { data: Opaque::borrowed(b"handle") },
+            offset: 1 << 40,
+            count: 5,
+            stable: stable_how::FILE_SYNC,
+            data: Opaque::borrowed(b"hello"),
+        };
+        let mut record = Vec::new();
+        args.pack(&mut record).unwrap();
+        record.extend_from_slice(b"next");
+        let mut rest = record.as_slice();
+        let got = unpack_write(&mut rest).unwrap();
+        assert_eq!(got.file.data.as_ref(), b"handle");
+        assert_eq!((got.offset, got.count, got.stable), (1 << 40, 5, stable_how::FILE_SYNC));
+        assert_eq!(got.data.as_ref(), b"hello");
+        assert!(
+            std::ptr::eq(got.data.as_ref().as_ptr(), record[record.len() - 12..].as_ptr()),
+            "data copied"
+        );
+        assert_eq!(rest, b"next", "the padding is consumed");
+        for cut in 0..record.len() - 4 {
+            assert!(unpack_write(&mut &record[..cut]).is_none(), "a record cut at {cut} decoded");
+        }
     }
 }

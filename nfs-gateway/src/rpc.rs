@@ -1,13 +1,16 @@
 //! ONC RPC over TCP (RFC 5531): record marking, call headers, AUTH_SYS credentials, replies.
 
-use std::io::{self, Cursor, Read};
+use std::io::{self, Cursor, IoSlice, Read};
+use std::sync::Mutex;
+
+use bytes::Bytes;
 
 use nfs3_types::rpc::{
     accept_stat_data, accepted_reply, auth_flavor, auth_stat, fragment_header, msg_body, opaque_auth,
     rejected_reply, reply_body, rpc_msg, RPC_VERSION_2,
 };
 use nfs3_types::xdr_codec::{Pack, Unpack};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest record accepted: a 1 MiB WRITE (our wtmax) and its headers, with room to spare.
 pub const MAX_RECORD: usize = 2 << 20;
@@ -28,9 +31,13 @@ pub enum RecordError {
     Io(#[from] io::Error),
 }
 
-/// Reads one record (all its fragments).
-pub async fn read_record<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, RecordError> {
-    let mut record = Vec::new();
+/// Reads one record (all its fragments) into `record`, which is cleared first. Bytes are read
+/// straight into the vector's spare capacity, so that a reused buffer is not zeroed again.
+pub async fn read_record<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    record: &mut Vec<u8>,
+) -> Result<(), RecordError> {
+    record.clear();
     loop {
         let mut header = [0u8; 4];
         match reader.read_exact(&mut header).await {
@@ -44,11 +51,40 @@ pub async fn read_record<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>
         if record.len() + len > MAX_RECORD {
             return Err(RecordError::TooLarge);
         }
-        let start = record.len();
-        record.resize(start + len, 0);
-        reader.read_exact(&mut record[start..]).await?;
+        record.reserve(len);
+        let mut fragment = (&mut *reader).take(len as u64);
+        while fragment.limit() > 0 {
+            if fragment.read_buf(record).await? == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+        }
         if header.eof() {
-            return Ok(record);
+            return Ok(());
+        }
+    }
+}
+
+/// Record buffers of one connection, kept for its next records once a call is answered: the
+/// allocator maps each large buffer on its own (see `bound_allocator_memory` in the binary),
+/// so a fresh megabyte for every WRITE would be mapped, faulted in page by page and unmapped
+/// again each time.
+#[derive(Default)]
+pub struct RecordBuffers {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers a connection keeps (a WRITE's is a little over 1 MiB).
+const KEPT_BUFFERS: usize = 4;
+
+impl RecordBuffers {
+    pub fn take(&self) -> Vec<u8> {
+        self.free.lock().unwrap().pop().unwrap_or_default()
+    }
+
+    pub fn give(&self, buffer: Vec<u8>) {
+        let mut free = self.free.lock().unwrap();
+        if free.len() < KEPT_BUFFERS {
+            free.push(buffer);
         }
     }
 }
@@ -78,7 +114,7 @@ pub enum BadCall {
     /// Not even an RPC header: drop the connection.
     Garbage,
     /// A reply to send instead of calling anything.
-    Reply(Vec<u8>),
+    Reply(Record),
 }
 
 pub fn decode_call(record: &[u8]) -> Result<Call, BadCall> {
@@ -139,8 +175,49 @@ fn decode_auth_sys(body: &[u8]) -> Option<AuthSys> {
 
 /// Bytes before a successful result: the record mark, xid, REPLY, MSG_ACCEPTED, a null
 /// verifier and SUCCESS. Results are packed after this much room, and the header is filled in
-/// at the end, so that a 1 MiB READ is not copied again to prepend it.
+/// at the end, so that a result is not copied again to prepend it.
 const SUCCESS_HEADER: usize = 28;
+
+/// Slices handed to one `writev` at most (Linux's IOV_MAX is 1024).
+const MAX_SLICES: usize = 1024;
+
+/// One reply record: packed bytes, then file data sent from where it lies in the engine's
+/// cache (a READ's), so that it is never copied into the record.
+#[derive(Debug, Default)]
+pub struct Record {
+    pub packed: Vec<u8>,
+    pub data: Vec<Bytes>,
+}
+
+impl From<Vec<u8>> for Record {
+    fn from(packed: Vec<u8>) -> Self {
+        Record { packed, data: Vec::new() }
+    }
+}
+
+impl Record {
+    fn len(&self) -> usize {
+        self.packed.len() + self.data.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    fn slices(&self) -> impl Iterator<Item = IoSlice<'_>> {
+        std::iter::once(IoSlice::new(&self.packed)).chain(self.data.iter().map(|d| IoSlice::new(d)))
+    }
+}
+
+/// Writes `records` in order, gathered into as few `writev` calls as the kernel takes.
+pub async fn send<W: AsyncWrite + Unpin>(writer: &mut W, records: &[Record]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = records.iter().flat_map(Record::slices).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let batch = rest.len().min(MAX_SLICES);
+        match writer.write_vectored(&rest[..batch]).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            written => IoSlice::advance_slices(&mut rest, written),
+        }
+    }
+    Ok(())
+}
 
 /// A buffer to pack a successful result into, after room for its headers.
 pub fn result_buffer(capacity: usize) -> Vec<u8> {
@@ -150,32 +227,32 @@ pub fn result_buffer(capacity: usize) -> Vec<u8> {
 }
 
 /// The record of an accepted, successful reply, from a [`result_buffer`] with the result in it.
-pub fn success(xid: u32, mut record: Vec<u8>) -> Vec<u8> {
+pub fn success(xid: u32, mut record: Record) -> Record {
     let mark = 0x8000_0000 | (record.len() - 4) as u32;
     // REPLY, MSG_ACCEPTED, AUTH_NULL verifier of length 0, SUCCESS.
     for (i, word) in [mark, xid, 1, 0, 0, 0, 0].into_iter().enumerate() {
-        record[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+        record.packed[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
     }
     record
 }
 
 /// An accepted reply that is not a success (no such program, procedure or version; bad args).
-pub fn failure(xid: u32, stat: accept_stat_data) -> Vec<u8> {
+pub fn failure(xid: u32, stat: accept_stat_data) -> Record {
     encode(xid, reply_body::MSG_ACCEPTED(accepted_reply { verf: opaque_auth::default(), reply_data: stat }))
 }
 
 /// A call refused for its credentials.
-pub fn denied(xid: u32, why: auth_stat) -> Vec<u8> {
+pub fn denied(xid: u32, why: auth_stat) -> Record {
     encode(xid, reply_body::MSG_DENIED(rejected_reply::auth_error(why)))
 }
 
 /// A reply with no result, as one record of one fragment.
-fn encode(xid: u32, body: reply_body<'_>) -> Vec<u8> {
+fn encode(xid: u32, body: reply_body<'_>) -> Record {
     let msg = rpc_msg { xid, body: msg_body::REPLY(body) };
     let mut out = Vec::with_capacity(4 + msg.packed_size());
     out.extend_from_slice(&fragment_header::new(msg.packed_size() as u32, true).into_xdr_buf());
     msg.pack(&mut out).expect("packing into a Vec cannot fail");
-    out
+    out.into()
 }
 
 #[cfg(test)]
@@ -218,7 +295,7 @@ mod tests {
     #[test]
     fn wrong_rpc_version_gets_a_mismatch_reply() {
         match decode_call(&call_record(3, opaque_auth::default())) {
-            Err(BadCall::Reply(reply)) => assert_eq!(&reply[4..8], &7u32.to_be_bytes()),
+            Err(BadCall::Reply(reply)) => assert_eq!(&reply.packed[4..8], &7u32.to_be_bytes()),
             other => panic!("expected a reply, got {other:?}"),
         }
     }
@@ -231,6 +308,26 @@ mod tests {
         }
         let cred = opaque_auth { flavor: auth_flavor::AUTH_UNIX, body: body.into() };
         assert!(matches!(decode_call(&call_record(2, cred)), Err(BadCall::Reply(_))));
+    }
+
+    #[tokio::test]
+    async fn records_are_sent_whole_and_in_order_through_short_writes() {
+        let records = [
+            Record {
+                packed: b"head".to_vec(),
+                data: vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defg")],
+            },
+            Record::from(b"next".to_vec()),
+        ];
+        // A pipe that takes at most 3 bytes at a time, so that most writes are partial.
+        let (mut sender, mut receiver) = tokio::io::duplex(3);
+        let received = tokio::spawn(async move {
+            let mut all = Vec::new();
+            receiver.read_to_end(&mut all).await.map(|_| all)
+        });
+        send(&mut sender, &records).await.unwrap();
+        drop(sender);
+        assert_eq!(received.await.unwrap().unwrap(), b"headabcdefgnext");
     }
 
     proptest! {

@@ -76,6 +76,13 @@ async fn every_procedure_over_the_wire() {
     assert_eq!(getattr(&mut nfs, &file).await.unwrap().size, data.len() as u64 + 4);
     let after = nfs.fsstat(&FSSTAT3args { fsroot: root.clone() }).await.unwrap().unwrap();
     assert!(used(&after) >= used(&before) + data.len() as u64, "FSSTAT does not count the data");
+    // READs across the 4 MiB block boundary and through a hole: data and zeros, in order, in
+    // replies of odd lengths (the data is sent as the engine's pieces, then padded).
+    write(&mut nfs, &file, 5 << 20, b"past a hole", stable_how::FILE_SYNC).await.unwrap();
+    let mut sparse = [data.as_slice(), b"tail"].concat();
+    sparse.resize(5 << 20, 0);
+    sparse.extend_from_slice(b"past a hole");
+    assert!(read_all(&mut nfs, &file, 1_000_001).await.unwrap() == sparse, "READs through a hole differ");
 
     // SETATTR: size, mode, times; a failed guard; chown needs root.
     let mut req =
