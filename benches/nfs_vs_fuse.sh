@@ -1,55 +1,114 @@
 #!/usr/bin/env bash
-# The NFS gateway beside a FUSE mount of the same engine, in one run on this machine:
-# 1 GiB sequential write and read (dd through FUSE; nfs-cp in and nfs-cat out through the
-# gateway), READDIRPLUS of a 100,000-entry directory (nfs-ls), and small-file creates over NFS
-# (a raw-RPC client below: CREATE calls on one connection, as a client's `touch` would send).
-# Needs a release build and libnfs-utils; chunks go to a local directory, so the object store
-# is not what is measured.
-#   benches/nfs_vs_fuse.sh [WORKDIR]        (default /tmp/nfs-vs-fuse; wiped first)
+# The NFS gateway beside a FUSE mount of the same engine, on this machine: 1 GiB sequential
+# write and read (dd through FUSE; nfs-cp in and nfs-cat out through the gateway) in ROUNDS
+# rounds, each frontend on a fresh file system, alternating which goes first; then
+# READDIRPLUS of a 100,000-entry directory (nfs-ls) and small-file creates over NFS (a raw-RPC
+# client below: CREATE calls on one connection, as a client's `touch` would send).
+# Needs a release build and libnfs-utils. Everything (source, metadata, chunks, caches) lives
+# in tmpfs, so that the frontends are what is measured, not this machine's disk (whose speed
+# swings between runs) nor an object store.
+#   benches/nfs_vs_fuse.sh [ROUNDS] [WORKDIR]   (3, /dev/shm/nfs-vs-fuse; wiped before and after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=$PWD/target/release/elasticfs
-W=${1:-/tmp/nfs-vs-fuse}
+ROUNDS=${1:-3}
+W=${2:-/dev/shm/nfs-vs-fuse}
 SIZE_MIB=1024
 ENTRIES=100000
 CREATES=10000
 
-rm -rf "$W" && mkdir -p "$W/mnt"
-head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/source"
-# elastic: the governor meters every request, under a ceiling (10 GiB/s) above this machine.
-$B format --meta "sled://$W/meta" --storage file --bucket "$W/chunks" --throughput elastic > /dev/null
+GW=
+cleanup() {
+  [ -z "$GW" ] || kill "$GW" 2>/dev/null || true
+  umount "$W/fs/mnt" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+rm -rf "$W" && mkdir -p "$W"
+SOURCE=$W/source
+head -c $((SIZE_MIB << 20)) /dev/urandom > "$SOURCE"
 now() { date +%s.%N; }
 rate() { python3 -c "import sys; print(f'{float(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2])):.1f}')" "$@"; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
-# --- FUSE -----------------------------------------------------------------------------------
-$B mount --meta "sled://$W/meta" -d -o "cache-dir=$W/cache-fuse" "$W/mnt"
-t0=$(now); dd if="$W/source" of="$W/mnt/fuse.bin" bs=1M conv=fsync status=none; t1=$(now)
-echo "fuse seq write MiB/s: $(rate $SIZE_MIB "$t0" "$t1")"
-drop
-t0=$(now); dd if="$W/mnt/fuse.bin" of=/dev/null bs=1M status=none; t1=$(now)
-echo "fuse seq read MiB/s: $(rate $SIZE_MIB "$t0" "$t1")"
-python3 - "$W/mnt/dir" $ENTRIES <<'EOF'
+fresh_file_system() {
+  rm -rf "$W/fs" && mkdir -p "$W/fs/mnt"
+  # elastic: the governor meters every request, under a ceiling (10 GiB/s) above this machine.
+  $B format --meta "sled://$W/fs/meta" --storage file --bucket "$W/fs/chunks" --throughput elastic > /dev/null
+}
+
+# Sets GW (its pid), P (its port) and Q (the query string libnfs needs).
+start_gateway() {
+  $B nfs serve --meta "sled://$W/fs/meta" --listen 127.0.0.1:0 --squash none -o "cache-dir=$W/fs/cache-nfs" \
+    > "$W/fs/nfs.out" 2> "$W/fs/nfs.log" &
+  GW=$!
+  for _ in $(seq 100); do grep -q "listening on" "$W/fs/nfs.out" 2>/dev/null && break; sleep 0.1; done
+  P=$(sed -n 's/listening on 127.0.0.1://p' "$W/fs/nfs.out")
+  Q="version=3&nfsport=$P&mountport=$P"
+}
+
+stop_gateway() {
+  kill -TERM "$GW" && wait "$GW"
+  GW=
+}
+
+# Each sets WRITE and READ (MiB/s). `sync` first, so that no writeback of earlier work competes.
+fuse_round() {
+  $B mount --meta "sled://$W/fs/meta" -d -o "cache-dir=$W/fs/cache-fuse" "$W/fs/mnt" > /dev/null 2>&1
+  sync
+  t0=$(now); dd if="$SOURCE" of="$W/fs/mnt/fuse.bin" bs=1M conv=fsync status=none; t1=$(now)
+  WRITE=$(rate $SIZE_MIB "$t0" "$t1")
+  drop
+  t0=$(now); dd if="$W/fs/mnt/fuse.bin" of=/dev/null bs=1M status=none; t1=$(now)
+  READ=$(rate $SIZE_MIB "$t0" "$t1")
+  $B umount "$W/fs/mnt"
+}
+
+nfs_round() {
+  start_gateway
+  sync
+  t0=$(now); nfs-cp "$SOURCE" "nfs://127.0.0.1//nfs.bin?$Q" > /dev/null; t1=$(now)
+  WRITE=$(rate $SIZE_MIB "$t0" "$t1")
+  drop
+  t0=$(now); nfs-cat "nfs://127.0.0.1//nfs.bin?$Q" > /dev/null; t1=$(now)
+  READ=$(rate $SIZE_MIB "$t0" "$t1")
+  stop_gateway
+}
+
+# --- sequential throughput ------------------------------------------------------------------
+rounds=()
+for round in $(seq "$ROUNDS"); do
+  if (( round % 2 )); then order="fuse nfs"; else order="nfs fuse"; fi
+  for frontend in $order; do
+    # A file system of its own, so that neither write is deduplicated against the other's.
+    fresh_file_system
+    "${frontend}_round"
+    declare "${frontend}_write=$WRITE" "${frontend}_read=$READ"
+  done
+  echo "round $round ($order): fuse write $fuse_write read $fuse_read MiB/s; nfs write $nfs_write read $nfs_read MiB/s"
+  rounds+=("$fuse_write $fuse_read $nfs_write $nfs_read")
+done
+python3 - "${rounds[@]}" <<'EOF'
+import statistics, sys
+rounds = [list(map(float, r.split())) for r in sys.argv[1:]]
+med = lambda i: statistics.median(r[i] for r in rounds)
+ratio = lambda nfs, fuse: statistics.median(r[nfs] / r[fuse] for r in rounds)
+print(f"median fuse seq write MiB/s: {med(0):.1f}  read: {med(1):.1f}")
+print(f"median nfs seq write MiB/s: {med(2):.1f}  read: {med(3):.1f}")
+print(f"median of the rounds' NFS/FUSE ratios: write {ratio(2, 0):.2f}x, read {ratio(3, 1):.2f}x")
+EOF
+
+# --- directory listing and creates ----------------------------------------------------------
+fresh_file_system
+$B mount --meta "sled://$W/fs/meta" -d -o "cache-dir=$W/fs/cache-fuse" "$W/fs/mnt" > /dev/null 2>&1
+python3 - "$W/fs/mnt/dir" $ENTRIES <<'EOF'
 import os, sys
 os.mkdir(sys.argv[1])
 for i in range(int(sys.argv[2])):
     os.close(os.open(f"{sys.argv[1]}/entry-{i:06d}", os.O_CREAT | os.O_WRONLY, 0o644))
 EOF
-$B umount "$W/mnt"
-
-# --- NFS ------------------------------------------------------------------------------------
-$B nfs serve --meta "sled://$W/meta" --listen 127.0.0.1:0 --squash none -o "cache-dir=$W/cache-nfs" \
-  > "$W/nfs.out" 2> "$W/nfs.log" &
-GW=$!
-trap 'kill $GW 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q "listening on" "$W/nfs.out" 2>/dev/null && break; sleep 0.1; done
-P=$(sed -n 's/listening on 127.0.0.1://p' "$W/nfs.out")
-Q="version=3&nfsport=$P&mountport=$P"
-t0=$(now); nfs-cp "$W/source" "nfs://127.0.0.1//nfs.bin?$Q" > /dev/null; t1=$(now)
-echo "nfs seq write MiB/s: $(rate $SIZE_MIB "$t0" "$t1")"
-drop
-t0=$(now); nfs-cat "nfs://127.0.0.1//nfs.bin?$Q" > /dev/null; t1=$(now)
-echo "nfs seq read MiB/s: $(rate $SIZE_MIB "$t0" "$t1")"
+$B umount "$W/fs/mnt"
+start_gateway
 t0=$(now); listed=$(nfs-ls "nfs://127.0.0.1/dir?$Q" | wc -l); t1=$(now)
 echo "nfs readdirplus entries/s: $(rate "$listed" "$t0" "$t1") ($listed entries)"
 python3 - "$P" $CREATES <<'EOF'
@@ -81,5 +140,4 @@ for i in range(count):
     assert struct.unpack(">I", reply[24:28])[0] == 0, f"CREATE {i} failed"
 print(f"nfs creates/s: {count / (time.perf_counter() - start):.0f}")
 EOF
-kill -TERM $GW && wait $GW
-trap - EXIT
+stop_gateway
