@@ -47,6 +47,7 @@ pub struct Gateway {
     export: ExportConfig,
     handles: HandleCodec,
     open: OpenFiles,
+    buffers: rpc::RecordBuffers,
     /// Changes whenever UNSTABLE writes may have been lost (at start, and when committing an
     /// idle file fails), so that clients send them again.
     verifier: AtomicU64,
@@ -58,6 +59,7 @@ impl Gateway {
         Arc::new(Gateway {
             handles: HandleCodec::new(&fs.meta().superblock().uuid),
             open: OpenFiles::new(fs.clone()),
+            buffers: rpc::RecordBuffers::default(),
             fs,
             export,
             verifier: AtomicU64::new(boot),
@@ -117,7 +119,7 @@ impl Gateway {
             }
         });
         let slots = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
-        let buffers = Arc::new(rpc::RecordBuffers::default());
+        let buffers = &self.buffers;
         loop {
             let mut record = buffers.take();
             match rpc::read_record(&mut reader, &mut record).await {
@@ -141,10 +143,10 @@ impl Gateway {
                 }
             };
             let permit = slots.clone().acquire_owned().await.expect("never closed");
-            let (gateway, replies, buffers) = (self.clone(), replies.clone(), buffers.clone());
+            let (gateway, replies) = (self.clone(), replies.clone());
             tokio::task::spawn_blocking(move || {
                 let reply = gateway.answer(&call, &record[call.args_at..], allowed);
-                buffers.give(record);
+                gateway.buffers.give(record);
                 let _ = replies.send(reply);
                 drop(permit);
             });

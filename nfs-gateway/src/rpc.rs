@@ -64,17 +64,17 @@ pub async fn read_record<R: AsyncRead + Unpin>(
     }
 }
 
-/// Record buffers of one connection, kept for its next records once a call is answered: the
-/// allocator maps each large buffer on its own (see `bound_allocator_memory` in the binary),
-/// so a fresh megabyte for every WRITE would be mapped, faulted in page by page and unmapped
-/// again each time.
+/// Record buffers kept for the next records once a call is answered: the allocator maps each
+/// large buffer on its own (see `bound_allocator_memory` in the binary), so a fresh megabyte
+/// for every WRITE would be mapped, faulted in page by page and unmapped again each time.
+/// Shared by all connections, so that what is kept does not grow with their number.
 #[derive(Default)]
 pub struct RecordBuffers {
     free: Mutex<Vec<Vec<u8>>>,
 }
 
-/// Buffers a connection keeps (a WRITE's is a little over 1 MiB).
-const KEPT_BUFFERS: usize = 4;
+/// Buffers kept at most (a WRITE's is a little over 1 MiB, none is over 2 MiB).
+const KEPT_BUFFERS: usize = 16;
 
 impl RecordBuffers {
     pub fn take(&self) -> Vec<u8> {
