@@ -161,6 +161,15 @@ impl FileSystem {
         result
     }
 
+    /// [`Self::run`] for an operation metered as one metadata request (the smallest request
+    /// size, 4 KiB as EFS meters it, whatever it carries).
+    fn metadata_op<T>(&self, op: Op, body: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
+        self.run(op, || {
+            self.throttle.charge(IoKind::Metadata, 0);
+            body()
+        })
+    }
+
     /// The lock that would keep `req` from being granted (F_GETLK).
     pub fn test_lock(&self, ino: Ino, req: &LockRequest) -> FsResult<Option<LockRecord>> {
         self.run(Op::TestLock, || self.locks.test(ino, req))
@@ -218,18 +227,12 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self))]
     pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
-        self.run(Op::Getattr, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.with_local_changes(self.meta.getattr(ino)?))
-        })
+        self.metadata_op(Op::Getattr, || Ok(self.with_local_changes(self.meta.getattr(ino)?)))
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
-        self.run(Op::Lookup, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.with_local_changes(self.meta.lookup(parent, name)?))
-        })
+        self.metadata_op(Op::Lookup, || Ok(self.with_local_changes(self.meta.lookup(parent, name)?)))
     }
 
     /// Creates a node of any kind but symlink. `perm` is the requested mode's permission bits,
@@ -244,8 +247,7 @@ impl FileSystem {
         rdev: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
-        self.run(Op::Mknod, || {
-            self.throttle.charge(IoKind::Metadata, 0);
+        self.metadata_op(Op::Mknod, || {
             let node = NewNode {
                 uid: caller.uid,
                 gid: caller.gid,
@@ -258,8 +260,7 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self, name, target))]
     pub fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], caller: Caller) -> FsResult<Attr> {
-        self.run(Op::Symlink, || {
-            self.throttle.charge(IoKind::Metadata, 0);
+        self.metadata_op(Op::Symlink, || {
             if target.is_empty() || target.len() > 4095 {
                 return Err(FsError::new(
                     if target.is_empty() { errno::ENOENT } else { errno::ENAMETOOLONG },
@@ -277,24 +278,17 @@ impl FileSystem {
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
-        self.run(Op::Readlink, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.meta.readlink(ino)?)
-        })
+        self.metadata_op(Op::Readlink, || Ok(self.meta.readlink(ino)?))
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
-        self.run(Op::Link, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.with_local_changes(self.meta.link(ino, parent, name)?))
-        })
+        self.metadata_op(Op::Link, || Ok(self.with_local_changes(self.meta.link(ino, parent, name)?)))
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.run(Op::Unlink, || {
-            self.throttle.charge(IoKind::Metadata, 0);
+        self.metadata_op(Op::Unlink, || {
             let victim = self.meta.lookup(parent, name)?.ino;
             let gate = self.open_gate(victim);
             let closed = self.closed(victim);
@@ -309,10 +303,7 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.run(Op::Rmdir, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.meta.rmdir(parent, name)?)
-        })
+        self.metadata_op(Op::Rmdir, || Ok(self.meta.rmdir(parent, name)?))
     }
 
     #[instrument(level = "debug", skip(self, name, new_name))]
@@ -324,8 +315,7 @@ impl FileSystem {
         new_name: &[u8],
         mode: RenameMode,
     ) -> FsResult<()> {
-        self.run(Op::Rename, || {
-            self.throttle.charge(IoKind::Metadata, 0);
+        self.metadata_op(Op::Rename, || {
             // Only a plain rename can unlink what its destination names.
             let victim = match mode {
                 RenameMode::Replace => self.meta.lookup(new_parent, new_name).ok().map(|attr| attr.ino),
@@ -358,10 +348,7 @@ impl FileSystem {
 
     /// Entries after cookie `after` (0 = from the start), at most `limit` of them.
     pub fn readdir(&self, dir: Ino, after: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
-        self.run(Op::Readdir, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.meta.readdir(dir, after, limit)?)
-        })
+        self.metadata_op(Op::Readdir, || Ok(self.meta.readdir(dir, after, limit)?))
     }
 
     /// Lists `dir` from listing offset `offset` (0 = the start), with `.` and `..` first (offsets
@@ -406,8 +393,7 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self))]
     pub fn setattr(&self, ino: Ino, req: &SetAttrRequest) -> FsResult<Attr> {
-        self.run(Op::Setattr, || {
-            self.throttle.charge(IoKind::Metadata, 0);
+        self.metadata_op(Op::Setattr, || {
             let mut attr = None;
             if let Some(size) = req.size {
                 attr = Some(self.truncate(ino, size)?);
@@ -428,38 +414,23 @@ impl FileSystem {
     }
 
     pub fn statfs(&self) -> FsResult<Usage> {
-        self.run(Op::Statfs, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.meta.usage()?)
-        })
+        self.metadata_op(Op::Statfs, || Ok(self.meta.usage()?))
     }
 
     pub fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> FsResult<()> {
-        self.run(Op::SetXattr, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.meta.set_xattr(ino, name, value, mode)?)
-        })
+        self.metadata_op(Op::SetXattr, || Ok(self.meta.set_xattr(ino, name, value, mode)?))
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
-        self.run(Op::GetXattr, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.meta.get_xattr(ino, name)?)
-        })
+        self.metadata_op(Op::GetXattr, || Ok(self.meta.get_xattr(ino, name)?))
     }
 
     pub fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
-        self.run(Op::ListXattr, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.meta.list_xattr(ino)?)
-        })
+        self.metadata_op(Op::ListXattr, || Ok(self.meta.list_xattr(ino)?))
     }
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
-        self.run(Op::RemoveXattr, || {
-            self.throttle.charge(IoKind::Metadata, 0);
-            Ok(self.meta.remove_xattr(ino, name)?)
-        })
+        self.metadata_op(Op::RemoveXattr, || Ok(self.meta.remove_xattr(ino, name)?))
     }
 
     // ----- handles ----------------------------------------------------------------------------
@@ -480,8 +451,7 @@ impl FileSystem {
     /// Opens a regular file and returns its handle number.
     #[instrument(level = "debug", skip(self))]
     pub fn open(&self, ino: Ino, append: bool) -> FsResult<u64> {
-        self.run(Op::Open, || {
-            self.throttle.charge(IoKind::Metadata, 0);
+        self.metadata_op(Op::Open, || {
             let _gate = self.open_gate(ino);
             let attr = self.meta.getattr(ino)?;
             let file = {

@@ -105,14 +105,13 @@ impl Op {
     }
 }
 
-/// A request to the object store, as counted.
+/// A request to the object store, as counted (a client only reads, writes and checks
+/// objects; deleting and listing are garbage collection's, which runs outside any client).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ObjectRequest {
     Get,
     Put,
     Head,
-    Delete,
-    List,
 }
 
 // The series are kept in `ALL` order and found by discriminant: the two must agree.
@@ -130,21 +129,13 @@ const _: () = {
 };
 
 impl ObjectRequest {
-    const ALL: [ObjectRequest; 5] = [
-        ObjectRequest::Get,
-        ObjectRequest::Put,
-        ObjectRequest::Head,
-        ObjectRequest::Delete,
-        ObjectRequest::List,
-    ];
+    const ALL: [ObjectRequest; 3] = [ObjectRequest::Get, ObjectRequest::Put, ObjectRequest::Head];
 
     fn name(self) -> &'static str {
         match self {
             ObjectRequest::Get => "get",
             ObjectRequest::Put => "put",
             ObjectRequest::Head => "head",
-            ObjectRequest::Delete => "delete",
-            ObjectRequest::List => "list",
         }
     }
 }

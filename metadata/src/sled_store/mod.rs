@@ -280,8 +280,13 @@ impl SledStore {
     }
 
     fn counter(&self, key: &[u8]) -> MetaResult<u64> {
-        Ok(self.shared.trees.counters.get(key)?.map(|v| schema::decode_u64(&v)).unwrap_or(0))
+        read_counter(&self.shared.trees.counters, key)
     }
+}
+
+/// A usage counter outside a transaction (0 until first counted).
+fn read_counter(counters: &sled::Tree, key: &[u8]) -> MetaResult<u64> {
+    Ok(counters.get(key)?.map(|v| schema::decode_u64(&v)).unwrap_or(0))
 }
 
 /// Stores the superblock (not yet durable: the caller waits for that).

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::{write_superblock, SledStore};
+use super::{read_counter, write_superblock, SledStore};
 use crate::error::MetaResult;
 use crate::schema;
 use crate::throughput::{Governor, Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
@@ -42,7 +42,7 @@ fn read_f64(tree: &sled::Tree, key: &[u8]) -> MetaResult<Option<f64>> {
 
 impl Throughput {
     pub(super) fn open(counters: &sled::Tree, settings: ThroughputSettings) -> MetaResult<Self> {
-        let stored = counters.get(schema::BYTES_COUNTER)?.map(|v| schema::decode_u64(&v)).unwrap_or(0);
+        let stored = read_counter(counters, schema::BYTES_COUNTER)?;
         // Credits are earned while the store is closed too: nobody used it meanwhile.
         let credits = match (read_f64(counters, CREDITS)?, read_f64(counters, CREDITS_SAVED_AT)?) {
             (Some(balance), Some(at)) => {
@@ -68,8 +68,7 @@ impl Throughput {
         let now = self.now();
         let mut state = self.state.lock().unwrap();
         if now - state.measured_at >= MEASURE_EVERY {
-            let stored =
-                self.counters.get(schema::BYTES_COUNTER)?.map(|v| schema::decode_u64(&v)).unwrap_or(0);
+            let stored = read_counter(&self.counters, schema::BYTES_COUNTER)?;
             state.governor.set_stored(stored, now);
             state.measured_at = now;
         }
