@@ -1,8 +1,11 @@
 //! The POSIX suite on a real FUSE mount with chunks in a local directory, then a remount that
 //! must show the same data, and the bad-input checks of the command line.
 
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
 use elasticfs_tests::posix_suite::{self, hash_file};
-use elasticfs_tests::{elasticfs_fails, fuse_available, Volume};
+use elasticfs_tests::{elasticfs_fails, eventually, fuse_available, Volume};
 
 #[test]
 fn posix_suite_on_a_local_directory_survives_remount() {
@@ -92,10 +95,7 @@ fn fsck_finds_a_wrong_counter_and_missing_and_corrupt_chunks() {
 
     // A usage counter gone wrong behind the store's back: found, with its repair, and left alone.
     let meta_dir = vol.dir.path().join("meta");
-    let db = sled::open(&meta_dir).unwrap();
-    db.open_tree("counters").unwrap().insert("bytes", &12345u64.to_le_bytes()).unwrap();
-    db.flush().unwrap();
-    drop(db);
+    set_bytes_counter(&meta_dir, 12345);
     let out = std::process::Command::new(elasticfs_tests::elasticfs_bin())
         .args(["fsck", "--meta", &vol.meta])
         .output()
@@ -107,10 +107,7 @@ fn fsck_finds_a_wrong_counter_and_missing_and_corrupt_chunks() {
     assert!(stdout.contains(&expected), "{stdout}");
     assert!(stderr.contains("1 inconsistencies in the metadata (nothing was changed)"), "{stderr}");
     assert_eq!(vol.status()["used_bytes"], 12345, "fsck changed nothing");
-    let db = sled::open(&meta_dir).unwrap();
-    db.open_tree("counters").unwrap().insert("bytes", &(3u64 << 20).to_le_bytes()).unwrap();
-    db.flush().unwrap();
-    drop(db);
+    set_bytes_counter(&meta_dir, 3 << 20);
 
     let mut objects: Vec<_> = elasticfs_tests::walk_files(&vol.dir.path().join("chunks/chunks"))
         .into_iter()
@@ -126,6 +123,21 @@ fn fsck_finds_a_wrong_counter_and_missing_and_corrupt_chunks() {
     assert!(err.contains("1 damaged chunk references"), "{err}");
     let err = elasticfs_fails(&["fsck", "--meta", &vol.meta, "--verify-data"], &[]);
     assert!(err.contains("2 damaged chunk references"), "{err}");
+}
+
+/// Sets the store's bytes counter behind its back, and returns once sled has let go of the
+/// store: its background threads may hold the file lock for a moment after the handle is
+/// dropped, and the next `elasticfs` command must find the store free.
+fn set_bytes_counter(meta_dir: &Path, bytes: u64) {
+    let db = sled::open(meta_dir).unwrap();
+    db.open_tree("counters").unwrap().insert("bytes", &bytes.to_le_bytes()).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    // sled locks its `db` file with flock: probe it the same way (closing the probe unlocks).
+    let probe = std::fs::File::open(meta_dir.join("db")).unwrap();
+    // SAFETY: flock(2) on a descriptor this function owns.
+    let free = || unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    assert!(eventually(10, free), "sled still holds {} 10 s after closing it", meta_dir.display());
 }
 
 #[test]
