@@ -2,7 +2,7 @@
 # Runs every test of elasticfs, installing what the tests need first.
 # Real parts only: FUSE mounts (needs root and /dev/fuse), S3 over HTTP on 127.0.0.1 (an
 # in-process s3s-fs server, built as a dev dependency), pjdfstest from crates.io, the NFS
-# wire protocol (nfs3_client, and Debian's libnfs-utils).
+# wire protocol (nfs3_client, and Debian's libnfs-utils), fio.
 # With CI=true a missing prerequisite fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,12 @@ apt_install() {
 }
 command -v openssl >/dev/null || apt_install openssl || require "openssl is missing"
 command -v nfs-cp >/dev/null || apt_install libnfs-utils || require "nfs-cp (libnfs-utils) is missing"
+# fio writes files at random for the data-safety tests, with its own verification.
+command -v fio >/dev/null || apt_install fio || require "fio is missing"
+
+# What every stop is asked to check is checked here too.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 cargo build --release --workspace --bins
 if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then

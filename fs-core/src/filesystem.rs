@@ -22,7 +22,7 @@ use crate::chunk_store::ChunkStore;
 use crate::error::{errno, FsError, FsResult};
 use crate::locks::LockTable;
 use crate::metrics::{EngineMetrics, Op};
-use crate::open_file::{Dirty, FileState, OpenFile, Readahead};
+use crate::open_file::{Dirty, FileState, OpenFile, Readahead, WriteBudget};
 use crate::read_data::ReadData;
 use crate::throttle::Throttle;
 
@@ -41,11 +41,19 @@ pub struct FsConfig {
     pub max_uploads: usize,
     /// Largest readahead window, in blocks.
     pub max_readahead_blocks: u64,
+    /// Bytes of written blocks kept in memory, across all files, until a flush or the room is
+    /// needed: a block written in place is uploaded once per flush, not once per write.
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for FsConfig {
     fn default() -> Self {
-        FsConfig { cache_bytes: 256 << 20, max_uploads: 16, max_readahead_blocks: 8 }
+        FsConfig {
+            cache_bytes: 256 << 20,
+            max_uploads: 16,
+            max_readahead_blocks: 8,
+            write_buffer_bytes: 256 << 20,
+        }
     }
 }
 
@@ -92,6 +100,7 @@ pub struct FileSystem {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
     upload_slots: Arc<Semaphore>,
+    write_budget: Arc<WriteBudget>,
     open_gates: Vec<Mutex<()>>,
     /// What each recently opened file looked like at its last open (see [`Handle::unchanged`]).
     last_opened: Mutex<lru::LruCache<Ino, Version>>,
@@ -135,6 +144,7 @@ impl FileSystem {
             block_size: sb.block_size as u64,
             inline_threshold: sb.inline_threshold as u64,
             upload_slots: Arc::new(Semaphore::new(config.max_uploads.max(1))),
+            write_budget: WriteBudget::new(config.write_buffer_bytes),
             config,
             open_files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -458,7 +468,7 @@ impl FileSystem {
                 let mut open = self.open_files.lock().unwrap();
                 let entry = open.entry(ino).or_insert_with(|| OpenEntry {
                     handles: 0,
-                    file: Arc::new(OpenFile::new(ino, attr.size)),
+                    file: Arc::new(OpenFile::new(ino, attr.size, self.write_budget.clone())),
                 });
                 entry.handles += 1;
                 entry.file.clone()
@@ -590,7 +600,7 @@ impl FileSystem {
                 }
                 let (first, last) = (offset / bs, (end - 1) / bs);
                 let mut committed: HashMap<u64, BlockRef> = HashMap::new();
-                if (first..=last).any(|i| !st.dirty.contains_key(&i)) {
+                if (first..=last).any(|i| !st.dirty().contains_key(&i)) {
                     committed.extend(self.meta.blocks(file.ino, first, last - first + 1)?);
                 }
                 let mut sources = Vec::with_capacity((last - first + 1) as usize);
@@ -598,7 +608,7 @@ impl FileSystem {
                     let block_start = index * bs;
                     let within =
                         offset.max(block_start) - block_start..end.min(block_start + bs) - block_start;
-                    let source = match st.dirty.get(&index) {
+                    let source = match st.dirty().get(&index) {
                         Some(Dirty::Buffer(data)) => {
                             Source::Bytes(Bytes::copy_from_slice(clip(data, &within)))
                         }
@@ -691,27 +701,40 @@ impl FileSystem {
                 return Err(FsError::new(errno::EFBIG, "write past the largest file size"));
             };
             self.collect_uploads(&mut st);
+            // A block is uploaded as soon as a sequential stream of writes fills it. Blocks
+            // written in place stay buffered until a flush, or until the buffer needs room.
+            let sequential = offset == st.write_end;
+            let inline_threshold = self.inline_threshold as usize;
             let (mut pos, mut rest) = (offset, data);
             while !rest.is_empty() {
                 let index = pos / bs;
                 let within = (pos % bs) as usize;
                 let n = rest.len().min(bs as usize - within);
                 let size = st.size;
-                let buffer = self.dirty_buffer(file.ino, &mut st, index, size)?;
-                if buffer.len() < within + n {
-                    if within + n > self.inline_threshold as usize {
-                        // Past the inline size the block will most likely fill: one allocation of
-                        // the whole block instead of a doubling series of copies.
-                        buffer.reserve_exact(bs as usize - buffer.len());
+                self.make_buffer(file.ino, &mut st, index, size)?;
+                let full = st.change_buffer(index, |buffer| {
+                    if buffer.len() < within + n {
+                        if within + n > inline_threshold {
+                            // Past the inline size the block will most likely fill: one
+                            // allocation of the whole block instead of a doubling series of copies.
+                            buffer.reserve_exact(bs as usize - buffer.len());
+                        }
+                        buffer.resize(within + n, 0);
                     }
-                    buffer.resize(within + n, 0);
-                }
-                buffer[within..within + n].copy_from_slice(&rest[..n]);
-                if buffer.len() as u64 == bs {
-                    self.seal(&mut st.dirty, index);
+                    buffer[within..within + n].copy_from_slice(&rest[..n]);
+                    buffer.len() as u64 == bs
+                });
+                // Filled up to its end by this stream (a later piece of one write follows the
+                // piece before it).
+                if full && within + n == bs as usize && (sequential || pos > offset) {
+                    self.seal(&mut st, index);
                 }
                 pos += n as u64;
                 rest = &rest[n..];
+            }
+            st.write_end = end;
+            if self.write_budget.over() {
+                self.make_room(file, &mut st, (end - 1) / bs);
             }
             st.size = st.size.max(end);
             st.mtime = Some(Timestamp::now());
@@ -744,22 +767,23 @@ impl FileSystem {
         })
     }
 
-    /// The writable buffer of block `index`, loading its committed content first if it has any.
-    fn dirty_buffer<'a>(
-        &self,
-        ino: Ino,
-        st: &'a mut FileState,
-        index: u64,
-        size: u64,
-    ) -> FsResult<&'a mut Vec<u8>> {
-        let base = match st.dirty.remove(&index) {
-            Some(Dirty::Buffer(data)) => data,
-            // Rewriting a sealed block: its upload's result will simply not be used.
-            Some(Dirty::Uploading { data, task }) => {
-                st.abandoned.push(task);
+    /// Makes block `index`'s entry a buffer holding the block's current content: this client's
+    /// uncommitted bytes, or what is committed.
+    fn make_buffer(&self, ino: Ino, st: &mut FileState, index: u64, size: u64) -> FsResult<()> {
+        let base = match st.dirty().get(&index) {
+            Some(Dirty::Buffer(_)) => return Ok(()),
+            Some(Dirty::Uploading { .. }) => {
+                let Some(Dirty::Uploading { data, task }) = st.take(index) else { unreachable!() };
+                // Rewriting a block on its way to the store: the upload is let finish, and its
+                // chunk is released by the next commit like every other upload of this file (no
+                // reference keeps it, so garbage collection takes it). Nothing is left behind
+                // that the metadata does not account for.
+                if let Ok(hash) = self.join_upload(task) {
+                    st.protected.push(hash);
+                }
                 data.to_vec()
             }
-            Some(Dirty::Stored(block)) => self.load_block(&block)?,
+            Some(Dirty::Stored(block)) => self.load_block(block)?,
             // A block beyond the end has no committed content.
             None if index * self.block_size >= size => Vec::new(),
             None => match self.meta.blocks(ino, index, 1)?.pop() {
@@ -767,9 +791,41 @@ impl FileSystem {
                 None => Vec::new(),
             },
         };
-        match st.dirty.entry(index).or_insert(Dirty::Buffer(base)) {
-            Dirty::Buffer(data) => Ok(data),
-            _ => unreachable!("just inserted a buffer"),
+        st.set(index, Dirty::Buffer(base));
+        Ok(())
+    }
+
+    /// Uploads buffered blocks until the write buffer is within its budget again: this file's
+    /// first (but `keep`, the block just written), then those of other open files that are not
+    /// busy. Buffers small enough to stay inline are left: they are small.
+    fn make_room(&self, file: &OpenFile, st: &mut FileState, keep: u64) {
+        let large = |st: &FileState, index: u64| matches!(st.dirty().get(&index), Some(Dirty::Buffer(d)) if d.len() as u64 > self.inline_threshold);
+        for index in st.buffered_blocks() {
+            if !self.write_budget.over() {
+                return;
+            }
+            if index != keep && large(st, index) {
+                self.seal(st, index);
+            }
+        }
+        let others: Vec<Arc<OpenFile>> = self
+            .open_files
+            .lock()
+            .unwrap()
+            .values()
+            .map(|e| e.file.clone())
+            .filter(|f| f.ino != file.ino)
+            .collect();
+        for other in others {
+            let Ok(mut theirs) = other.state.try_lock() else { continue };
+            for index in theirs.buffered_blocks() {
+                if !self.write_budget.over() {
+                    return;
+                }
+                if large(&theirs, index) {
+                    self.seal(&mut theirs, index);
+                }
+            }
         }
     }
 
@@ -782,11 +838,11 @@ impl FileSystem {
 
     /// Starts uploading block `index` in the background. Waits for an upload slot first, which
     /// is what bounds the memory of a fast writer.
-    fn seal(&self, dirty: &mut std::collections::BTreeMap<u64, Dirty>, index: u64) {
-        if !matches!(dirty.get(&index), Some(Dirty::Buffer(_))) {
+    fn seal(&self, st: &mut FileState, index: u64) {
+        if !matches!(st.dirty().get(&index), Some(Dirty::Buffer(_))) {
             return;
         }
-        let Some(Dirty::Buffer(data)) = dirty.remove(&index) else { unreachable!() };
+        let Some(Dirty::Buffer(data)) = st.take(index) else { unreachable!() };
         let data = Bytes::from(data);
         let permit =
             self.block_on(self.upload_slots.clone().acquire_owned()).expect("semaphore never closed");
@@ -796,14 +852,14 @@ impl FileSystem {
             let _slot = permit;
             chunks.put(upload).await
         });
-        dirty.insert(index, Dirty::Uploading { data, task });
+        st.set(index, Dirty::Uploading { data, task });
     }
 
     /// Turns finished uploads into block references (and failed ones back into buffers, to be
     /// retried at the next flush), without waiting for unfinished ones.
     fn collect_uploads(&self, st: &mut FileState) {
         let finished: Vec<u64> = st
-            .dirty
+            .dirty()
             .iter()
             .filter(|(_, d)| matches!(d, Dirty::Uploading { task, .. } if task.is_finished()))
             .map(|(i, _)| *i)
@@ -814,18 +870,18 @@ impl FileSystem {
     }
 
     fn finish_upload(&self, st: &mut FileState, index: u64) -> Option<FsError> {
-        if !matches!(st.dirty.get(&index), Some(Dirty::Uploading { .. })) {
+        if !matches!(st.dirty().get(&index), Some(Dirty::Uploading { .. })) {
             return None;
         }
-        let Some(Dirty::Uploading { data, task }) = st.dirty.remove(&index) else { unreachable!() };
+        let Some(Dirty::Uploading { data, task }) = st.take(index) else { unreachable!() };
         match self.join_upload(task) {
             Ok(hash) => {
                 st.protected.push(hash);
-                st.dirty.insert(index, Dirty::Stored(BlockRef::Chunk { hash, len: data.len() as u32 }));
+                st.set(index, Dirty::Stored(BlockRef::Chunk { hash, len: data.len() as u32 }));
                 None
             }
             Err(e) => {
-                st.dirty.insert(index, Dirty::Buffer(data.to_vec()));
+                st.set(index, Dirty::Buffer(data.to_vec()));
                 Some(e)
             }
         }
@@ -859,35 +915,28 @@ impl FileSystem {
         if !st.has_changes() {
             return Ok(());
         }
-        let buffered: Vec<u64> =
-            st.dirty.iter().filter(|(_, d)| matches!(d, Dirty::Buffer(_))).map(|(i, _)| *i).collect();
-        for index in buffered {
-            let small = matches!(st.dirty.get(&index), Some(Dirty::Buffer(d)) if d.len() as u64 <= self.inline_threshold);
+        for index in st.buffered_blocks() {
+            let small = matches!(st.dirty().get(&index), Some(Dirty::Buffer(d)) if d.len() as u64 <= self.inline_threshold);
             if small {
-                if let Some(Dirty::Buffer(data)) = st.dirty.remove(&index) {
-                    st.dirty.insert(index, Dirty::Stored(BlockRef::Inline(data)));
+                if let Some(Dirty::Buffer(data)) = st.take(index) {
+                    st.set(index, Dirty::Stored(BlockRef::Inline(data)));
                 }
             } else {
-                self.seal(&mut st.dirty, index);
+                self.seal(&mut st, index);
             }
         }
-        let uploading: Vec<u64> = st.dirty.keys().copied().collect();
+        let uploading: Vec<u64> = st.dirty().keys().copied().collect();
         let mut failure = None;
         for index in uploading {
             if let Some(e) = self.finish_upload(&mut st, index) {
                 failure.get_or_insert(e);
             }
         }
-        for task in std::mem::take(&mut st.abandoned) {
-            if let Ok(hash) = self.join_upload(task) {
-                st.protected.push(hash);
-            }
-        }
         if let Some(e) = failure {
             return Err(e);
         }
         let blocks = st
-            .dirty
+            .dirty()
             .iter()
             .map(|(i, d)| match d {
                 Dirty::Stored(block) => (*i, block.clone()),
@@ -898,7 +947,7 @@ impl FileSystem {
         let commit = BlockCommit { truncate: None, blocks, min_size: st.size, mtime: st.mtime, release };
         let attr = self.commit(file.ino, commit)?;
         st.protected.clear();
-        st.dirty.clear();
+        st.clear();
         st.mtime = None;
         st.size = attr.size;
         Ok(())

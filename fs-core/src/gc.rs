@@ -21,6 +21,7 @@ use tracing::{info, instrument, warn};
 
 use crate::chunk_store::{chunk_path, segments_path};
 use crate::error::{FsError, FsResult};
+use crate::ownership::{self, Ownership};
 
 #[derive(Clone, Copy, Debug)]
 pub struct GcOptions {
@@ -77,6 +78,9 @@ pub fn collect(
     options: GcOptions,
     progress: &dyn Fn(u64, u64),
 ) -> FsResult<GcReport> {
+    // Whatever else it gets wrong, a collection never deletes what its file system does not own.
+    let sb = meta.superblock().clone();
+    runtime.block_on(ownership::enforce(store, &sb.storage, Ownership::Check(&sb)))?;
     let now = Timestamp::now();
     let cutoff = Timestamp { secs: now.secs - options.grace.as_secs() as i64, nanos: now.nanos };
     let objects: HashMap<ChunkHash, Stored> = runtime.block_on(async {

@@ -11,6 +11,7 @@ pub mod gc;
 mod locks;
 pub mod metrics;
 mod open_file;
+pub mod ownership;
 mod read_data;
 mod segments;
 mod storage;
@@ -22,8 +23,9 @@ pub use chunk_store::{chunk_path, hash_of, segments_path, ChunkStore};
 pub use disk_cache::DiskCache;
 pub use error::{errno, FsError, FsResult};
 pub use filesystem::{Caller, FileSystem, FsConfig, SetAttrRequest};
+pub use ownership::Ownership;
 pub use read_data::ReadData;
-pub use storage::{connect_chunk_store, open_object_store};
+pub use storage::{connect_chunk_store, connect_object_store, open_object_store};
 pub use throttle::Throttle;
 
 pub use elasticfs_metadata as metadata;

@@ -3,7 +3,8 @@
 //! the others wrote before it is flushed.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use elasticfs_metadata::{BlockRef, ChunkHash, Ino, Timestamp};
@@ -20,23 +21,109 @@ pub(crate) enum Dirty {
     Stored(BlockRef),
 }
 
+/// The mount's write-back buffer: bytes of [`Dirty::Buffer`]s across all open files, and
+/// how many there may be before writers upload buffered blocks to make room.
+#[derive(Debug)]
+pub(crate) struct WriteBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl WriteBudget {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(WriteBudget { limit, used: AtomicUsize::new(0) })
+    }
+
+    pub(crate) fn over(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.limit
+    }
+}
+
 pub(crate) struct FileState {
     /// Size including uncommitted writes.
     pub(crate) size: u64,
-    pub(crate) dirty: BTreeMap<u64, Dirty>,
+    /// Changed blocks; a [`Dirty::Buffer`] enters and leaves only through [`Self::set`] and
+    /// [`Self::take`], which count it against the write budget.
+    dirty: BTreeMap<u64, Dirty>,
     /// Time of the last uncommitted write; `None` when there is nothing to commit.
     pub(crate) mtime: Option<Timestamp>,
     /// Chunks uploaded for this file since its last commit, which protect them from garbage
     /// collection until the commit releases them (used by the commit or not).
     pub(crate) protected: Vec<ChunkHash>,
-    /// Uploads of blocks rewritten while they were under way: collected at the next commit,
-    /// for their protections.
-    pub(crate) abandoned: Vec<JoinHandle<FsResult<ChunkHash>>>,
+    /// Where the last write ended: a write that starts there continues a sequential stream.
+    pub(crate) write_end: u64,
+    /// Bytes (capacity) of this file's buffers, counted in `budget`.
+    buffered: usize,
+    budget: Arc<WriteBudget>,
 }
 
 impl FileState {
     pub(crate) fn has_changes(&self) -> bool {
         self.mtime.is_some() || !self.dirty.is_empty()
+    }
+
+    pub(crate) fn dirty(&self) -> &BTreeMap<u64, Dirty> {
+        &self.dirty
+    }
+
+    fn count(&mut self, added: usize, removed: usize) {
+        self.buffered = self.buffered + added - removed;
+        if added >= removed {
+            self.budget.used.fetch_add(added - removed, Ordering::Relaxed);
+        } else {
+            self.budget.used.fetch_sub(removed - added, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes block `index`'s entry.
+    pub(crate) fn take(&mut self, index: u64) -> Option<Dirty> {
+        let taken = self.dirty.remove(&index);
+        if let Some(Dirty::Buffer(data)) = &taken {
+            self.count(0, data.capacity());
+        }
+        taken
+    }
+
+    /// Sets block `index`'s entry.
+    pub(crate) fn set(&mut self, index: u64, dirty: Dirty) {
+        if let Dirty::Buffer(data) = &dirty {
+            self.count(data.capacity(), 0);
+        }
+        if let Some(Dirty::Buffer(old)) = self.dirty.insert(index, dirty) {
+            self.count(0, old.capacity());
+        }
+    }
+
+    /// Changes buffer `index` in place with `change`, keeping the count.
+    pub(crate) fn change_buffer<T>(&mut self, index: u64, change: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+        let Some(Dirty::Buffer(data)) = self.dirty.get_mut(&index) else {
+            unreachable!("block {index} is buffered")
+        };
+        let before = data.capacity();
+        let result = change(data);
+        let after = data.capacity();
+        self.count(after, before);
+        result
+    }
+
+    /// Forgets every entry (after a commit stored them all).
+    pub(crate) fn clear(&mut self) {
+        let indexes: Vec<u64> = self.dirty.keys().copied().collect();
+        for index in indexes {
+            self.take(index);
+        }
+    }
+
+    /// Blocks whose entry is a buffer.
+    pub(crate) fn buffered_blocks(&self) -> Vec<u64> {
+        self.dirty.iter().filter(|(_, d)| matches!(d, Dirty::Buffer(_))).map(|(i, _)| *i).collect()
+    }
+}
+
+impl Drop for FileState {
+    fn drop(&mut self) {
+        let buffered = self.buffered;
+        self.count(0, buffered);
     }
 }
 
@@ -46,13 +133,15 @@ pub(crate) struct OpenFile {
 }
 
 impl OpenFile {
-    pub(crate) fn new(ino: Ino, size: u64) -> Self {
+    pub(crate) fn new(ino: Ino, size: u64, budget: Arc<WriteBudget>) -> Self {
         let state = FileState {
             size,
             dirty: BTreeMap::new(),
             mtime: None,
             protected: Vec::new(),
-            abandoned: Vec::new(),
+            write_end: 0,
+            buffered: 0,
+            budget,
         };
         OpenFile { ino, state: Mutex::new(state) }
     }

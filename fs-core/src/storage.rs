@@ -10,11 +10,19 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 use crate::chunk_store::ChunkStore;
 use crate::error::{FsError, FsResult};
+use crate::ownership::{self, Ownership};
 
-/// Opens the chunk store at `url` and proves it usable by writing, reading and deleting a probe
-/// object, so that a wrong endpoint, bucket or credential is reported up front, naming the
-/// storage, rather than as EIO on the first write.
-pub fn connect_chunk_store(url: &str, cache_bytes: usize) -> FsResult<ChunkStore> {
+/// Opens the chunk store at `url`, proves it usable and applies `ownership` to it (see
+/// [`connect_object_store`]).
+pub fn connect_chunk_store(url: &str, cache_bytes: usize, ownership: Ownership) -> FsResult<ChunkStore> {
+    Ok(ChunkStore::new(connect_object_store(url, ownership)?, cache_bytes))
+}
+
+/// Opens the object store at `url` and proves it usable by writing, reading and deleting a
+/// probe object, so that a wrong endpoint, bucket or credential is reported up front, naming
+/// the storage, rather than as EIO on the first write; then makes sure that it belongs to the
+/// file system (see [`crate::ownership`]) before anything else touches it.
+pub fn connect_object_store(url: &str, ownership: Ownership) -> FsResult<Arc<dyn ObjectStore>> {
     let store = open_object_store(url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -33,7 +41,8 @@ pub fn connect_chunk_store(url: &str, cache_bytes: usize) -> FsResult<ChunkStore
                  (AWS_ENDPOINT_URL) and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
             ))
         })?;
-    Ok(ChunkStore::new(store, cache_bytes))
+    runtime.block_on(ownership::enforce(&store, url, ownership))?;
+    Ok(store)
 }
 
 /// Opens `url`: `file:///dir` (created if missing), `memory://` (tests), or `s3://bucket[/prefix]`

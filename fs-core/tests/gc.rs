@@ -10,7 +10,9 @@ use elasticfs_core::gc::{collect, GcOptions, GcReport};
 use elasticfs_core::metadata::{
     BlockCommit, BlockRef, ChunkProtection, MetaError, MetaStore, SledStore, Superblock, ROOT_INO,
 };
-use elasticfs_core::{chunk_path, hash_of, open_object_store, Caller, ChunkStore, FileSystem, FsConfig};
+use elasticfs_core::{
+    chunk_path, hash_of, open_object_store, ownership, Caller, ChunkStore, FileSystem, FsConfig, Ownership,
+};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -35,6 +37,7 @@ fn setup() -> Setup {
     let config = FsConfig { cache_bytes: 0, ..Default::default() };
     let fs = FileSystem::new(meta.clone(), ChunkStore::new(store.clone(), 0), config).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(ownership::enforce(&store, "memory://", Ownership::Claim(&sb))).unwrap();
     Setup { _dir: dir, fs, meta, store, runtime }
 }
 
@@ -44,8 +47,10 @@ impl Setup {
         collect(&self.meta, &self.store, &self.runtime, options, &|_, _| {}).unwrap()
     }
 
+    /// Objects under `chunks/` (the ownership record aside).
     fn objects(&self) -> usize {
-        self.runtime.block_on(self.store.list(None).try_collect::<Vec<_>>()).unwrap().len()
+        let listing = self.store.list(Some(&object_store::path::Path::from("chunks")));
+        self.runtime.block_on(listing.try_collect::<Vec<_>>()).unwrap().len()
     }
 
     fn write(&self, name: &str, data: &[u8]) {
@@ -182,4 +187,25 @@ fn a_writer_deduplicating_against_a_chunk_being_collected_never_loses_it() {
     for round in 0..60u64 {
         assert_eq!(s.read(&format!("b{round}")), data(100 + round, 3 * BLOCK), "after a last collection");
     }
+}
+
+#[test]
+fn a_collection_deletes_nothing_in_a_bucket_another_file_system_owns() {
+    let s = setup();
+    s.write("a", &vec![3u8; 3 * BLOCK]);
+    let before = s.objects();
+    // A second file system's metadata pointed at the same bucket: every chunk there is unknown
+    // to it, so without the ownership record it would take them all for leaked objects.
+    let dir = tempfile::tempdir().unwrap();
+    let other = Superblock::new("other", BLOCK as u32, 1024, "memory://");
+    let meta: Arc<dyn MetaStore> =
+        Arc::new(SledStore::format(&dir.path().join("meta"), &other, 0, 0).unwrap());
+    let options = GcOptions { grace: Duration::ZERO, dry_run: false };
+    let e = collect(&meta, &s.store, &s.runtime, options, &|_, _| {}).unwrap_err();
+    assert!(
+        e.message.contains("belongs to another file system") && e.message.contains(&s.meta.superblock().uuid),
+        "{e}"
+    );
+    assert_eq!(s.objects(), before);
+    assert_eq!(s.read("a"), vec![3u8; 3 * BLOCK]);
 }

@@ -47,15 +47,14 @@ struct Harness {
 const ROOT: Caller = Caller { uid: 0, gid: 0 };
 
 impl Harness {
-    fn new(block: u64, cache_bytes: usize) -> Self {
+    fn new(block: u64, cache_bytes: usize, write_buffer_bytes: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sb = Superblock::new("model", block as u32, 1024, "memory://");
         let meta: Arc<dyn MetaStore> =
             Arc::new(SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap());
         let chunks = ChunkStore::new(open_object_store("memory://").unwrap(), cache_bytes);
-        let fs =
-            FileSystem::new(meta, chunks, FsConfig { cache_bytes, max_uploads: 2, max_readahead_blocks: 2 })
-                .unwrap();
+        let config = FsConfig { cache_bytes, max_uploads: 2, max_readahead_blocks: 2, write_buffer_bytes };
+        let fs = FileSystem::new(meta, chunks, config).unwrap();
         let mut handles = Vec::new();
         for i in 0..FILES {
             let (_, fh) = fs.create(ROOT_INO, format!("f{i}").as_bytes(), 0o644, ROOT, true, false).unwrap();
@@ -137,8 +136,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_matches_the_model(ops in prop::collection::vec(op(BLOCK), 1..40)) {
-        let mut h = Harness::new(BLOCK, 1 << 20);
+    fn engine_matches_the_model(ops in prop::collection::vec(op(BLOCK), 1..40), buffer_blocks in 1..8usize) {
+        // A write buffer of a few blocks: writes keep making room by uploading others' blocks.
+        let mut h = Harness::new(BLOCK, 1 << 20, buffer_blocks * BLOCK as usize);
         for op in &ops {
             h.apply(op);
         }
@@ -151,7 +151,7 @@ proptest! {
 
     #[test]
     fn ranged_reads_match_the_model(ops in prop::collection::vec(op(SEGMENTED_BLOCK), 1..24)) {
-        let mut h = Harness::new(SEGMENTED_BLOCK, 0);
+        let mut h = Harness::new(SEGMENTED_BLOCK, 0, 1 << 20);
         for op in &ops {
             h.apply(op);
         }
@@ -161,7 +161,7 @@ proptest! {
 
 #[test]
 fn holes_read_as_zeros_and_cost_nothing() {
-    let mut h = Harness::new(BLOCK, 1 << 20);
+    let mut h = Harness::new(BLOCK, 1 << 20, 1 << 20);
     h.apply(&Op::Write { file: 0, offset: 10 * BLOCK, len: 10, seed: 1 });
     h.apply(&Op::Read { file: 0, offset: 0, len: (11 * BLOCK) as u32 });
     h.apply(&Op::Flush { file: 0 });

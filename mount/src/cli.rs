@@ -225,7 +225,7 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
             throughput,
         } => {
             let access = MetaAccess::new(meta, token_file);
-            let storage = storage_url(storage, bucket.as_deref(), region.as_deref())?;
+            let storage = storage_url(storage, bucket.as_deref(), region.as_deref(), &access.url)?;
             let spec = FormatSpec {
                 name,
                 storage,
@@ -296,13 +296,18 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
 }
 
 /// The storage URL kept in the superblock (never with credentials).
-fn storage_url(kind: StorageKind, bucket: Option<&str>, region: Option<&str>) -> Result<String> {
+fn storage_url(
+    kind: StorageKind,
+    bucket: Option<&str>,
+    region: Option<&str>,
+    meta_url: &str,
+) -> Result<String> {
     match kind {
         StorageKind::Memory => Ok("memory://".into()),
         StorageKind::File => {
             let dir = match bucket {
                 Some(b) => PathBuf::from(b.strip_prefix("file://").unwrap_or(b)),
-                None => volume::default_home().join("chunks"),
+                None => default_chunk_dir(meta_url)?,
             };
             let dir = if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) };
             Ok(format!("file://{}", dir.display()))
@@ -332,6 +337,26 @@ fn storage_url(kind: StorageKind, bucket: Option<&str>, region: Option<&str>) ->
             let query = if params.is_empty() { String::new() } else { format!("?{}", params.join("&")) };
             Ok(format!("s3://{}{query}", path.trim_matches('/')))
         }
+    }
+}
+
+/// Where `format --storage file` without `--bucket` keeps chunks: the default volume's
+/// directory for the default metadata, else a directory of its own beside the metadata, so that
+/// a second file system never lands on another's chunks.
+fn default_chunk_dir(meta_url: &str) -> Result<PathBuf> {
+    if meta_url == volume::default_meta_url() {
+        return Ok(volume::default_home().join("chunks"));
+    }
+    match volume::MetaUrl::parse(meta_url)? {
+        volume::MetaUrl::Sled(meta) => {
+            let mut dir = meta.into_os_string();
+            dir.push(".chunks");
+            Ok(PathBuf::from(dir))
+        }
+        volume::MetaUrl::Service { .. } => bail!(
+            "--storage file with a metadata service needs --bucket DIR (a directory of this file \
+             system's own, at the same path on every client)"
+        ),
     }
 }
 
@@ -379,13 +404,23 @@ mod tests {
 
     #[test]
     fn s3_bucket_forms() {
-        assert_eq!(storage_url(StorageKind::S3, Some("s3://b/p"), None).unwrap(), "s3://b/p");
+        assert_eq!(storage_url(StorageKind::S3, Some("s3://b/p"), None, "tcp://h:1").unwrap(), "s3://b/p");
         assert_eq!(
-            storage_url(StorageKind::S3, Some("http://127.0.0.1:9000/b"), Some("us-east-1")).unwrap(),
+            storage_url(StorageKind::S3, Some("http://127.0.0.1:9000/b"), Some("us-east-1"), "tcp://h:1")
+                .unwrap(),
             "s3://b?endpoint=http://127.0.0.1:9000&region=us-east-1"
         );
-        assert!(storage_url(StorageKind::S3, None, None).is_err());
-        assert!(storage_url(StorageKind::S3, Some("ftp://x/b"), None).is_err());
+        assert!(storage_url(StorageKind::S3, None, None, "tcp://h:1").is_err());
+        assert!(storage_url(StorageKind::S3, Some("ftp://x/b"), None, "tcp://h:1").is_err());
+    }
+
+    #[test]
+    fn a_file_system_without_bucket_gets_chunks_of_its_own() {
+        let own = storage_url(StorageKind::File, None, None, "sled:///a/meta2").unwrap();
+        assert_eq!(own, "file:///a/meta2.chunks");
+        let default = storage_url(StorageKind::File, None, None, &volume::default_meta_url()).unwrap();
+        assert_eq!(default, volume::default_storage_url());
+        assert!(storage_url(StorageKind::File, None, None, "tcp://h:1").is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use elasticfs_core::gc::{collect, GcOptions};
-use elasticfs_core::open_object_store;
+use elasticfs_core::{connect_object_store, Ownership};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::options::human_bytes;
@@ -17,7 +17,7 @@ pub fn gc(access: &MetaAccess, dry_run: bool, grace: Duration) -> Result<()> {
         "elasticfs gc needs the metadata store to itself; a mount of an embedded store collects \
          its own garbage (every hour; -o gc-interval=, gc-grace=): unmount it to collect now",
     )?;
-    let store = open_object_store(&meta.superblock().storage)?;
+    let store = connect_object_store(&meta.superblock().storage, Ownership::Check(meta.superblock()))?;
     let runtime = elasticfs_runtime()?;
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} chunks ({eta})")?);

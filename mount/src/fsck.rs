@@ -4,8 +4,8 @@
 //! repair would do and changes nothing.
 
 use anyhow::{bail, Result};
-use elasticfs_core::connect_chunk_store;
 use elasticfs_core::metadata::audit::Audit;
+use elasticfs_core::{connect_chunk_store, Ownership};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::status::{elasticfs_runtime, open_unmounted};
@@ -20,7 +20,8 @@ pub fn fsck(access: &MetaAccess, verify_data: bool) -> Result<()> {
     let audit = audit?;
     report_audit(&audit);
 
-    let chunks = connect_chunk_store(&meta.superblock().storage, 64 << 20)?;
+    let chunks =
+        connect_chunk_store(&meta.superblock().storage, 64 << 20, Ownership::Check(meta.superblock()))?;
     let runtime = elasticfs_runtime()?;
     let referenced = meta.referenced_chunks()?;
     let bar = ProgressBar::new(referenced.len() as u64);

@@ -62,7 +62,7 @@ impl Default for MountOptions {
 }
 
 const KNOWN: &str = "ro, rw, allow_other, allow_root, fsname=, threads=, cache-size=, cache-dir=, \
-    disk-cache=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, token-file=, gc-interval=, gc-grace=, metrics=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
+    disk-cache=, write-buffer=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, token-file=, gc-interval=, gc-grace=, metrics=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
     and the mount(8)/fstab options defaults, auto, noauto, user, nouser, users, _netdev, nofail";
 
 impl MountOptions {
@@ -87,6 +87,7 @@ impl MountOptions {
                 "cache-size" => opts.engine.cache_bytes = parse_size(need(value)?)? as usize,
                 "cache-dir" => opts.cache_dir = Some(PathBuf::from(need(value)?)),
                 "disk-cache" => opts.disk_cache_bytes = parse_size(need(value)?)?,
+                "write-buffer" => opts.engine.write_buffer_bytes = parse_size(need(value)?)? as usize,
                 "uploads" => {
                     opts.engine.max_uploads = need(value)?.parse().context("uploads= takes a number")?
                 }

@@ -9,10 +9,12 @@ use elasticfs_core::metadata::remote::tls::TlsClient;
 use elasticfs_core::metadata::remote::{ClientOptions, RemoteStore, Retry};
 use elasticfs_core::metadata::throughput::ThroughputSettings;
 use elasticfs_core::metadata::{ClientInfo, MetaStore, SledStore, Superblock};
-use elasticfs_core::{connect_chunk_store, DiskCache, FileSystem};
-use tracing::info;
+use elasticfs_core::ownership::{self, Ownership};
+use elasticfs_core::{connect_chunk_store, connect_object_store, DiskCache, FileSystem};
+use tracing::{info, warn};
 
 use crate::options::MountOptions;
+use crate::status::elasticfs_runtime;
 
 /// The embedded default volume: `~/.local/share/elasticfs/` (metadata and chunks side by side).
 pub fn default_home() -> PathBuf {
@@ -144,25 +146,38 @@ pub fn format(access: &MetaAccess, spec: &FormatSpec) -> Result<Superblock> {
     if spec.inline_threshold > spec.block_size.min(1 << 20) {
         bail!("inline threshold {} must not exceed the block size or 1 MiB", spec.inline_threshold);
     }
-    // Check the bucket before writing anything: a typo must not leave a half-made file system.
-    connect_chunk_store(&spec.storage, 0)?;
     let sb = Superblock {
         throughput: spec.throughput,
         ..Superblock::new(&spec.name, spec.block_size, spec.inline_threshold, &spec.storage)
     };
+    // The bucket first: a typo must not leave a half-made file system, and a location another
+    // file system owns is refused before anything is written.
+    let store = connect_object_store(&spec.storage, Ownership::Claim(&sb))?;
+    let formatted = format_metadata(access, url, &sb);
+    if formatted.is_err() {
+        // The location goes back to nobody, so that a corrected format may claim it.
+        let release = ownership::release(&store, &spec.storage, &sb);
+        if let Err(e) = elasticfs_runtime()?.block_on(release) {
+            warn!("{e}");
+        }
+    }
+    formatted.map(|()| sb)
+}
+
+fn format_metadata(access: &MetaAccess, url: MetaUrl, sb: &Superblock) -> Result<()> {
     // SAFETY: geteuid/getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     match url {
         MetaUrl::Sled(path) => {
             std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-            SledStore::format(&path, &sb, uid, gid)?;
+            SledStore::format(&path, sb, uid, gid)?;
         }
         MetaUrl::Service { addr, host, tls_ca } => {
             let options = client_options(access, &host, tls_ca.as_deref(), &Role::Tool)?;
-            RemoteStore::format(&addr, options, &sb, uid, gid)?;
+            RemoteStore::format(&addr, options, sb, uid, gid)?;
         }
     }
-    Ok(sb)
+    Ok(())
 }
 
 pub fn open_meta(access: &MetaAccess, role: Role) -> Result<Arc<dyn MetaStore>> {
@@ -194,7 +209,8 @@ pub fn open_meta(access: &MetaAccess, role: Role) -> Result<Arc<dyn MetaStore>> 
 pub fn open_filesystem(access: &MetaAccess, mountpoint: &Path, opts: &MountOptions) -> Result<FileSystem> {
     let meta = open_meta(access, Role::Mount { mountpoint, retry: opts.retry })?;
     let storage = meta.superblock().storage.clone();
-    let mut chunks = connect_chunk_store(&storage, opts.engine.cache_bytes)?;
+    let ownership = Ownership::CheckOrAdopt(meta.superblock());
+    let mut chunks = connect_chunk_store(&storage, opts.engine.cache_bytes, ownership)?;
     if opts.disk_cache_bytes > 0 {
         let dir =
             opts.cache_dir.clone().unwrap_or_else(|| default_cache_root().join(&meta.superblock().uuid));

@@ -490,6 +490,16 @@ pub fn df_used(path: &Path) -> u64 {
     (st.f_blocks - st.f_bfree) * st.f_frsize
 }
 
+/// Bytes free for an unprivileged writer on the file system holding `path`: a test that writes a
+/// lot checks it first.
+pub fn free_disk_bytes(path: &Path) -> u64 {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path and a zeroed statvfs for the kernel to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut st) }, 0, "statvfs {}", path.display());
+    st.f_bavail * st.f_frsize
+}
+
 pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return out };
