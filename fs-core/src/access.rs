@@ -11,6 +11,21 @@ pub const MAY_WRITE: u16 = 2;
 pub const MAY_EXEC: u16 = 1;
 
 const STICKY: u16 = 0o1000;
+const SETUID: u16 = 0o4000;
+const SETGID: u16 = 0o2000;
+const GROUP_EXEC: u16 = 0o010;
+
+/// `perm` without the bits that would let someone run a changed file with its owner's or group's
+/// rights, as Linux's `file_remove_privs` drops them: set-user-ID always; set-group-ID only with
+/// group execute (without it, the bit marks mandatory locking and stays). `None` if there are
+/// none.
+fn without_privileges(perm: u16) -> Option<u16> {
+    let mut kept = perm & !SETUID;
+    if perm & (SETGID | GROUP_EXEC) == SETGID | GROUP_EXEC {
+        kept &= !SETGID;
+    }
+    (kept != perm).then_some(kept)
+}
 
 /// Who is calling, with the supplementary groups that permission checks need.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,16 +85,48 @@ impl Identity {
             && (dir.perm & STICKY == 0 || self.owns(dir) || self.uid == victim.uid)
     }
 
-    /// Whether `req` may change `attr`, as chmod, chown, truncate and utimes allow.
+    /// Whether `req` may change `attr`, as chmod, chown, truncate and utimes allow. Only the
+    /// owner may chown, even to the ids the file has (Linux's `chown_ok`/`chgrp_ok`).
     pub fn may_set(&self, attr: &Attr, req: &SetAttrRequest) -> bool {
         let size = req.size.is_none() || attr.kind == FileKind::Dir || self.may_access_data(attr, MAY_WRITE);
         let mode = req.perm.is_none() || self.owns(attr);
-        let uid = req.uid.is_none_or(|uid| uid == attr.uid || self.is_root());
-        let gid = req.gid.is_none_or(|gid| {
-            gid == attr.gid || self.is_root() || (self.uid == attr.uid && self.in_group(gid))
-        });
+        let owner = self.uid == attr.uid;
+        let uid = req.uid.is_none_or(|uid| self.is_root() || (owner && uid == attr.uid));
+        let gid =
+            req.gid.is_none_or(|gid| self.is_root() || (owner && (gid == attr.gid || self.in_group(gid))));
         let times = (req.atime.is_none() && req.mtime.is_none()) || self.owns(attr);
         size && mode && uid && gid && times
+    }
+
+    /// The mode a file written (or truncated) by this caller must take, if the write must drop
+    /// its set-user-ID or set-group-ID bit: anyone but root does (Linux's `file_remove_privs`).
+    pub fn mode_after_write(&self, attr: &Attr) -> Option<u16> {
+        if self.is_root() || attr.kind != FileKind::File {
+            return None;
+        }
+        without_privileges(attr.perm)
+    }
+
+    /// `req` as it must be carried out, with the mode changes Linux makes on its own:
+    /// - chmod by a caller who is neither root nor in the file's (new) group drops set-group-ID;
+    /// - chown or chgrp of anything but a directory drops set-user-ID and set-group-ID (with
+    ///   group execute), whoever asks, as Linux does since 2.2.13;
+    /// - a truncate by anyone but root drops them as a write does.
+    pub fn effective_setattr(&self, attr: &Attr, req: &SetAttrRequest) -> SetAttrRequest {
+        let mut req = req.clone();
+        if let Some(perm) = req.perm {
+            if !self.is_root() && !self.in_group(req.gid.unwrap_or(attr.gid)) {
+                req.perm = Some(perm & !SETGID);
+            }
+        }
+        let chown = (req.uid.is_some() || req.gid.is_some()) && attr.kind != FileKind::Dir;
+        let truncate = req.size.is_some() && !self.is_root() && attr.kind == FileKind::File;
+        if chown || truncate {
+            if let Some(perm) = without_privileges(req.perm.unwrap_or(attr.perm)) {
+                req.perm = Some(perm);
+            }
+        }
+        req
     }
 
     /// Setting both times to "now" needs only write permission (utimes with a null argument).
@@ -169,5 +216,46 @@ mod tests {
         let truncate = SetAttrRequest { size: Some(0), ..Default::default() };
         assert!(!user(2000, 100, &[]).may_set(&file, &truncate));
         assert!(user(2000, 100, &[]).may_set(&attr(FileKind::File, 0o666, 1000, 100), &truncate));
+        // Not even to the ids it has: only the owner (or root) may chown.
+        let stranger = user(2000, 100, &[]);
+        assert!(!stranger.may_set(&file, &chown(Some(1000), None)));
+        assert!(!stranger.may_set(&file, &chown(None, Some(100))));
+        assert!(owner.may_set(&file, &chown(None, Some(100))));
+    }
+
+    #[test]
+    fn a_write_by_anyone_but_root_drops_set_id_bits() {
+        let stranger = user(2000, 100, &[]);
+        assert_eq!(stranger.mode_after_write(&attr(FileKind::File, 0o6777, 1000, 100)), Some(0o777));
+        assert_eq!(stranger.mode_after_write(&attr(FileKind::File, 0o4755, 1000, 100)), Some(0o755));
+        // Set-group-ID without group execute marks mandatory locking: it stays.
+        assert_eq!(stranger.mode_after_write(&attr(FileKind::File, 0o6745, 1000, 100)), Some(0o2745));
+        assert_eq!(stranger.mode_after_write(&attr(FileKind::File, 0o0777, 1000, 100)), None);
+        assert_eq!(
+            user(1000, 100, &[]).mode_after_write(&attr(FileKind::File, 0o4777, 1000, 100)),
+            Some(0o777)
+        );
+        assert_eq!(Identity::root().mode_after_write(&attr(FileKind::File, 0o6777, 1000, 100)), None);
+    }
+
+    #[test]
+    fn chown_chgrp_chmod_and_truncate_drop_set_id_bits_as_linux_does() {
+        let file = attr(FileKind::File, 0o6555, 1000, 100);
+        let owner = user(1000, 100, &[200]);
+        let perm_of = |who: &Identity, req: SetAttrRequest| who.effective_setattr(&file, &req).perm;
+        let chgrp = SetAttrRequest { gid: Some(200), ..Default::default() };
+        assert_eq!(perm_of(&owner, chgrp.clone()), Some(0o555));
+        assert_eq!(perm_of(&Identity::root(), chgrp), Some(0o555));
+        let dir = attr(FileKind::Dir, 0o2775, 1000, 100);
+        let chown_dir = SetAttrRequest { uid: Some(2000), ..Default::default() };
+        assert_eq!(Identity::root().effective_setattr(&dir, &chown_dir).perm, None, "directories keep them");
+        // chmod g+s by an owner outside the file's group: set-group-ID is dropped.
+        let chmod = SetAttrRequest { perm: Some(0o2755), ..Default::default() };
+        assert_eq!(perm_of(&user(1000, 300, &[]), chmod.clone()), Some(0o755));
+        assert_eq!(perm_of(&owner, chmod.clone()), Some(0o2755));
+        assert_eq!(perm_of(&Identity::root(), chmod), Some(0o2755));
+        let truncate = SetAttrRequest { size: Some(0), ..Default::default() };
+        assert_eq!(perm_of(&user(2000, 100, &[]), truncate.clone()), Some(0o555));
+        assert_eq!(perm_of(&Identity::root(), truncate), None);
     }
 }

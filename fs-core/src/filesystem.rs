@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{instrument, warn};
 
+use crate::access::Identity;
 use crate::block_cache::Part;
 use crate::chunk_store::ChunkStore;
 use crate::error::{errno, FsError, FsResult};
@@ -421,6 +422,16 @@ impl FileSystem {
             }
             Ok(self.with_local_changes(attr.expect("set above")))
         })
+    }
+
+    /// Drops the set-user-ID and set-group-ID bits that a write by `who` to the file `attr`
+    /// describes must drop (see [`Identity::mode_after_write`]); returns the attributes after.
+    /// For frontends without a kernel to do it: the FUSE kernel module sends that SETATTR itself.
+    pub fn drop_privileges_for_write(&self, attr: Attr, who: &Identity) -> FsResult<Attr> {
+        match who.mode_after_write(&attr) {
+            Some(perm) => self.setattr(attr.ino, &SetAttrRequest { perm: Some(perm), ..Default::default() }),
+            None => Ok(attr),
+        }
     }
 
     pub fn statfs(&self) -> FsResult<Usage> {

@@ -252,7 +252,7 @@ impl Gateway {
             if req.size.is_some() && attr.kind == FileKind::Dir {
                 return Err(nfsstat3::NFS3ERR_INVAL);
             }
-            self.fs.setattr(attr.ino, &req).map_err(fs_err)
+            self.fs.setattr(attr.ino, &who.effective_setattr(&attr, &req)).map_err(fs_err)
         };
         match run() {
             Ok(attr) => Nfs3Result::Ok(SETATTR3resok { obj_wcc: wcc(Some(&attr), self.handles.volume) }),
@@ -396,7 +396,7 @@ impl Gateway {
                     return Ok(attr);
                 }
                 allow(who.may_set(&attr, &req))?;
-                self.fs.setattr(attr.ino, &req).map_err(fs_err)
+                self.fs.setattr(attr.ino, &who.effective_setattr(&attr, &req)).map_err(fs_err)
             }
             createhow3::EXCLUSIVE(verf) => self.create_exclusive(dir, name, verf, who),
         });
@@ -615,6 +615,7 @@ impl Gateway {
             }
             let data = &data[..a.count as usize];
             let handle = self.open.get(attr.ino).map_err(fs_err)?;
+            let attr = self.fs.drop_privileges_for_write(attr, who).map_err(fs_err)?;
             self.fs.write(handle.fh, a.offset, data).map_err(fs_err)?;
             // The attributes after the write, without asking the metadata again; a flush below
             // commits exactly these.

@@ -95,12 +95,17 @@ pub type Client = Nfs3Client<TokioIo<TcpStream>>;
 
 /// AUTH_SYS credentials for `uid`/`gid`.
 pub fn auth(uid: u32, gid: u32) -> opaque_auth<'static> {
+    auth_with_groups(uid, gid, &[gid])
+}
+
+/// AUTH_SYS credentials for `uid`/`gid` with supplementary `groups`.
+pub fn auth_with_groups(uid: u32, gid: u32, groups: &[u32]) -> opaque_auth<'static> {
     opaque_auth::auth_unix(&auth_unix {
         stamp: 0,
         machinename: Opaque::owned(b"test-host".to_vec()),
         uid,
         gid,
-        gids: vec![gid],
+        gids: groups.to_vec(),
     })
 }
 
@@ -130,9 +135,14 @@ pub async fn mount_root<IO: AsyncRead + AsyncWrite + Send>(
 
 /// An NFS client acting as `uid`/`gid` and the export's root handle.
 pub async fn client(port: u16, uid: u32, gid: u32) -> (Client, nfs_fh3) {
-    let root = mount_root(connect(port, None).await.unwrap(), auth(uid, gid)).await.expect("MNT /");
-    let nfs =
-        Nfs3Client::new_with_auth(connect(port, None).await.unwrap(), auth(uid, gid), opaque_auth::default());
+    client_with_groups(port, uid, gid, &[gid]).await
+}
+
+/// An NFS client acting as `uid`/`gid` with supplementary `groups`, and the export's root.
+pub async fn client_with_groups(port: u16, uid: u32, gid: u32, groups: &[u32]) -> (Client, nfs_fh3) {
+    let cred = auth_with_groups(uid, gid, groups);
+    let root = mount_root(connect(port, None).await.unwrap(), cred.clone()).await.expect("MNT /");
+    let nfs = Nfs3Client::new_with_auth(connect(port, None).await.unwrap(), cred, opaque_auth::default());
     (nfs, root)
 }
 
