@@ -573,6 +573,13 @@ impl FileSystem {
         })
     }
 
+    /// A clean stop (unmount, a gateway's SIGTERM): commits every open file, then ends this
+    /// client's session.
+    pub fn shutdown(&self) -> FsResult<()> {
+        self.flush_all()?;
+        Ok(self.meta.end_own_session()?)
+    }
+
     /// Commits every open file (at unmount).
     pub fn flush_all(&self) -> FsResult<()> {
         let files: Vec<_> = self.open_files.lock().unwrap().values().map(|e| e.file.clone()).collect();

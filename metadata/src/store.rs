@@ -189,4 +189,10 @@ pub trait MetaStore: Send + Sync + 'static {
     fn get_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<Option<LockRecord>>;
     /// Releases every lock this session's `owner` holds on `ino` (at close or process exit).
     fn release_locks(&self, ino: Ino, owner: u64) -> MetaResult<()>;
+    /// Ends this client's session now, at a clean shutdown: its locks and chunk intents go,
+    /// and the files it held open after unlinking them are removed, instead of waiting for the
+    /// lease or the next mount. A metadata service's client does this when it is dropped.
+    fn end_own_session(&self) -> MetaResult<()> {
+        Ok(())
+    }
 }

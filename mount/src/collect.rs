@@ -3,13 +3,34 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use elasticfs_core::gc::{collect, GcOptions};
+use elasticfs_core::gc::{collect, BackgroundGc, GcOptions};
+use elasticfs_core::FileSystem;
 use elasticfs_core::{connect_object_store, Ownership};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::options::human_bytes;
+use crate::options::MountOptions;
 use crate::status::{elasticfs_runtime, open_unmounted};
-use crate::volume::MetaAccess;
+use crate::volume::{MetaAccess, MetaUrl};
+
+/// Background collection for a client that holds an embedded store (a mount, a gateway): there
+/// is no service to collect its garbage, so it does, every `gc-interval` (0: never).
+pub fn start_embedded_gc(
+    fs: &FileSystem,
+    access: &MetaAccess,
+    opts: &MountOptions,
+) -> Result<Option<BackgroundGc>> {
+    let embedded = matches!(MetaUrl::parse(&access.url)?, MetaUrl::Sled(_));
+    if !embedded || opts.gc_interval.is_zero() {
+        return Ok(None);
+    }
+    let target = (fs.meta().clone(), fs.chunks().object_store().clone());
+    Ok(Some(BackgroundGc::start(
+        opts.gc_interval,
+        opts.gc_grace,
+        Box::new(move || Ok(Some(target.clone()))),
+    )?))
+}
 
 pub fn gc(access: &MetaAccess, dry_run: bool, grace: Duration) -> Result<()> {
     let meta = open_unmounted(

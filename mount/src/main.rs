@@ -1,3 +1,5 @@
+use std::io::Write;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -6,6 +8,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("ELASTICFS_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk under a redirected stderr) loses lines; it
+        // must not take the process down by reporting that on the same stderr.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut argv: Vec<String> = std::env::args().collect();
@@ -23,7 +28,8 @@ fn main() {
 }
 
 fn exit_with(e: anyhow::Error) -> ! {
-    eprintln!("elasticfs: {e:#}");
+    // Not eprintln!: it panics when stderr cannot be written.
+    let _ = writeln!(std::io::stderr(), "elasticfs: {e:#}");
     std::process::exit(1)
 }
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use elasticfs_core::gc::BackgroundGc;
 use fuser::{Config, MountOption, SessionACL};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing::{info, warn};
@@ -18,7 +17,7 @@ use crate::fuse::FuseAdapter;
 use crate::metrics_endpoint::{self, client_registry};
 use crate::options::MountOptions;
 use crate::status::StatusWriter;
-use crate::volume::{self, FormatSpec, MetaAccess, MetaUrl};
+use crate::volume::{self, FormatSpec, MetaAccess};
 
 /// Set in a background mount's child: print "ready" on stdout once mounted.
 const READY_ENV: &str = "ELASTICFS_NOTIFY_READY";
@@ -94,18 +93,7 @@ fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<(
         .map(|addr| metrics_endpoint::serve(addr, client_registry(&fs)))
         .transpose()?;
     let status = StatusWriter::start(fs.clone(), &access.url, mountpoint)?;
-    // An embedded store has no service to collect its garbage: its mount does.
-    let embedded = matches!(MetaUrl::parse(&access.url)?, MetaUrl::Sled(_));
-    let gc = if embedded && !opts.gc_interval.is_zero() {
-        let target = (fs.meta().clone(), fs.chunks().object_store().clone());
-        Some(BackgroundGc::start(
-            opts.gc_interval,
-            opts.gc_grace,
-            Box::new(move || Ok(Some(target.clone()))),
-        )?)
-    } else {
-        None
-    };
+    let gc = crate::collect::start_embedded_gc(&fs, access, &opts)?;
     let pid_file = PidFile::create(mountpoint)?;
     let mut config = Config::default();
     config.mount_options = vec![
@@ -150,7 +138,7 @@ fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<(
     if let Some(status) = status {
         status.stop();
     }
-    fs.flush_all()?;
+    fs.shutdown()?;
     // The session (run consumed it) is gone; with our reference the engine and its lock go too.
     drop(fs);
     drop(pid_file);

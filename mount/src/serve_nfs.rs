@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use elasticfs_nfs_gateway::{parse_network, ExportConfig, Gateway, Squash};
@@ -72,18 +73,26 @@ pub fn serve(args: NfsArgs) -> Result<()> {
         .as_deref()
         .map(|addr| metrics_endpoint::serve(addr, client_registry(&fs)))
         .transpose()?;
+    let gc = crate::collect::start_embedded_gc(&fs, &meta, &opts)?;
     let gateway = Gateway::new(fs.clone(), export);
     listening::announce(addr)?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::select! {
             served = gateway.clone().serve(listener) => served.context("accepting NFS connections"),
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = interrupt.recv() => Ok(()),
             _ = term.recv() => Ok(()),
         }
-    })?;
+    });
     info!("stopping: committing open files");
-    gateway.close_all().context("committing open files at shutdown")?;
-    fs.flush_all().context("committing open files at shutdown")?;
+    // The connections' tasks go first, on this thread: they hold the engine, whose own runtime
+    // must not be dropped from inside another runtime's worker.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    drop(gc);
+    let closed = gateway.close_all().context("committing open files at shutdown");
+    let stopped = fs.shutdown().context("ending the gateway's session");
+    served.and(closed).and(stopped)?;
+    info!("stopped");
     Ok(())
 }

@@ -125,6 +125,19 @@ impl Gateway {
             match rpc::read_record(&mut reader, &mut record).await {
                 Ok(()) => {}
                 Err(rpc::RecordError::Closed) => break,
+                // A client that goes away mid-record or resets its connection is a client
+                // going away, not a problem of the gateway's.
+                Err(rpc::RecordError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    debug!(%peer, "client disconnected: {e}");
+                    break;
+                }
                 Err(e) => {
                     warn!(%peer, "dropping the connection: {e}");
                     break;

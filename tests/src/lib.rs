@@ -49,9 +49,14 @@ impl ServerChild {
 
     /// Stops it with SIGTERM and returns how it exited.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends it `signal` and returns how it exited.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
         let mut child = self.0.take().expect("running");
         // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         child.wait().unwrap()
     }
 }

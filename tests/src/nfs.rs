@@ -79,6 +79,12 @@ impl Gateway {
         assert!(status.success(), "nfs serve exited with {status}: {}", self.log());
     }
 
+    /// Stops it with SIGINT (Ctrl-C) and checks that it exited cleanly.
+    pub fn interrupt(&mut self) {
+        let status = self.child.stop_with(libc::SIGINT);
+        assert!(status.success(), "nfs serve exited with {status} on SIGINT: {}", self.log());
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         assert!(!self.child.is_running(), "stop it first");

@@ -738,6 +738,13 @@ impl MetaStore for SledStore {
         self.set_throughput_in(settings)
     }
 
+    fn end_own_session(&self) -> MetaResult<()> {
+        if self.session == NO_SESSION {
+            return Ok(());
+        }
+        self.end_session(self.session)
+    }
+
     fn sessions(&self) -> MetaResult<Vec<SessionRecord>> {
         self.session_records()
     }
