@@ -63,9 +63,66 @@ fn chunk_of(path: &Path) -> Option<ChunkHash> {
 /// What the bucket holds for one chunk.
 #[derive(Default, Clone, Copy)]
 struct Stored {
+    /// Its objects: the chunk, and its segment list if it has one.
+    objects: u64,
     bytes: u64,
     /// Unix seconds of its newest object's last write.
     newest: i64,
+}
+
+/// Every object under `chunks/`, by the chunk it belongs to.
+async fn list_chunk_objects(store: &Arc<dyn ObjectStore>) -> FsResult<HashMap<ChunkHash, Stored>> {
+    let mut objects: HashMap<ChunkHash, Stored> = HashMap::new();
+    let mut listing = store.list(Some(&Path::from("chunks")));
+    while let Some(object) =
+        listing.try_next().await.map_err(|e| FsError::io(format!("listing chunks: {e}")))?
+    {
+        if let Some(hash) = chunk_of(&object.location) {
+            let entry = objects.entry(hash).or_default();
+            entry.objects += 1;
+            entry.bytes += object.size;
+            entry.newest = entry.newest.max(object.last_modified.timestamp());
+        }
+    }
+    Ok(objects)
+}
+
+/// What the bucket holds against what the metadata knows of (for `fsck` and `status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketSurvey {
+    /// Objects of chunks (and their segment lists) in the bucket.
+    pub objects: u64,
+    pub bytes: u64,
+    /// Of those, the objects the metadata knows nothing of: uploads never committed (a client
+    /// died, or superseded them), or under way right now. Collection deletes them once they
+    /// are older than its grace period.
+    pub leaked_objects: u64,
+    pub leaked_bytes: u64,
+}
+
+/// Lists the bucket and sorts what it holds by what the metadata knows; without `meta`, only
+/// counts it (nothing is then called leaked).
+pub fn survey(
+    meta: Option<&Arc<dyn MetaStore>>,
+    store: &Arc<dyn ObjectStore>,
+    runtime: &tokio::runtime::Runtime,
+) -> FsResult<BucketSurvey> {
+    let objects = runtime.block_on(list_chunk_objects(store))?;
+    let mut known: Option<HashSet<ChunkHash>> = None;
+    if let Some(meta) = meta {
+        let referenced = meta.referenced_chunks()?.into_iter().map(|(h, _)| h);
+        known = Some(referenced.chain(meta.unreferenced_chunks()?.into_iter().map(|(h, _)| h)).collect());
+    }
+    let mut survey = BucketSurvey::default();
+    for (hash, stored) in &objects {
+        survey.objects += stored.objects;
+        survey.bytes += stored.bytes;
+        if known.as_ref().is_some_and(|k| !k.contains(hash)) {
+            survey.leaked_objects += stored.objects;
+            survey.leaked_bytes += stored.bytes;
+        }
+    }
+    Ok(survey)
 }
 
 /// Runs one collection. Metadata calls block the calling thread; object-store calls run on
@@ -83,20 +140,7 @@ pub fn collect(
     runtime.block_on(ownership::enforce(store, &sb.storage, Ownership::Check(&sb)))?;
     let now = Timestamp::now();
     let cutoff = Timestamp { secs: now.secs - options.grace.as_secs() as i64, nanos: now.nanos };
-    let objects: HashMap<ChunkHash, Stored> = runtime.block_on(async {
-        let mut objects: HashMap<ChunkHash, Stored> = HashMap::new();
-        let mut listing = store.list(Some(&Path::from("chunks")));
-        while let Some(object) =
-            listing.try_next().await.map_err(|e| FsError::io(format!("listing chunks: {e}")))?
-        {
-            if let Some(hash) = chunk_of(&object.location) {
-                let entry = objects.entry(hash).or_default();
-                entry.bytes += object.size;
-                entry.newest = entry.newest.max(object.last_modified.timestamp());
-            }
-        }
-        Ok::<_, FsError>(objects)
-    })?;
+    let objects = runtime.block_on(list_chunk_objects(store))?;
     let referenced: HashSet<ChunkHash> = meta.referenced_chunks()?.into_iter().map(|(h, _)| h).collect();
     let unreferenced = meta.unreferenced_chunks()?;
     let known: HashSet<ChunkHash> = unreferenced.iter().map(|(h, _)| *h).collect();

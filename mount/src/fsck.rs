@@ -4,10 +4,12 @@
 //! repair would do and changes nothing.
 
 use anyhow::{bail, Result};
+use elasticfs_core::gc::survey;
 use elasticfs_core::metadata::audit::Audit;
 use elasticfs_core::{connect_chunk_store, Ownership};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::options::human_bytes;
 use crate::status::{elasticfs_runtime, open_unmounted};
 use crate::volume::MetaAccess;
 
@@ -49,6 +51,15 @@ pub fn fsck(access: &MetaAccess, verify_data: bool) -> Result<()> {
     println!(
         "{} referenced chunks: {missing} missing, {corrupt} corrupt; {unreferenced} unreferenced (left for gc)",
         referenced.len()
+    );
+    let bucket = survey(Some(&meta), chunks.object_store(), &runtime)?;
+    println!(
+        "bucket: {} objects, {}; {} objects ({}) that nothing references: uploads never committed \
+         (gc deletes them once older than its grace period)",
+        bucket.objects,
+        human_bytes(bucket.bytes),
+        bucket.leaked_objects,
+        human_bytes(bucket.leaked_bytes)
     );
     if missing + corrupt > 0 {
         println!(

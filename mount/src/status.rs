@@ -9,10 +9,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use elasticfs_core::gc::survey;
 use elasticfs_core::metadata::throughput::ThroughputStatus;
 use elasticfs_core::metadata::{MetaStore, SessionRecord, Superblock, Usage, FORMAT_VERSION};
 use elasticfs_core::metrics::ClientTotals;
-use elasticfs_core::FileSystem;
+use elasticfs_core::{open_object_store, FileSystem};
 use serde_json::json;
 
 use crate::options::human_bytes;
@@ -168,7 +169,7 @@ impl StatusWriter {
 }
 
 pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
-    let doc = match volume::open_meta(access, Role::Tool) {
+    let mut doc = match volume::open_meta(access, Role::Tool) {
         Ok(meta) => report(meta.superblock(), meta.usage()?, &meta.throughput()?, &meta.sessions()?, None),
         Err(e) => {
             // Locked by a running mount: show what it publishes.
@@ -179,6 +180,7 @@ pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
             serde_json::from_str(&text).with_context(|| format!("reading {}", file.display()))?
         }
     };
+    doc["bucket"] = bucket_json(doc["storage"].as_str().unwrap_or_default());
     if as_json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -189,6 +191,18 @@ pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
     println!("storage         {}", field("storage"));
     println!("block size      {} bytes (inline up to {})", field("block_size"), field("inline_threshold"));
     println!("used            {} bytes in {} inodes", field("used_bytes"), field("used_inodes"));
+    match doc["bucket"]["bytes"].as_u64() {
+        Some(stored) => {
+            let used = doc["used_bytes"].as_u64().unwrap_or(0).max(1);
+            println!(
+                "bucket          {} bytes in {} objects ({:.2}x the used bytes; fsck tells what is leaked)",
+                stored,
+                doc["bucket"]["objects"],
+                stored as f64 / used as f64
+            );
+        }
+        None => println!("bucket          not listed: {}", doc["bucket"]["error"].as_str().unwrap_or("?")),
+    }
     match doc["mount"].as_object() {
         Some(m) => {
             println!("mounted         at {} by pid {}", m["mountpoint"], m["pid"]);
@@ -249,6 +263,18 @@ pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the bucket holds (a listing of it: objects and bytes), or why it could not be listed.
+fn bucket_json(storage: &str) -> serde_json::Value {
+    let listed = open_object_store(storage).map_err(anyhow::Error::from).and_then(|store| {
+        let runtime = elasticfs_runtime()?;
+        Ok(survey(None, &store, &runtime)?)
+    });
+    match listed {
+        Ok(s) => json!({ "objects": s.objects, "bytes": s.bytes }),
+        Err(e) => json!({ "error": format!("{e:#}") }),
+    }
 }
 
 pub(crate) fn elasticfs_runtime() -> Result<tokio::runtime::Runtime> {

@@ -272,5 +272,26 @@ fn random_writes_over_a_file_larger_than_the_write_buffer_stay_within_budget() {
     let out = fio(&mount.path.join("big"), &["--size=32m", "--number_ios=600", "--verify_only"]);
     assert!(out.contains("err= 0"), "{out}");
     mount.unmount();
+
+    // Blocks uploaded to make room and rewritten since are objects nothing references: fsck
+    // counts them, status shows the bucket beside the used bytes, gc deletes them.
+    let report = vol.fsck(true);
+    assert!(leaked_objects(&report) > 0, "{report}");
+    let status = vol.status();
+    let (bucket, used) =
+        (status["bucket"]["bytes"].as_u64().unwrap(), status["used_bytes"].as_u64().unwrap());
+    assert!(bucket > used, "the bucket ({bucket}) holds more than the files ({used}) until gc");
+    elasticfs(&["gc", "--meta", &vol.meta, "--grace", "0s"], &[]);
+    let report = vol.fsck(true);
+    assert_eq!(leaked_objects(&report), 0, "{report}");
     vol.assert_fsck_clean(true);
+    let bucket = vol.status()["bucket"]["bytes"].as_u64().unwrap();
+    assert!(bucket <= used + (1 << 20), "after gc the bucket ({bucket}) holds the files ({used})");
+}
+
+/// The count of objects nothing references, from fsck's report.
+fn leaked_objects(report: &str) -> u64 {
+    let line = report.lines().find(|l| l.starts_with("bucket: ")).expect("fsck reports the bucket");
+    let after = line.split("; ").nth(1).expect("bucket: N objects, SIZE; M objects (…)");
+    after.split(' ').next().unwrap().parse().unwrap()
 }
