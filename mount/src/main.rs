@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     bound_allocator_memory();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("ELASTICFS_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         // A log that cannot be written (a full disk under a redirected stderr) loses lines; it
         // must not take the process down by reporting that on the same stderr.
@@ -25,6 +25,15 @@ fn main() {
     if let Err(e) = elasticfs_cli::cli::run(cli, &argv) {
         exit_with(e);
     }
+}
+
+/// ELASTICFS_LOG (default `info`). fuser warns "Failed to umount filesystem" whenever the mount
+/// was detached by umount(8) rather than by itself, which is every clean unmount (its own source
+/// says this is not necessarily an error): that one target is quiet unless asked for.
+fn log_filter() -> EnvFilter {
+    let wanted = std::env::var("ELASTICFS_LOG").unwrap_or_else(|_| "info".into());
+    let directives = if wanted.contains("fuser") { wanted } else { format!("{wanted},fuser::session=error") };
+    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,fuser::session=error"))
 }
 
 fn exit_with(e: anyhow::Error) -> ! {

@@ -37,6 +37,7 @@ pub fn mount(
         Some(meta) => meta,
         None => embedded_default()?,
     };
+    volume::check_meta_url(&meta)?;
     if background {
         return spawn_background(mountpoint, log, argv);
     }
@@ -73,6 +74,14 @@ fn check_mountpoint(mountpoint: &Path) -> Result<()> {
     if !meta.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
+    if let Some(mounted) = mounted_at(mountpoint)? {
+        bail!(
+            "{} is already a mount point ({mounted}): mounting over it would hide that file system; \
+             unmount it first (elasticfs umount {})",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
     let mut entries =
         std::fs::read_dir(mountpoint).with_context(|| format!("reading {}", mountpoint.display()))?;
     if entries.next().is_some() {
@@ -82,6 +91,44 @@ fn check_mountpoint(mountpoint: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What is mounted at `dir` ("TYPE SOURCE"), if anything, from /proc/self/mountinfo.
+pub(crate) fn mounted_at(dir: &Path) -> Result<Option<String>> {
+    let dir = std::path::absolute(dir)?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else { return Ok(None) };
+    Ok(table.lines().find_map(|line| {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER_OPTIONS
+        let fields: Vec<&str> = line.split(' ').collect();
+        let at = unescape_mountinfo(fields.get(4)?);
+        let rest = line.split_once(" - ")?.1;
+        let mut described = rest.split(' ');
+        let (kind, source) = (described.next()?, described.next()?);
+        (Path::new(&at) == dir).then(|| format!("{kind} {}", unescape_mountinfo(source)))
+    }))
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal =
+            bytes.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs the mount in this process until it is unmounted.
@@ -157,6 +204,8 @@ fn spawn_background(mountpoint: &Path, log: Option<PathBuf>, argv: &[String]) ->
         .append(true)
         .open(&log)
         .with_context(|| format!("opening log {}", log.display()))?;
+    // Where this mount's lines start: other mounts may share the log.
+    let ours_from = log_file.metadata().map_or(0, |m| m.len());
     let args: Vec<String> =
         argv.iter().skip(1).filter(|a| *a != "-d" && *a != "--background").cloned().collect();
     let exe = std::env::current_exe()?;
@@ -183,12 +232,19 @@ fn spawn_background(mountpoint: &Path, log: Option<PathBuf>, argv: &[String]) ->
         return Ok(());
     }
     let status = child.wait()?;
-    let tail = std::fs::read_to_string(&log).unwrap_or_default();
-    let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+    let written = std::fs::read(&log).unwrap_or_default();
+    let ours = String::from_utf8_lossy(written.get(ours_from as usize..).unwrap_or_default()).into_owned();
+    // Its own error first (the line the failing process ends with), then what it logged before.
+    let (error, logged): (Vec<&str>, Vec<&str>) = ours.lines().partition(|l| l.starts_with("elasticfs: "));
+    let error = error.last().map_or("(no error message)", |l| l.trim_start_matches("elasticfs: "));
+    let logged: Vec<&str> = logged.into_iter().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+    if logged.is_empty() {
+        bail!("{error}");
+    }
     bail!(
-        "the background mount exited ({status}) before it was ready; last lines of {}:\n{}",
+        "{error}\n(the background mount exited with {status}; its log {} says:)\n{}",
         log.display(),
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        logged.join("\n")
     )
 }
 

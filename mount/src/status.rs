@@ -33,6 +33,17 @@ fn held_by_mount(meta_url: &str) -> bool {
     status_file(meta_url).ok().flatten().is_some_and(|f| f.exists())
 }
 
+/// Whether a mount holds the embedded store at `meta_url` and is still mounted (one whose mount
+/// point is gone is exiting: it is committing, and lets go of the store in a moment).
+pub(crate) fn held_by_live_mount(meta_url: &str) -> bool {
+    let Some(file) = status_file(meta_url).ok().flatten() else { return false };
+    let Ok(text) = std::fs::read_to_string(file) else { return false };
+    let published: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    published["mount"]["mountpoint"]
+        .as_str()
+        .is_some_and(|at| crate::mounting::mounted_at(Path::new(at)).ok().flatten().is_some())
+}
+
 /// Opens the store for a tool that needs it to itself (`gc`, `fsck`); when a running mount
 /// holds an embedded store, the error says so with `fix`.
 pub(crate) fn open_unmounted(access: &MetaAccess, fix: &'static str) -> Result<Arc<dyn MetaStore>> {

@@ -180,10 +180,33 @@ fn format_metadata(access: &MetaAccess, url: MetaUrl, sb: &Superblock) -> Result
     Ok(())
 }
 
+/// How long a mount waits for an exiting mount to let go of an embedded store.
+const EXITING_HOLDER_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Checks what can be checked of `--meta` without opening it (a background mount does this
+/// before it forks, so that its user sees the error): the URL's form, and for an embedded store
+/// that it holds a file system.
+pub fn check_meta_url(url: &str) -> Result<()> {
+    if let MetaUrl::Sled(path) = MetaUrl::parse(url)? {
+        if !SledStore::exists(&path) {
+            bail!("no file system at {}: format it first (elasticfs format --meta {url})", path.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn open_meta(access: &MetaAccess, role: Role) -> Result<Arc<dyn MetaStore>> {
     match MetaUrl::parse(&access.url)? {
         MetaUrl::Sled(path) => {
-            let store = SledStore::open(&path)?;
+            let store = match role {
+                Role::Tool => SledStore::open(&path)?,
+                // `umount DIR && mount DIR`: the mount just unmounted may still be committing,
+                // so wait for it; but not for one that is still mounted.
+                Role::Mount { .. } if crate::status::held_by_live_mount(&access.url) => {
+                    SledStore::open(&path)?
+                }
+                Role::Mount { .. } => SledStore::open_waiting(&path, EXITING_HOLDER_PATIENCE)?,
+            };
             match role {
                 Role::Tool => Ok(Arc::new(store)),
                 Role::Mount { mountpoint, .. } => {

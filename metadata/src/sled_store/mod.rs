@@ -164,6 +164,20 @@ impl SledStore {
         Self::with_db(db, superblock)
     }
 
+    /// [`Self::open`], waiting up to `patience` for another process to let go of the store: a
+    /// mount that was just unmounted holds it for the moment it takes to commit and exit.
+    pub fn open_waiting(path: &Path, patience: std::time::Duration) -> MetaResult<Self> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match Self::open(path) {
+                Err(MetaError::Store(e)) if e.contains(IN_USE) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn with_db(db: sled::Db, superblock: Superblock) -> MetaResult<Self> {
         let trees = Trees::open(&db)?;
         let throughput = throughput::Throughput::open(&trees.counters, superblock.throughput)?;
@@ -296,6 +310,9 @@ fn write_superblock(db: &sled::Db, superblock: &Superblock) -> MetaResult<()> {
     Ok(())
 }
 
+/// What [`open_db`] says of a store another process holds.
+const IN_USE: &str = "is in use by another process";
+
 fn open_db(path: &Path) -> MetaResult<sled::Db> {
     sled::Config::new()
         .path(path)
@@ -308,7 +325,7 @@ fn open_db(path: &Path) -> MetaResult<sled::Db> {
                 if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
             {
                 MetaError::Store(format!(
-                    "the metadata store at {} is in use by another process (a running mount?): \
+                    "the metadata store at {} {IN_USE} (a running mount?): \
                      unmount it first, or share it through `elasticfs meta serve`",
                     path.display()
                 ))
