@@ -19,12 +19,28 @@ const GROUP_EXEC: u16 = 0o010;
 /// rights, as Linux's `file_remove_privs` drops them: set-user-ID always; set-group-ID only with
 /// group execute (without it, the bit marks mandatory locking and stays). `None` if there are
 /// none.
-fn without_privileges(perm: u16) -> Option<u16> {
+pub(crate) fn without_privileges(perm: u16) -> Option<u16> {
     let mut kept = perm & !SETUID;
     if perm & (SETGID | GROUP_EXEC) == SETGID | GROUP_EXEC {
         kept &= !SETGID;
     }
     (kept != perm).then_some(kept)
+}
+
+/// `req` with the set-user-ID and set-group-ID bits it must drop (as a mode change): a chown or
+/// chgrp of anything but a directory drops them whoever asks (Linux since 2.2.13, and knfsd); a
+/// truncate by a caller without the privilege to keep them (`privileged`: root, CAP_FSETID)
+/// drops them as a write does.
+pub fn dropping_set_id_bits(attr: &Attr, req: &SetAttrRequest, privileged: bool) -> SetAttrRequest {
+    let mut req = req.clone();
+    let chown = (req.uid.is_some() || req.gid.is_some()) && attr.kind != FileKind::Dir;
+    let truncate = req.size.is_some() && !privileged && attr.kind == FileKind::File;
+    if chown || truncate {
+        if let Some(perm) = without_privileges(req.perm.unwrap_or(attr.perm)) {
+            req.perm = Some(perm);
+        }
+    }
+    req
 }
 
 /// Who is calling, with the supplementary groups that permission checks need.
@@ -107,11 +123,9 @@ impl Identity {
         without_privileges(attr.perm)
     }
 
-    /// `req` as it must be carried out, with the mode changes Linux makes on its own:
-    /// - chmod by a caller who is neither root nor in the file's (new) group drops set-group-ID;
-    /// - chown or chgrp of anything but a directory drops set-user-ID and set-group-ID (with
-    ///   group execute), whoever asks, as Linux does since 2.2.13;
-    /// - a truncate by anyone but root drops them as a write does.
+    /// `req` as it must be carried out, with the mode changes Linux makes on its own: chmod by
+    /// a caller who is neither root nor in the file's (new) group drops set-group-ID, and
+    /// [`dropping_set_id_bits`] for chown and truncate.
     pub fn effective_setattr(&self, attr: &Attr, req: &SetAttrRequest) -> SetAttrRequest {
         let mut req = req.clone();
         if let Some(perm) = req.perm {
@@ -119,14 +133,7 @@ impl Identity {
                 req.perm = Some(perm & !SETGID);
             }
         }
-        let chown = (req.uid.is_some() || req.gid.is_some()) && attr.kind != FileKind::Dir;
-        let truncate = req.size.is_some() && !self.is_root() && attr.kind == FileKind::File;
-        if chown || truncate {
-            if let Some(perm) = without_privileges(req.perm.unwrap_or(attr.perm)) {
-                req.perm = Some(perm);
-            }
-        }
-        req
+        dropping_set_id_bits(attr, &req, self.is_root())
     }
 
     /// Setting both times to "now" needs only write permission (utimes with a null argument).

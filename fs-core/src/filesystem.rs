@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{instrument, warn};
 
-use crate::access::Identity;
+use crate::access::{without_privileges, Identity};
 use crate::block_cache::Part;
 use crate::chunk_store::ChunkStore;
 use crate::error::{errno, FsError, FsResult};
@@ -29,6 +29,9 @@ use crate::throttle::Throttle;
 
 /// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
 const MAX_FILE_SIZE: u64 = 1 << 44;
+
+/// Set-user-ID and set-group-ID.
+const SET_ID_BITS: u16 = 0o6000;
 
 /// Stripes of the lock that keeps opens and removing unlinks of one inode apart.
 const OPEN_GATES: usize = 64;
@@ -420,6 +423,9 @@ impl FileSystem {
             if changes != SetAttr::default() || attr.is_none() {
                 attr = Some(self.meta.setattr(ino, &changes)?);
             }
+            if let (Some(file), Some(attr)) = (self.open_file(ino), &attr) {
+                file.may_have_set_id_bits.store(attr.perm & SET_ID_BITS != 0, Ordering::Relaxed);
+            }
             Ok(self.with_local_changes(attr.expect("set above")))
         })
     }
@@ -432,6 +438,23 @@ impl FileSystem {
             Some(perm) => self.setattr(attr.ino, &SetAttrRequest { perm: Some(perm), ..Default::default() }),
             None => Ok(attr),
         }
+    }
+
+    /// Drops the set-user-ID and set-group-ID bits of handle `fh`'s file before a write whose
+    /// caller may not keep them (the FUSE kernel module says so with FUSE_WRITE_KILL_SUIDGID,
+    /// having left this to us: HANDLE_KILLPRIV_V2). The attributes are read only if the file
+    /// had such a bit at its last open or this client's last chmod of it.
+    pub fn drop_set_id_bits_before_write(&self, fh: u64) -> FsResult<()> {
+        let file = self.handle(fh)?.file.clone();
+        if !file.may_have_set_id_bits.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let attr = self.getattr(file.ino)?;
+        if let Some(perm) = without_privileges(attr.perm) {
+            self.setattr(file.ino, &SetAttrRequest { perm: Some(perm), ..Default::default() })?;
+        }
+        file.may_have_set_id_bits.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn statfs(&self) -> FsResult<Usage> {
@@ -486,6 +509,7 @@ impl FileSystem {
             };
             // Close-to-open.
             file.adopt_committed_size(attr.size);
+            file.may_have_set_id_bits.store(attr.perm & SET_ID_BITS != 0, Ordering::Relaxed);
             let version = (attr.mtime, attr.ctime, attr.size);
             let unchanged = self.last_opened.lock().unwrap().put(ino, version) == Some(version);
             let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);

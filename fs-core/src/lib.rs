@@ -17,7 +17,7 @@ mod segments;
 mod storage;
 mod throttle;
 
-pub use access::{Identity, MAY_EXEC, MAY_READ, MAY_WRITE};
+pub use access::{dropping_set_id_bits, Identity, MAY_EXEC, MAY_READ, MAY_WRITE};
 pub use block_cache::BlockCache;
 pub use chunk_store::{chunk_path, hash_of, segments_path, ChunkStore};
 pub use disk_cache::DiskCache;

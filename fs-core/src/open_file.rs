@@ -3,7 +3,7 @@
 //! the others wrote before it is flushed.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -130,6 +130,9 @@ impl Drop for FileState {
 pub(crate) struct OpenFile {
     pub(crate) ino: Ino,
     pub(crate) state: Mutex<FileState>,
+    /// Whether the file may have a set-user-ID or set-group-ID bit, as of its last open or this
+    /// client's last chmod of it: a write that must drop them looks at the attributes only then.
+    pub(crate) may_have_set_id_bits: AtomicBool,
 }
 
 impl OpenFile {
@@ -143,7 +146,7 @@ impl OpenFile {
             buffered: 0,
             budget,
         };
-        OpenFile { ino, state: Mutex::new(state) }
+        OpenFile { ino, state: Mutex::new(state), may_have_set_id_bits: AtomicBool::new(true) }
     }
 
     /// Takes the committed size as the file's size, unless this client has uncommitted changes

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use elasticfs_core::metadata::{Attr, FileKind, LockKind, LockRequest, RenameMode, Timestamp, XattrMode};
-use elasticfs_core::{Caller, FileSystem, FsError, SetAttrRequest};
+use elasticfs_core::{dropping_set_id_bits, Caller, FileSystem, FsError, SetAttrRequest};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
     InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -27,6 +27,8 @@ pub struct FuseAdapter {
     entry_ttl: Duration,
     /// Set once the session exists (the adapter is made before it).
     notifier: Arc<OnceLock<Notifier>>,
+    /// The kernel left dropping set-user-ID and set-group-ID bits to us (HANDLE_KILLPRIV_V2).
+    kills_set_id_bits: bool,
 }
 
 impl FuseAdapter {
@@ -37,7 +39,9 @@ impl FuseAdapter {
         entry_ttl: Duration,
     ) -> (Self, Arc<OnceLock<Notifier>>) {
         let notifier = Arc::new(OnceLock::new());
-        (FuseAdapter { fs, attr_ttl, entry_ttl, notifier: notifier.clone() }, notifier)
+        let adapter =
+            FuseAdapter { fs, attr_ttl, entry_ttl, notifier: notifier.clone(), kills_set_id_bits: false };
+        (adapter, notifier)
     }
 }
 
@@ -149,6 +153,10 @@ impl fuser::Filesystem for FuseAdapter {
         {
             warn!("the kernel does not offer {missing:?}: locks stay local to this host");
         }
+        // The engine drops set-id bits itself on write, chown and truncate. Otherwise the kernel
+        // asks getxattr("security.capability") before every write(2): one more round trip, and
+        // a metered metadata request, per write.
+        self.kills_set_id_bits = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2).is_ok();
         Ok(())
     }
 
@@ -173,7 +181,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        fuse_req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -190,7 +198,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let _s = info_span!("setattr", ino = ino.0).entered();
-        let req = SetAttrRequest {
+        let mut req = SetAttrRequest {
             perm: mode.map(|m| (m & 0o7777) as u16),
             uid,
             gid,
@@ -198,6 +206,14 @@ impl fuser::Filesystem for FuseAdapter {
             atime: atime.map(timestamp),
             mtime: mtime.map(timestamp),
         };
+        if self.kills_set_id_bits && (uid.is_some() || gid.is_some() || size.is_some()) {
+            // fuser does not pass FATTR_KILL_SUIDGID on: a truncate by anyone but root (who has
+            // CAP_FSETID) is taken to ask for it, as the kernel would.
+            match self.fs.getattr(ino.0) {
+                Ok(attr) => req = dropping_set_id_bits(&attr, &req, fuse_req.uid() == 0),
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
         match self.fs.setattr(ino.0, &req) {
             Ok(attr) => reply.attr(&self.attr_ttl, &to_fuse_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
@@ -339,12 +355,17 @@ impl fuser::Filesystem for FuseAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _s = info_span!("write", ino = ino.0, offset, len = data.len()).entered();
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.fs.drop_set_id_bits_before_write(fh.0) {
+                return reply.error(errno(&e));
+            }
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),

@@ -233,16 +233,10 @@ async fn random_writes_through_the_gateway_upload_each_block_once_per_commit() {
     vol.assert_fsck_clean(true);
 }
 
-/// The largest resident set the process `pid` has had, in bytes.
-fn peak_rss(pid: u32) -> u64 {
+/// A size in `/proc/PID/status` (`VmHWM`: the largest resident set so far; `VmRSS`: now), in bytes.
+fn memory_of(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
-}
-
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/PID/status");
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} of {pid}"));
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
 }
 
@@ -257,11 +251,11 @@ fn random_writes_over_a_file_larger_than_the_write_buffer_stay_within_budget() {
     assert!(free_disk_bytes(vol.dir.path()) > 2 << 30, "not enough free disk for this test");
     const BUDGET: &str = "write-buffer=8M,cache-size=8M,disk-cache=0,uploads=4";
     let mount = vol.mount_with(BUDGET, None);
-    let idle = rss(mount.pid());
+    let idle = memory_of(mount.pid(), "VmRSS:");
     let file = mount.path.join("big");
     // A file four times the write buffer.
     fio(&file, &["--size=32m", "--number_ios=600", "--end_fsync=1", "--do_verify=1"]);
-    let peak = peak_rss(mount.pid());
+    let peak = memory_of(mount.pid(), "VmHWM:");
     eprintln!("mount RSS: {idle} bytes idle, {peak} at its peak");
     // The budgets: 8 MiB of buffer, 8 MiB of cache, 4 uploads of a 1 MiB block (and their
     // copies while they are sent), FUSE's request buffers; 32 MiB over the idle mount allows
