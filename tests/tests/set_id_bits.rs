@@ -3,6 +3,7 @@
 //! outside the file's group drops set-group-ID, and only the owner may chown, even to the ids
 //! the file has. Over the NFS wire (fs-core's rules) and through FUSE (the kernel's).
 
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -125,6 +126,13 @@ fn a_fuse_mount_drops_set_id_bits_as_linux_does() {
     chmod(&file, 0o6777);
     let path = file.to_str().unwrap();
     let out = run_as(65534, 65534, &[], "sh", &["-c", &format!("printf x >> {path}")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode_at(&file), 0o777);
+    // Root's write keeps them; a truncate by someone else drops them.
+    chmod(&file, 0o6777);
+    std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(b"y").unwrap();
+    assert_eq!(mode_at(&file), 0o6777);
+    let out = run_as(65534, 65534, &[], "sh", &["-c", &format!(": > {path}")]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(mode_at(&file), 0o777);
 
