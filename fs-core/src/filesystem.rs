@@ -432,7 +432,8 @@ impl FileSystem {
 
     /// Drops the set-user-ID and set-group-ID bits that a write by `who` to the file `attr`
     /// describes must drop (see [`Identity::mode_after_write`]); returns the attributes after.
-    /// For frontends without a kernel to do it: the FUSE kernel module sends that SETATTR itself.
+    /// For the NFS gateway, which has the caller and fresh attributes at hand; a FUSE mount,
+    /// whose kernel knows the caller's privileges, uses [`Self::drop_set_id_bits_before_write`].
     pub fn drop_privileges_for_write(&self, attr: Attr, who: &Identity) -> FsResult<Attr> {
         match who.mode_after_write(&attr) {
             Some(perm) => self.setattr(attr.ino, &SetAttrRequest { perm: Some(perm), ..Default::default() }),
