@@ -139,6 +139,7 @@ impl FileSystem {
                 let _ = tokio::task::spawn_blocking(move || throttle.report()).await;
             }
         });
+        let write_budget = WriteBudget::new(config.write_buffer_bytes, chunks.metrics().write_buffer());
         Ok(FileSystem {
             locks: LockTable::new(meta.clone()),
             throttle,
@@ -148,7 +149,7 @@ impl FileSystem {
             block_size: sb.block_size as u64,
             inline_threshold: sb.inline_threshold as u64,
             upload_slots: Arc::new(Semaphore::new(config.max_uploads.max(1))),
-            write_budget: WriteBudget::new(config.write_buffer_bytes),
+            write_budget,
             config,
             open_files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),

@@ -14,7 +14,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -185,6 +185,8 @@ pub struct EngineMetrics {
     object_errors: Family<RequestLabel, Counter>,
     requests: Vec<(Counter, Counter)>,
     throttled_seconds: SecondsCounter,
+    /// Bytes of the write-back buffer in use (the engine's `WriteBudget` counts in it).
+    write_buffer: Gauge,
 }
 
 impl Default for EngineMetrics {
@@ -227,6 +229,7 @@ impl Default for EngineMetrics {
             object_errors,
             requests,
             throttled_seconds: SecondsCounter::default(),
+            write_buffer: Gauge::default(),
         }
     }
 }
@@ -272,6 +275,16 @@ impl EngineMetrics {
             "Time this client's requests waited for the file system's permitted throughput",
             self.throttled_seconds.clone(),
         );
+        registry.register(
+            "client_write_buffer_bytes",
+            "Written data this client holds in memory, not yet uploaded (its write-back buffer)",
+            self.write_buffer.clone(),
+        );
+    }
+
+    /// The gauge the write-back buffer counts its bytes in.
+    pub(crate) fn write_buffer(&self) -> Gauge {
+        self.write_buffer.clone()
     }
 
     pub fn operation(&self, op: Op, took: Duration, failed: bool) {

@@ -3,11 +3,12 @@
 //! the others wrote before it is flushed.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use elasticfs_metadata::{BlockRef, ChunkHash, Ino, Timestamp};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::task::JoinHandle;
 
 use crate::error::FsResult;
@@ -25,17 +26,18 @@ pub(crate) enum Dirty {
 /// how many there may be before writers upload buffered blocks to make room.
 #[derive(Debug)]
 pub(crate) struct WriteBudget {
-    limit: usize,
-    used: AtomicUsize,
+    limit: i64,
+    /// Bytes in use: the client's `client_write_buffer_bytes` metric itself.
+    used: Gauge,
 }
 
 impl WriteBudget {
-    pub(crate) fn new(limit: usize) -> Arc<Self> {
-        Arc::new(WriteBudget { limit, used: AtomicUsize::new(0) })
+    pub(crate) fn new(limit: usize, used: Gauge) -> Arc<Self> {
+        Arc::new(WriteBudget { limit: i64::try_from(limit).unwrap_or(i64::MAX), used })
     }
 
     pub(crate) fn over(&self) -> bool {
-        self.used.load(Ordering::Relaxed) > self.limit
+        self.used.get() > self.limit
     }
 }
 
@@ -68,11 +70,7 @@ impl FileState {
 
     fn count(&mut self, added: usize, removed: usize) {
         self.buffered = self.buffered + added - removed;
-        if added >= removed {
-            self.budget.used.fetch_add(added - removed, Ordering::Relaxed);
-        } else {
-            self.budget.used.fetch_sub(removed - added, Ordering::Relaxed);
-        }
+        self.budget.used.inc_by(added as i64 - removed as i64);
     }
 
     /// Removes block `index`'s entry.

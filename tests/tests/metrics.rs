@@ -65,6 +65,8 @@ fn a_mounts_counters_move_with_its_writes_and_reads() {
     // 15 chunks of 4 MiB, each with its segment list.
     assert!(sample(&m, r#"elasticfs_object_store_requests_total{request="put"}"#) >= 15.0);
     assert_eq!(sample(&m, r#"elasticfs_object_store_errors_total{request="put"}"#), 0.0);
+    // Written in whole blocks, each was uploaded as it filled: nothing is left in the buffer.
+    assert_eq!(sample(&m, "elasticfs_client_write_buffer_bytes"), 0.0);
     // Held to 20 MiB/s, the client spent most of the write waiting for the governor.
     assert!(sample(&m, "elasticfs_client_throttled_seconds_total") > 1.0, "{m:?}");
 
