@@ -100,24 +100,19 @@ pub struct BucketSurvey {
     pub leaked_bytes: u64,
 }
 
-/// Lists the bucket and sorts what it holds by what the metadata knows; without `meta`, only
-/// counts it (nothing is then called leaked).
+/// Lists the bucket and sorts what it holds by `known`, the chunks the metadata knows (referenced
+/// or unreferenced); without it, only counts it (nothing is then called leaked).
 pub fn survey(
-    meta: Option<&Arc<dyn MetaStore>>,
+    known: Option<&HashSet<ChunkHash>>,
     store: &Arc<dyn ObjectStore>,
     runtime: &tokio::runtime::Runtime,
 ) -> FsResult<BucketSurvey> {
     let objects = runtime.block_on(list_chunk_objects(store))?;
-    let mut known: Option<HashSet<ChunkHash>> = None;
-    if let Some(meta) = meta {
-        let referenced = meta.referenced_chunks()?.into_iter().map(|(h, _)| h);
-        known = Some(referenced.chain(meta.unreferenced_chunks()?.into_iter().map(|(h, _)| h)).collect());
-    }
     let mut survey = BucketSurvey::default();
     for (hash, stored) in &objects {
         survey.objects += stored.objects;
         survey.bytes += stored.bytes;
-        if known.as_ref().is_some_and(|k| !k.contains(hash)) {
+        if known.is_some_and(|k| !k.contains(hash)) {
             survey.leaked_objects += stored.objects;
             survey.leaked_bytes += stored.bytes;
         }

@@ -54,8 +54,7 @@ pub(crate) struct FileState {
     pub(crate) protected: Vec<ChunkHash>,
     /// Where the last write ended: a write that starts there continues a sequential stream.
     pub(crate) write_end: u64,
-    /// Bytes (capacity) of this file's buffers, counted in `budget`.
-    buffered: usize,
+    /// Where this file's buffers (their capacity) are counted.
     budget: Arc<WriteBudget>,
 }
 
@@ -68,9 +67,13 @@ impl FileState {
         &self.dirty
     }
 
-    fn count(&mut self, added: usize, removed: usize) {
-        self.buffered = self.buffered + added - removed;
+    fn count(&self, added: usize, removed: usize) {
         self.budget.used.inc_by(added as i64 - removed as i64);
+    }
+
+    /// Bytes (capacity) of this file's buffers.
+    fn buffered_bytes(&self) -> usize {
+        self.dirty.values().map(|d| if let Dirty::Buffer(data) = d { data.capacity() } else { 0 }).sum()
     }
 
     /// Removes block `index`'s entry.
@@ -106,10 +109,8 @@ impl FileState {
 
     /// Forgets every entry (after a commit stored them all).
     pub(crate) fn clear(&mut self) {
-        let indexes: Vec<u64> = self.dirty.keys().copied().collect();
-        for index in indexes {
-            self.take(index);
-        }
+        self.count(0, self.buffered_bytes());
+        self.dirty.clear();
     }
 
     /// Blocks whose entry is a buffer.
@@ -120,8 +121,7 @@ impl FileState {
 
 impl Drop for FileState {
     fn drop(&mut self) {
-        let buffered = self.buffered;
-        self.count(0, buffered);
+        self.count(0, self.buffered_bytes());
     }
 }
 
@@ -141,7 +141,6 @@ impl OpenFile {
             mtime: None,
             protected: Vec::new(),
             write_end: 0,
-            buffered: 0,
             budget,
         };
         OpenFile { ino, state: Mutex::new(state), may_have_set_id_bits: AtomicBool::new(true) }

@@ -75,6 +75,16 @@ fn read_error(location: &str, e: object_store::Error) -> FsError {
     FsError::io(format!("{location}: reading the ownership record {OWNER_OBJECT}: {e}"))
 }
 
+/// Whether the record found names `sb`'s file system: `Ok(true)` if so, `Ok(false)` if there is
+/// none, the error that names the owner if it is another's.
+fn is_ours(found: Option<Owner>, location: &str, sb: &Superblock) -> FsResult<bool> {
+    match found {
+        Some(owner) if owner.uuid == sb.uuid => Ok(true),
+        Some(owner) => Err(foreign(location, &owner, sb)),
+        None => Ok(false),
+    }
+}
+
 fn foreign(location: &str, theirs: &Owner, ours: &Superblock) -> FsError {
     FsError::io(format!(
         "the storage {location} belongs to another file system, {:?} ({}), not to {:?} ({}): \
@@ -90,25 +100,25 @@ pub async fn enforce(store: &Arc<dyn ObjectStore>, location: &str, ownership: Ow
         Ownership::CheckOrAdopt(sb) => (sb, true),
         Ownership::Check(sb) => (sb, false),
     };
-    match read_owner(store, location).await? {
-        Some(owner) if owner.uuid == sb.uuid => Ok(()),
-        Some(owner) => Err(foreign(location, &owner, sb)),
-        None if adopt => {
-            write_record(store, location, sb).await?;
-            info!(location, uuid = %sb.uuid, "wrote the storage's ownership record (first mount since upgrade)");
-            Ok(())
-        }
-        None => Err(FsError::io(format!(
-            "the storage {location} has no ownership record ({OWNER_OBJECT}), so nothing proves its \
+    if is_ours(read_owner(store, location).await?, location, sb)? {
+        return Ok(());
+    }
+    if adopt {
+        write_record(store, location, sb).await?;
+        info!(location, uuid = %sb.uuid, "wrote the storage's ownership record (first mount since upgrade)");
+        return Ok(());
+    }
+    Err(FsError::io(format!(
+        "the storage {location} has no ownership record ({OWNER_OBJECT}), so nothing proves its \
              objects are {:?}'s ({}): mount the file system once (the first mount writes the record), \
              then run this again",
-            sb.name, sb.uuid
-        ))),
-    }
+        sb.name, sb.uuid
+    )))
 }
 
 async fn claim(store: &Arc<dyn ObjectStore>, location: &str, sb: &Superblock) -> FsResult<()> {
     if let Some(owner) = read_owner(store, location).await? {
+        // Even its own record: a second format must not reuse a location.
         return Err(foreign(location, &owner, sb));
     }
     let mut chunks = store.list(Some(&Path::from("chunks")));
@@ -123,16 +133,7 @@ async fn claim(store: &Arc<dyn ObjectStore>, location: &str, sb: &Superblock) ->
             found.location
         )));
     }
-    write_record(store, location, sb).await?;
-    // Two formats racing on one location where the store cannot create exclusively: the last
-    // writer's record stands, and the other one learns it here.
-    match read_owner(store, location).await? {
-        Some(owner) if owner.uuid == sb.uuid => Ok(()),
-        Some(owner) => Err(foreign(location, &owner, sb)),
-        None => {
-            Err(FsError::io(format!("{location}: the ownership record vanished right after it was written")))
-        }
-    }
+    write_record(store, location, sb).await
 }
 
 /// Gives the location back (a format that failed after claiming it): deletes the record if it
@@ -149,24 +150,29 @@ pub async fn release(store: &Arc<dyn ObjectStore>, location: &str, sb: &Superblo
     Ok(())
 }
 
-/// Writes the record unless one is there; falls back to a plain PUT where the store cannot
-/// create exclusively (some S3 servers).
+/// Writes the record unless one is there. Where the store cannot create exclusively (some S3
+/// servers) it is a plain PUT, read back: of two writers racing, the last one's record stands
+/// and the other learns it here.
 async fn write_record(store: &Arc<dyn ObjectStore>, location: &str, sb: &Superblock) -> FsResult<()> {
     let body = serde_json::to_vec_pretty(&Owner::of(sb)).expect("a record always encodes");
     let create = PutOptions { mode: PutMode::Create, ..Default::default() };
-    let result = match store.put_opts(&owner_path(), PutPayload::from(body.clone()), create).await {
+    let written = match store.put_opts(&owner_path(), PutPayload::from(body.clone()), create).await {
+        Ok(_) => return Ok(()),
         Err(object_store::Error::NotImplemented { .. }) => {
-            store.put(&owner_path(), PutPayload::from(body)).await.map(|_| ())
+            store.put(&owner_path(), PutPayload::from(body)).await
         }
-        other => other.map(|_| ()),
+        Err(e) => Err(e),
     };
-    match result {
-        Ok(()) => Ok(()),
-        Err(object_store::Error::AlreadyExists { .. }) => match read_owner(store, location).await? {
-            Some(owner) if owner.uuid == sb.uuid => Ok(()),
-            Some(owner) => Err(foreign(location, &owner, sb)),
-            None => Err(FsError::io(format!("{location}: the ownership record exists but cannot be read"))),
-        },
+    match written {
+        // Written without exclusion, or someone else's was there first: what stands decides.
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
+            match is_ours(read_owner(store, location).await?, location, sb)? {
+                true => Ok(()),
+                false => {
+                    Err(FsError::io(format!("{location}: the ownership record vanished as it was written")))
+                }
+            }
+        }
         Err(e) => Err(FsError::io(format!("{location}: writing the ownership record {OWNER_OBJECT}: {e}"))),
     }
 }

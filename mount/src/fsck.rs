@@ -3,9 +3,12 @@
 //! object checked (and, with `--verify-data`, hashed), with a progress bar. It reports what a
 //! repair would do and changes nothing.
 
+use std::collections::HashSet;
+
 use anyhow::{bail, Result};
 use elasticfs_core::gc::survey;
 use elasticfs_core::metadata::audit::Audit;
+use elasticfs_core::metadata::ChunkHash;
 use elasticfs_core::{connect_chunk_store, Ownership};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -47,12 +50,15 @@ pub fn fsck(access: &MetaAccess, verify_data: bool) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let unreferenced = meta.unreferenced_chunks()?.len();
+    let unreferenced = meta.unreferenced_chunks()?;
     println!(
-        "{} referenced chunks: {missing} missing, {corrupt} corrupt; {unreferenced} unreferenced (left for gc)",
-        referenced.len()
+        "{} referenced chunks: {missing} missing, {corrupt} corrupt; {} unreferenced (left for gc)",
+        referenced.len(),
+        unreferenced.len()
     );
-    let bucket = survey(Some(&meta), chunks.object_store(), &runtime)?;
+    let known: HashSet<ChunkHash> =
+        referenced.iter().map(|(hash, _)| *hash).chain(unreferenced.iter().map(|(hash, _)| *hash)).collect();
+    let bucket = survey(Some(&known), chunks.object_store(), &runtime)?;
     println!(
         "bucket: {} objects, {}; {} objects ({}) that nothing references: uploads never committed \
          (gc deletes them once older than its grace period)",

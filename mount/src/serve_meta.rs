@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use elasticfs_core::gc::{BackgroundGc, GcTarget};
 use elasticfs_core::metadata::remote::{tls, MetaServer, ServerConfig};
 use elasticfs_core::metadata::MetaStore;
-use elasticfs_core::{connect_object_store, Ownership};
+use elasticfs_core::open_object_store;
 use tracing::{info, warn};
 
 use crate::{listening, metrics_endpoint, volume};
@@ -68,8 +68,8 @@ fn start_gc(server: &Arc<MetaServer>, every: Duration, grace: Duration) -> Resul
     let server = server.clone();
     let target: GcTarget = Box::new(move || {
         let Some(store) = server.store() else { return Ok(None) };
-        let sb = store.superblock();
-        let bucket = connect_object_store(&sb.storage, Ownership::Check(sb))?;
+        // No probe at every collection: `collect` checks the ownership record before it deletes.
+        let bucket = open_object_store(&store.superblock().storage)?;
         let meta: Arc<dyn MetaStore> = Arc::new(store);
         Ok(Some((meta, bucket)))
     });

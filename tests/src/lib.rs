@@ -486,22 +486,24 @@ pub fn dir_bytes(dir: &Path) -> u64 {
     walk_files(dir).iter().map(|f| f.metadata().map_or(0, |m| m.len())).sum()
 }
 
-/// Bytes in use on the file system mounted at `path`, as `df` computes them.
-pub fn df_used(path: &Path) -> u64 {
+fn statvfs(path: &Path) -> libc::statvfs {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid path and a zeroed statvfs for the kernel to fill.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut st) }, 0, "statvfs {}", path.display());
+    st
+}
+
+/// Bytes in use on the file system mounted at `path`, as `df` computes them.
+pub fn df_used(path: &Path) -> u64 {
+    let st = statvfs(path);
     (st.f_blocks - st.f_bfree) * st.f_frsize
 }
 
 /// Bytes free for an unprivileged writer on the file system holding `path`: a test that writes a
 /// lot checks it first.
 pub fn free_disk_bytes(path: &Path) -> u64 {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid path and a zeroed statvfs for the kernel to fill.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut st) }, 0, "statvfs {}", path.display());
+    let st = statvfs(path);
     st.f_bavail * st.f_frsize
 }
 
