@@ -26,6 +26,11 @@ command -v nfs-cp >/dev/null || apt_install libnfs-utils || require "nfs-cp (lib
 # fio writes files at random for the data-safety tests, with its own verification.
 command -v fio >/dev/null || apt_install fio || require "fio is missing"
 
+# The metadata engine's etcd driver is tested on a real 3-member cluster (Debian's
+# etcd-server); building its gRPC client needs protoc.
+command -v etcd >/dev/null || apt_install etcd-server etcd-client || require "etcd (etcd-server) is missing"
+command -v protoc >/dev/null || apt_install protobuf-compiler || require "protoc (protobuf-compiler) is missing"
+
 # What every stop is asked to check is checked here too.
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -43,4 +43,17 @@ pub struct SessionRecord {
     pub id: SessionId,
     pub client: ClientInfo,
     pub started: Timestamp,
+    /// The client's last sign of life.
+    pub heartbeat: Timestamp,
+    /// Without a heartbeat for this long the session has expired and whoever sees it first
+    /// ends it; 0 for a session whose client the store's own process watches (an embedded
+    /// mount, a client of the metadata service).
+    pub lease_ms: u64,
+}
+
+impl SessionRecord {
+    /// Whether the session missed its lease, as of `now`.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        self.lease_ms > 0 && now.millis_since(self.heartbeat) > self.lease_ms as i64
+    }
 }

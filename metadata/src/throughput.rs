@@ -175,7 +175,7 @@ const LEASE_SECS: f64 = 0.05;
 const BUCKET_SECS: f64 = 0.1;
 
 /// The token bucket of one file system.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Governor {
     settings: ThroughputSettings,
     stored: u64,

@@ -7,14 +7,14 @@ use crate::throughput::ThroughputSettings;
 use crate::codec::{Reader, Writer};
 use crate::error::{MetaError, MetaResult};
 
-/// Inode number. Never reused: numbers come from sled's monotonic id generator.
+/// Inode number. Never reused: numbers come from a counter in the store, in batches.
 pub type Ino = u64;
 /// The root directory's inode number (the one FUSE expects).
 pub const ROOT_INO: Ino = 1;
 /// Longest file name, in bytes, as on Linux.
 pub const MAX_NAME_LEN: usize = 255;
 /// The on-disk format this build writes. A store with a higher version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A chunk's name: the blake3 hash of its bytes.
 pub type ChunkHash = [u8; 32];
@@ -67,6 +67,11 @@ pub struct Timestamp {
 impl Timestamp {
     pub fn now() -> Self {
         Self::from(SystemTime::now())
+    }
+
+    /// Milliseconds from `earlier` to this time (negative if `earlier` is later).
+    pub fn millis_since(self, earlier: Timestamp) -> i64 {
+        (self.secs - earlier.secs) * 1000 + (self.nanos as i64 - earlier.nanos as i64) / 1_000_000
     }
 }
 

@@ -31,7 +31,7 @@ pub enum StorageKind {
 pub enum Command {
     /// Create a new file system.
     Format {
-        /// Metadata URL: sled:///path (default: ~/.local/share/elasticfs/meta), tcp://host:port
+        /// Metadata URL: sled:///path (default: ~/.local/share/elasticfs/meta), etcd://h1:2379,h2:2379/NAME, tcp://host:port
         /// or tls://host:port?ca=FILE (a metadata service).
         #[arg(long, env = "ELASTICFS_META")]
         meta: Option<String>,
@@ -353,8 +353,8 @@ fn default_chunk_dir(meta_url: &str) -> Result<PathBuf> {
             dir.push(".chunks");
             Ok(PathBuf::from(dir))
         }
-        volume::MetaUrl::Service { .. } => bail!(
-            "--storage file with a metadata service needs --bucket DIR (a directory of this file \
+        volume::MetaUrl::Service { .. } | volume::MetaUrl::Etcd(_) => bail!(
+            "--storage file with shared metadata (a metadata service or etcd) needs --bucket DIR (a directory of this file \
              system's own, at the same path on every client)"
         ),
     }

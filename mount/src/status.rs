@@ -24,7 +24,7 @@ use crate::volume::{self, MetaAccess, MetaUrl, Role};
 fn status_file(meta_url: &str) -> Result<Option<PathBuf>> {
     Ok(match MetaUrl::parse(meta_url)? {
         MetaUrl::Sled(path) => Some(path.join("status.json")),
-        MetaUrl::Service { .. } => None,
+        MetaUrl::Service { .. } | MetaUrl::Etcd(_) => None,
     })
 }
 

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use elasticfs_core::metadata::kv::{EtcdKv, EtcdOptions};
 use elasticfs_core::metadata::remote::tls::TlsClient;
 use elasticfs_core::metadata::remote::{ClientOptions, RemoteStore, Retry};
 use elasticfs_core::metadata::throughput::ThroughputSettings;
-use elasticfs_core::metadata::{ClientInfo, MetaStore, SledStore, Superblock};
+use elasticfs_core::metadata::{ClientInfo, Engine, MetaStore, SledStore, Superblock};
 use elasticfs_core::ownership::{self, Ownership};
 use elasticfs_core::{connect_chunk_store, connect_object_store, DiskCache, FileSystem};
 use tracing::{info, warn};
@@ -53,10 +54,12 @@ pub enum MetaUrl {
     Sled(PathBuf),
     /// A metadata service (`elasticfs meta serve`), in TLS when `tls_ca` is set.
     Service { addr: String, host: String, tls_ca: Option<PathBuf> },
+    /// An etcd cluster: this process talks to it directly.
+    Etcd(EtcdOptions),
 }
 
-const META_URL_FORMS: &str =
-    "sled:///path/to/meta, tcp://host:port, or tls://host:port?ca=/path/to/ca.pem (or ELASTICFS_TLS_CA)";
+const META_URL_FORMS: &str = "sled:///path/to/meta, etcd://host1:2379,host2:2379,host3:2379/NAME, \
+     tcp://host:port, or tls://host:port?ca=/path/to/ca.pem (or ELASTICFS_TLS_CA)";
 
 impl MetaUrl {
     pub fn parse(url: &str) -> Result<Self> {
@@ -67,6 +70,8 @@ impl MetaUrl {
             return Ok(MetaUrl::Sled(PathBuf::from(path)));
         }
         let (tls, rest) = match url.split_once("://") {
+            Some(("etcd", rest)) => return Ok(MetaUrl::Etcd(crate::etcd_url::parse(url, false, rest)?)),
+            Some(("etcds", rest)) => return Ok(MetaUrl::Etcd(crate::etcd_url::parse(url, true, rest)?)),
             Some(("tcp", rest)) => (false, rest),
             Some(("tls", rest)) => (true, rest),
             _ => bail!("metadata URL {url:?} is not understood: use {META_URL_FORMS}"),
@@ -176,9 +181,16 @@ fn format_metadata(access: &MetaAccess, url: MetaUrl, sb: &Superblock) -> Result
             let options = client_options(access, &host, tls_ca.as_deref(), &Role::Tool)?;
             RemoteStore::format(&addr, options, sb, uid, gid)?;
         }
+        MetaUrl::Etcd(options) => {
+            let options = EtcdOptions { give_up_after: Some(TOOL_PATIENCE), ..options };
+            Engine::format_kv(EtcdKv::connect(options)?, sb, uid, gid)?;
+        }
     }
     Ok(())
 }
+
+/// How long a tool (format, status, fsck, gc, config) waits for an unreachable store.
+const TOOL_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long a mount waits for an exiting mount to let go of an embedded store.
 const EXITING_HOLDER_PATIENCE: Duration = Duration::from_secs(15);
@@ -217,13 +229,33 @@ pub fn open_meta(access: &MetaAccess, role: Role) -> Result<Arc<dyn MetaStore>> 
                         info!(reclaimed, "removed files unlinked while open before the last shutdown");
                     }
                     let client = ClientInfo::this_process(&absolute(mountpoint));
-                    Ok(Arc::new(store.start_session(client)?))
+                    Ok(Arc::new(store.start_session(client, None)?))
                 }
             }
         }
         MetaUrl::Service { addr, host, tls_ca } => {
             let options = client_options(access, &host, tls_ca.as_deref(), &role)?;
             Ok(Arc::new(RemoteStore::connect(&addr, options)?))
+        }
+        MetaUrl::Etcd(options) => open_etcd(options, role),
+    }
+}
+
+/// A client of an etcd cluster: a mount registers a session with a lease and heartbeats it.
+fn open_etcd(options: EtcdOptions, role: Role) -> Result<Arc<dyn MetaStore>> {
+    let give_up_after = match role {
+        Role::Tool => Some(TOOL_PATIENCE),
+        Role::Mount { retry: Retry::Soft(timeo), .. } => Some(timeo),
+        Role::Mount { retry: Retry::Hard, .. } => None,
+    };
+    let store = Engine::open_kv(EtcdKv::connect(EtcdOptions { give_up_after, ..options })?)?;
+    match role {
+        Role::Tool => Ok(Arc::new(store)),
+        Role::Mount { mountpoint, .. } => {
+            // Whoever stopped heartbeating before we came goes now, not a lease from now.
+            store.end_expired_sessions()?;
+            let client = ClientInfo::this_process(&absolute(mountpoint));
+            Ok(Arc::new(store.start_session(client, Some(crate::etcd_url::session_lease()))?))
         }
     }
 }
@@ -259,6 +291,6 @@ fn default_cache_root() -> PathBuf {
 pub fn is_formatted(meta_url: &str) -> Result<bool> {
     match MetaUrl::parse(meta_url)? {
         MetaUrl::Sled(path) => Ok(SledStore::exists(&path)),
-        MetaUrl::Service { .. } => bail!("{meta_url} is a metadata service, not an embedded store"),
+        MetaUrl::Service { .. } | MetaUrl::Etcd(_) => bail!("{meta_url} is not an embedded store"),
     }
 }

@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests: runs the real `elasticfs` binary, mounts for real with
 //! FUSE, and serves real S3 over HTTP on 127.0.0.1 from an in-process `s3s-fs` server.
 
+pub mod etcd;
 pub mod nfs;
 pub mod posix_suite;
 
@@ -152,6 +153,18 @@ impl Volume {
         env.push(("ELASTICFS_TOKEN_FILE".into(), service.token_file().display().to_string()));
         let vol = Volume { meta: service.url(), dir, env };
         vol.format(&["--storage", "s3", "--bucket", &server.bucket_url()]);
+        vol
+    }
+
+    /// A file system named `name` on the etcd cluster `cluster`, its chunks in `server`'s bucket
+    /// (under a prefix of its own). Mounts' sessions expire after `lease_secs` without a
+    /// heartbeat.
+    pub fn etcd(cluster: &etcd::EtcdCluster, name: &str, server: &S3Server, lease_secs: u32) -> Volume {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = server.env();
+        env.push(("ELASTICFS_SESSION_LEASE".into(), lease_secs.to_string()));
+        let vol = Volume { meta: cluster.url(name), dir, env };
+        vol.format(&["--storage", "s3", "--bucket", &format!("{}/{name}", server.bucket_url())]);
         vol
     }
 

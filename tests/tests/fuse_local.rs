@@ -130,7 +130,12 @@ fn fsck_finds_a_wrong_counter_and_missing_and_corrupt_chunks() {
 /// dropped, and the next `elasticfs` command must find the store free.
 fn set_bytes_counter(meta_dir: &Path, bytes: u64) {
     let db = sled::open(meta_dir).unwrap();
-    db.open_tree("counters").unwrap().insert("bytes", &bytes.to_le_bytes()).unwrap();
+    // The counter is the sum of one share per session (see metadata/src/keys.rs): keep one.
+    let kv = db.open_tree("kv").unwrap();
+    for key in kv.scan_prefix(b"Ubytes\0").keys() {
+        kv.remove(key.unwrap()).unwrap();
+    }
+    kv.insert([&b"Ubytes\0"[..], &0u64.to_be_bytes()].concat(), &bytes.to_le_bytes()).unwrap();
     db.flush().unwrap();
     drop(db);
     // sled locks its `db` file with flock: probe it the same way (closing the probe unlocks).

@@ -146,18 +146,25 @@ impl RemoteStore {
     }
 }
 
+impl RemoteStore {
+    /// Ends the session at the service (its locks and orphans go now), once.
+    fn end_session(&self, patience: Duration) -> MetaResult<()> {
+        if self.session_id().is_none() {
+            return Ok(());
+        }
+        let ended = self.client.call_with(&Request::EndSession, Retry::Soft(patience));
+        *self.client.session.lock().unwrap() = None;
+        ended
+    }
+}
+
 impl Drop for RemoteStore {
     fn drop(&mut self) {
-        if self.session_id().is_some() {
-            // A clean end releases our locks now rather than after the lease; if the service is
-            // away, the lease does it.
-            let ended: MetaResult<()> =
-                self.client.call_with(&Request::EndSession, Retry::Soft(Duration::from_secs(2)));
-            if let Err(e) = ended {
-                warn!("ending the session: {e}");
-            }
+        // A clean end releases our locks now rather than after the lease; if the service is
+        // away, the lease does it.
+        if let Err(e) = self.end_session(Duration::from_secs(2)) {
+            warn!("ending the session: {e}");
         }
-        *self.client.session.lock().unwrap() = None;
         if let Some(conn) = self.client.conn.lock().unwrap().take() {
             conn.kill();
         }
@@ -421,6 +428,10 @@ fn spawn_heartbeat(client: &Arc<Client>) {
 impl MetaStore for RemoteStore {
     fn superblock(&self) -> &Superblock {
         &self.superblock
+    }
+
+    fn end_own_session(&self) -> MetaResult<()> {
+        self.end_session(Duration::from_secs(10))
     }
 
     fn getattr(&self, ino: Ino) -> MetaResult<Attr> {

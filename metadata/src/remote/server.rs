@@ -17,9 +17,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::wire::{self, Request, SessionRequest, Welcome};
+use crate::engine::SledStore;
 use crate::error::{MetaError, MetaResult};
 use crate::session::{ClientInfo, SessionId};
-use crate::sled_store::SledStore;
 use crate::store::MetaStore;
 
 /// Requests one connection may have running at once; more wait in the socket.
@@ -368,7 +368,7 @@ impl MetaServer {
 /// Registers or resumes the session a hello asks for; returns it and whether it was resumed.
 fn start_session(store: Option<SledStore>, request: SessionRequest) -> MetaResult<(Option<SessionId>, bool)> {
     let new = |store: &SledStore, client: ClientInfo| -> MetaResult<(Option<SessionId>, bool)> {
-        Ok((Some(store.start_session(client)?.session_id()), false))
+        Ok((Some(store.start_session(client, None)?.session_id()), false))
     };
     match (store, request) {
         (_, SessionRequest::None) => Ok((None, false)),

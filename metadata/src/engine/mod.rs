@@ -1,0 +1,753 @@
+//! The metadata engine: the namespace, block maps, chunk references, sessions, locks, the
+//! throughput governor and the audit, written once over the key-value seam of [`crate::kv`]
+//! with the key layout of [`crate::keys`]. Every mutation is one transaction (or, where a
+//! store limits the size of one, a sequence of transactions each of which leaves a consistent
+//! file system; see [`Engine::page`]) and is durable when it returns.
+
+mod audit;
+mod chunks;
+mod files;
+mod rename;
+mod sessions;
+mod throughput;
+mod txn;
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::instrument;
+
+use crate::audit::Audit;
+use crate::error::{MetaError, MetaResult};
+use crate::keys::{self, Counter, Listed};
+use crate::kv::{fail, Kv, KvTxn, MemKv, Pair, SledKv, TxError, TxResult};
+use crate::locks::{LockRecord, LockRequest};
+use crate::session::{SessionId, SessionRecord};
+use crate::store::{BlockCommit, ChunkProtection, MetaStore, NewNode, Rename, Unlinked, XattrMode};
+use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
+use crate::types::{
+    Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
+    FORMAT_VERSION, MAX_NAME_LEN, ROOT_INO,
+};
+use txn::Txn;
+
+const S_ISGID: u16 = 0o2000;
+/// The session of a store opened without one: tools (`format`, `status`, `fsck`). Orphans it
+/// made would belong to no session and are reclaimed by the next embedded mount.
+const NO_SESSION: SessionId = 0;
+/// Cookies 1 and 2 are `.` and `..`; entries start after them.
+const FIRST_COOKIE: u64 = 3;
+/// Inode numbers one allocation takes from the counter: numbers a process does not use are
+/// skipped (never reused), which costs nothing but keeps allocation off the hot key.
+const INO_BATCH: u64 = 1024;
+/// Keys one read of a whole range fetches at a time.
+const SCAN_PAGE: usize = 1024;
+/// A transaction that keeps conflicting is given up after this many attempts.
+const MAX_ATTEMPTS: u32 = 1000;
+
+/// One open store: shared by every session that works on it.
+struct Shared<K> {
+    kv: K,
+    superblock: Superblock,
+    /// Inode numbers taken from the counter and not yet used.
+    inos: Mutex<Range<u64>>,
+}
+
+/// The engine over the store `K`, as seen by one session (see [`Engine::session`]). Cloning is
+/// cheap and shares the open store.
+pub struct Engine<K> {
+    shared: Arc<Shared<K>>,
+    session: SessionId,
+}
+
+impl<K> Clone for Engine<K> {
+    fn clone(&self) -> Self {
+        Engine { shared: self.shared.clone(), session: self.session }
+    }
+}
+
+/// The embedded engine: sled on the local disk.
+pub type SledStore = Engine<SledKv>;
+/// The engine in memory (tests).
+pub type MemStore = Engine<MemKv>;
+
+impl<K: Kv> Engine<K> {
+    /// Creates a new file system in `kv` with a root directory owned by `root_uid:root_gid`.
+    /// Refuses a store that already holds one.
+    pub fn format_kv(kv: K, superblock: &Superblock, root_uid: u32, root_gid: u32) -> MetaResult<Self> {
+        let store = Engine {
+            shared: Arc::new(Shared { kv, superblock: superblock.clone(), inos: Mutex::new(0..0) }),
+            session: NO_SESSION,
+        };
+        let now = Timestamp::now();
+        let root = Attr {
+            ino: ROOT_INO,
+            kind: FileKind::Dir,
+            perm: 0o755,
+            uid: root_uid,
+            gid: root_gid,
+            size: 0,
+            stored: 0,
+            nlink: 2,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            generation: 0,
+            parent: ROOT_INO,
+            entries: 0,
+            next_cookie: FIRST_COOKIE,
+        };
+        let encoded = serde_json::to_vec(superblock).map_err(MetaError::store)?;
+        store.mutate(|t| {
+            if t.get(keys::SUPERBLOCK)?.is_some() {
+                return fail(MetaError::Format(format!(
+                    "{} already holds a formatted file system; mount it, or choose an empty one",
+                    store.shared.kv.describe()
+                )));
+            }
+            t.put_inode(&root)?;
+            t.add_counter(Counter::Inodes, 1)?;
+            t.put(keys::NEXT_INO, &keys::encode_u64(ROOT_INO + 1));
+            t.put(keys::SUPERBLOCK, &encoded);
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Opens the file system in `kv`, refusing one written by a newer format.
+    pub fn open_kv(kv: K) -> MetaResult<Self> {
+        let where_ = kv.describe();
+        let mut raw = None;
+        let read = kv.read(&mut |t: &mut dyn KvTxn| {
+            raw = t.get(keys::SUPERBLOCK)?;
+            Ok(())
+        });
+        read.map_err(tx_error)?;
+        let raw = raw.ok_or_else(|| {
+            MetaError::Format(format!("no file system at {where_}: run `elasticfs format` first"))
+        })?;
+        let superblock: Superblock = serde_json::from_slice(&raw)
+            .map_err(|e| MetaError::Format(format!("the superblock at {where_} is unreadable: {e}")))?;
+        if superblock.format_version > FORMAT_VERSION {
+            return Err(MetaError::Format(format!(
+                "{where_} was written by a newer elasticfs (format version {}; this build reads up to {}): upgrade elasticfs",
+                superblock.format_version, FORMAT_VERSION
+            )));
+        }
+        Ok(Engine {
+            shared: Arc::new(Shared { kv, superblock, inos: Mutex::new(0..0) }),
+            session: NO_SESSION,
+        })
+    }
+
+    /// The same store, acting for `session`: what it orphans and locks belongs to it.
+    pub fn session(&self, session: SessionId) -> Engine<K> {
+        Engine { shared: self.shared.clone(), session }
+    }
+
+    /// The session this view acts for.
+    pub fn session_id(&self) -> SessionId {
+        self.session
+    }
+
+    #[cfg(test)]
+    pub(crate) fn kv(&self) -> &K {
+        &self.shared.kv
+    }
+
+    /// The most blocks, chunks or attributes one transaction handles where the store limits
+    /// transactions (etcd: 128 operations): each costs up to six keys read or written.
+    /// Operations past it go in steps, each a consistent state.
+    fn page(&self) -> usize {
+        match self.shared.kv.max_ops() {
+            usize::MAX => usize::MAX / 2,
+            ops => (ops / 8).max(1),
+        }
+    }
+
+    /// Runs `f` as one transaction, again while it conflicts with others.
+    fn run<T>(&self, mut f: impl FnMut(&mut Txn) -> TxResult<T>) -> MetaResult<T> {
+        let (block_size, session, page) =
+            (self.shared.superblock.block_size as u64, self.session, self.page());
+        for attempt in 0..MAX_ATTEMPTS {
+            let mut out = None;
+            let now = Timestamp::now();
+            let result = self.shared.kv.transact(&mut |kv| {
+                out = Some(f(&mut Txn { kv, block_size, session, now, page })?);
+                Ok(())
+            });
+            match result {
+                Ok(()) => return Ok(out.expect("set by the body that succeeded")),
+                Err(TxError::Abort(e)) => return Err(e),
+                Err(TxError::Conflict) => backoff(attempt),
+            }
+        }
+        Err(MetaError::Store(format!(
+            "a transaction on {} conflicted with others {MAX_ATTEMPTS} times in a row: giving up",
+            self.shared.kv.describe()
+        )))
+    }
+
+    /// [`Self::run`], then waits until the change is durable.
+    fn mutate<T>(&self, f: impl FnMut(&mut Txn) -> TxResult<T>) -> MetaResult<T> {
+        let value = self.run(f)?;
+        self.sync()?;
+        Ok(value)
+    }
+
+    fn sync(&self) -> MetaResult<()> {
+        self.shared.kv.sync()
+    }
+
+    /// Runs `f` over the store without changing it.
+    fn read<T>(&self, f: impl FnMut(&mut Txn) -> TxResult<T>) -> MetaResult<T> {
+        self.read_with(f, false)
+    }
+
+    /// Runs `f` over one state of the whole store (see [`Kv::snapshot`]).
+    fn snapshot<T>(&self, f: impl FnMut(&mut Txn) -> TxResult<T>) -> MetaResult<T> {
+        self.read_with(f, true)
+    }
+
+    fn read_with<T>(&self, mut f: impl FnMut(&mut Txn) -> TxResult<T>, whole: bool) -> MetaResult<T> {
+        let (block_size, session, page) =
+            (self.shared.superblock.block_size as u64, self.session, self.page());
+        for attempt in 0..MAX_ATTEMPTS {
+            let mut out = None;
+            let now = Timestamp::now();
+            let mut body = |kv: &mut dyn KvTxn| {
+                out = Some(f(&mut Txn { kv, block_size, session, now, page })?);
+                Ok(())
+            };
+            let result =
+                if whole { self.shared.kv.snapshot(&mut body) } else { self.shared.kv.read(&mut body) };
+            match result {
+                Ok(()) => return Ok(out.expect("set by the body that succeeded")),
+                Err(TxError::Abort(e)) => return Err(e),
+                // A read is retried when its revision went away under it (etcd compaction).
+                Err(TxError::Conflict) => backoff(attempt),
+            }
+        }
+        Err(MetaError::Store(format!("a read of {} kept failing", self.shared.kv.describe())))
+    }
+
+    /// Every record whose key starts with `prefix`, read a page at a time (not one state: for
+    /// records that stand alone).
+    fn scan_all(&self, prefix: &[u8]) -> MetaResult<Vec<Pair>> {
+        self.scan_range_all(prefix, &crate::kv::prefix_end(prefix))
+    }
+
+    /// Every record with `start <= key < end`, as [`Self::scan_all`] reads them.
+    fn scan_range_all(&self, start: &[u8], end: &[u8]) -> MetaResult<Vec<Pair>> {
+        let mut out: Vec<Pair> = Vec::new();
+        let mut start = start.to_vec();
+        loop {
+            let page = self.read(|t| t.scan(&start, end, SCAN_PAGE))?;
+            let done = page.len() < SCAN_PAGE;
+            if let Some((last, _)) = page.last() {
+                start = [last.as_slice(), &[0]].concat();
+            }
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn new_ino(&self) -> MetaResult<Ino> {
+        let mut inos = self.shared.inos.lock().unwrap();
+        if inos.is_empty() {
+            let first = self.mutate(|t| {
+                let next = t.get(keys::NEXT_INO)?.map_or(ROOT_INO + 1, |v| keys::decode_u64(&v));
+                t.put(keys::NEXT_INO, &keys::encode_u64(next + INO_BATCH));
+                Ok(next)
+            })?;
+            *inos = first..first + INO_BATCH;
+        }
+        Ok(inos.next().expect("refilled above"))
+    }
+
+    fn counter(&self, counter: Counter) -> MetaResult<u64> {
+        self.read(|t| t.counter_total(counter))
+    }
+
+    /// What an unlink or rename left for the caller, once an inode too large to remove in
+    /// the same transaction has been removed in steps.
+    fn finish_unlink(&self, mut unlinked: Unlinked, closed: Option<Ino>) -> MetaResult<Unlinked> {
+        if unlinked.orphaned && (closed == Some(unlinked.attr.ino) || unlinked.attr.is_dir()) {
+            self.purge(unlinked.attr.ino)?;
+            unlinked.orphaned = false;
+            unlinked.purged = true;
+        }
+        Ok(unlinked)
+    }
+}
+
+/// Waits a little before attempt `attempt + 1` of a conflicting transaction: longer the more
+/// it has conflicted, and jittered so that clients that collided do not collide again.
+fn backoff(attempt: u32) {
+    let jitter = Timestamp::now().nanos as u64 % 1000;
+    let micros = (50u64 << attempt.min(10)).min(50_000) + jitter;
+    std::thread::sleep(Duration::from_micros(micros));
+}
+
+fn tx_error(e: TxError) -> MetaError {
+    match e {
+        TxError::Abort(e) => e,
+        TxError::Conflict => MetaError::Store("the store changed while it was being opened".into()),
+    }
+}
+
+impl Txn<'_> {
+    /// The sum of every share of `counter` (see [`crate::keys`]).
+    fn counter_total(&mut self, counter: Counter) -> TxResult<u64> {
+        let shares = self.scan_whole(&counter.prefix())?;
+        Ok(shares.iter().fold(0u64, |sum, (_, v)| sum.wrapping_add(keys::decode_u64(v))))
+    }
+
+    /// Every record whose key starts with `prefix`, a page at a time within this transaction.
+    fn scan_whole(&mut self, prefix: &[u8]) -> TxResult<Vec<Pair>> {
+        let end = crate::kv::prefix_end(prefix);
+        let mut out: Vec<Pair> = Vec::new();
+        let mut start = prefix.to_vec();
+        loop {
+            let page = self.scan(&start, &end, SCAN_PAGE)?;
+            let done = page.len() < SCAN_PAGE;
+            if let Some((last, _)) = page.last() {
+                start = [last.as_slice(), &[0]].concat();
+            }
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+impl SledStore {
+    /// Creates a new file system's metadata at `path` (see [`Engine::format_kv`]).
+    pub fn format(path: &Path, superblock: &Superblock, root_uid: u32, root_gid: u32) -> MetaResult<Self> {
+        Self::format_kv(SledKv::open(path)?, superblock, root_uid, root_gid)
+    }
+
+    /// Opens the file system at `path`.
+    pub fn open(path: &Path) -> MetaResult<Self> {
+        if !Self::exists(path) {
+            return Err(MetaError::Format(format!(
+                "no file system at {}: run `elasticfs format` first",
+                path.display()
+            )));
+        }
+        Self::open_kv(SledKv::open(path)?)
+    }
+
+    /// [`Self::open`], waiting up to `patience` for another process to let go of the store.
+    pub fn open_waiting(path: &Path, patience: Duration) -> MetaResult<Self> {
+        if !Self::exists(path) {
+            return Self::open(path);
+        }
+        Self::open_kv(SledKv::open_waiting(path, patience)?)
+    }
+
+    /// Whether `path` holds a store (formatted or not yet), without opening it.
+    pub fn exists(path: &Path) -> bool {
+        SledKv::exists(path)
+    }
+}
+
+impl MemStore {
+    /// A new file system in memory.
+    pub fn in_memory(superblock: &Superblock) -> MetaResult<Self> {
+        Self::format_kv(MemKv::new(), superblock, 0, 0)
+    }
+}
+
+pub(crate) fn check_name(name: &[u8]) -> MetaResult<()> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(MetaError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(MetaError::Invalid("file name".into()));
+    }
+    Ok(())
+}
+
+impl<K: Kv> MetaStore for Engine<K> {
+    fn superblock(&self) -> &Superblock {
+        &self.shared.superblock
+    }
+
+    fn getattr(&self, ino: Ino) -> MetaResult<Attr> {
+        self.read(|t| t.inode(ino))
+    }
+
+    fn lookup(&self, parent: Ino, name: &[u8]) -> MetaResult<Attr> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(MetaError::NameTooLong);
+        }
+        self.read(|t| {
+            if name != b"." && name != b".." {
+                // The entry first: a hit needs no look at the directory itself.
+                if let Some(entry) = t.dentry(parent, name)? {
+                    return t.inode(entry.ino);
+                }
+            }
+            let dir = t.inode(parent)?;
+            if !dir.is_dir() {
+                return fail(MetaError::NotDir);
+            }
+            match name {
+                b"." => Ok(dir),
+                b".." => t.inode(dir.parent),
+                _ => fail(MetaError::NotFound),
+            }
+        })
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = node.parent, kind = ?node.kind))]
+    fn create(&self, node: &NewNode) -> MetaResult<Attr> {
+        let NewNode { parent, ref name, kind, perm, uid, gid, rdev, ref link_target } = *node;
+        check_name(name)?;
+        let ino = self.new_ino()?;
+        self.mutate(|t| {
+            let mut dir = t.dir(parent)?;
+            if t.dentry(parent, name)?.is_some() {
+                return fail(MetaError::Exists);
+            }
+            let mut attr = Attr {
+                ino,
+                kind,
+                perm,
+                uid,
+                gid,
+                size: link_target.len() as u64,
+                stored: 0,
+                nlink: if kind == FileKind::Dir { 2 } else { 1 },
+                atime: t.now,
+                mtime: t.now,
+                ctime: t.now,
+                crtime: t.now,
+                rdev,
+                generation: 0,
+                parent,
+                entries: 0,
+                next_cookie: FIRST_COOKIE,
+            };
+            // BSD group semantics of a setgid directory, as Linux applies them.
+            if dir.perm & S_ISGID != 0 {
+                attr.gid = dir.gid;
+                if kind == FileKind::Dir {
+                    attr.perm |= S_ISGID;
+                }
+            }
+            t.add_entry(&mut dir, name, ino, kind)?;
+            if kind == FileKind::Dir {
+                dir.nlink += 1;
+            }
+            t.touch(&mut dir);
+            t.put_inode(&dir)?;
+            t.put_inode(&attr)?;
+            if kind == FileKind::Symlink {
+                t.put(&keys::numbered(keys::SYMLINK, ino), link_target);
+            }
+            t.add_counter(Counter::Inodes, 1)?;
+            Ok(attr)
+        })
+    }
+
+    #[instrument(level = "debug", skip(self, new_name))]
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr> {
+        check_name(new_name)?;
+        self.mutate(|t| {
+            let mut attr = t.inode(ino)?;
+            if attr.is_dir() {
+                return fail(MetaError::NotPermitted);
+            }
+            if attr.nlink == 0 {
+                return fail(MetaError::NotFound);
+            }
+            if attr.nlink == u32::MAX {
+                return fail(MetaError::TooManyLinks);
+            }
+            let mut dir = t.dir(new_parent)?;
+            if t.dentry(new_parent, new_name)?.is_some() {
+                return fail(MetaError::Exists);
+            }
+            t.add_entry(&mut dir, new_name, ino, attr.kind)?;
+            t.touch(&mut dir);
+            t.put_inode(&dir)?;
+            attr.nlink += 1;
+            attr.ctime = t.now;
+            t.put_inode(&attr)?;
+            Ok(attr)
+        })
+    }
+
+    #[instrument(level = "debug", skip(self, name))]
+    fn unlink(&self, parent: Ino, name: &[u8], closed: Option<Ino>) -> MetaResult<Unlinked> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(MetaError::NameTooLong);
+        }
+        let unlinked = self.mutate(|t| {
+            let mut dir = t.dir(parent)?;
+            let Some(entry) = t.dentry(parent, name)? else {
+                return fail(MetaError::NotFound);
+            };
+            if entry.kind == FileKind::Dir {
+                return fail(MetaError::IsDir);
+            }
+            let attr = t.inode(entry.ino)?;
+            t.remove_entry(&mut dir, name, &entry)?;
+            t.touch(&mut dir);
+            t.put_inode(&dir)?;
+            t.drop_link(attr, closed)
+        })?;
+        self.finish_unlink(unlinked, closed)
+    }
+
+    #[instrument(level = "debug", skip(self, name))]
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> MetaResult<()> {
+        match name {
+            b"." => return Err(MetaError::Invalid("rmdir of .".into())),
+            b".." => return Err(MetaError::NotEmpty),
+            _ if name.len() > MAX_NAME_LEN => return Err(MetaError::NameTooLong),
+            _ => {}
+        }
+        let removed = self.mutate(|t| {
+            let mut dir = t.dir(parent)?;
+            let Some(entry) = t.dentry(parent, name)? else {
+                return fail(MetaError::NotFound);
+            };
+            if entry.kind != FileKind::Dir {
+                return fail(MetaError::NotDir);
+            }
+            let child = t.inode(entry.ino)?;
+            if child.entries > 0 {
+                return fail(MetaError::NotEmpty);
+            }
+            t.remove_entry(&mut dir, name, &entry)?;
+            dir.nlink -= 1;
+            t.touch(&mut dir);
+            t.put_inode(&dir)?;
+            // A directory with more attributes than one transaction may remove is left as an
+            // orphan, removed in steps below.
+            Ok((!t.delete_dir(&child)?).then_some(child.ino))
+        })?;
+        match removed {
+            Some(leftover) => self.purge_in_steps(leftover),
+            None => Ok(()),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = rename.parent, new_parent = rename.new_parent))]
+    fn rename(&self, rename: &Rename) -> MetaResult<Option<Unlinked>> {
+        check_name(&rename.name)?;
+        check_name(&rename.new_name)?;
+        let unlinked = self.mutate(|t| rename::rename_in(t, rename))?;
+        unlinked.map(|u| self.finish_unlink(u, rename.closed)).transpose()
+    }
+
+    fn readdir(&self, dir: Ino, after: u64, limit: usize) -> MetaResult<Vec<DirEntry>> {
+        self.read(|t| {
+            if !t.inode(dir)?.is_dir() {
+                return fail(MetaError::NotDir);
+            }
+            let start = keys::pair(keys::LISTING, dir, after.saturating_add(1));
+            let end = keys::numbered(keys::LISTING, dir.saturating_add(1));
+            let mut out = Vec::with_capacity(limit.min(SCAN_PAGE));
+            for (key, value) in t.scan(&start, &end, limit)? {
+                let Listed { ino, kind, name } = Listed::decode(&value)?;
+                out.push(DirEntry { name, ino, kind, cookie: keys::second_number(&key)? });
+            }
+            Ok(out)
+        })
+    }
+
+    fn readlink(&self, ino: Ino) -> MetaResult<Vec<u8>> {
+        self.read(|t| match t.get(&keys::numbered(keys::SYMLINK, ino))? {
+            Some(v) => Ok(v),
+            None => {
+                t.inode(ino)?;
+                fail(MetaError::Invalid("not a symbolic link".into()))
+            }
+        })
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    fn setattr(&self, ino: Ino, changes: &SetAttr) -> MetaResult<Attr> {
+        self.mutate(|t| {
+            let mut attr = t.inode(ino)?;
+            if let Some(perm) = changes.perm {
+                attr.perm = perm & 0o7777;
+            }
+            if let Some(uid) = changes.uid {
+                attr.uid = uid;
+            }
+            if let Some(gid) = changes.gid {
+                attr.gid = gid;
+            }
+            if let Some(atime) = changes.atime {
+                attr.atime = atime;
+            }
+            if let Some(mtime) = changes.mtime {
+                attr.mtime = mtime;
+            }
+            attr.ctime = changes.ctime.unwrap_or(t.now);
+            t.put_inode(&attr)?;
+            Ok(attr)
+        })
+    }
+
+    fn blocks(&self, ino: Ino, first: u64, count: u64) -> MetaResult<Vec<(u64, BlockRef)>> {
+        let start = keys::pair(keys::BLOCK, ino, first);
+        let end = keys::pair(keys::BLOCK, ino, first.saturating_add(count));
+        self.read(|t| {
+            let mut out = Vec::new();
+            for (key, value) in t.scan(&start, &end, count.min(usize::MAX as u64) as usize)? {
+                out.push((keys::second_number(&key)?, BlockRef::decode(&value)?));
+            }
+            Ok(out)
+        })
+    }
+
+    #[instrument(level = "debug", skip(self, commit), fields(blocks = commit.blocks.len()))]
+    fn commit_blocks(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Attr> {
+        self.commit_blocks_in(ino, commit)
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    fn purge(&self, ino: Ino) -> MetaResult<()> {
+        self.purge_in_steps(ino)
+    }
+
+    fn orphans(&self) -> MetaResult<Vec<Ino>> {
+        self.scan_all(&[keys::ORPHAN])?.iter().map(|(k, _)| keys::first_number(k)).collect()
+    }
+
+    fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> MetaResult<()> {
+        self.mutate(|t| {
+            let mut attr = t.inode(ino)?;
+            let key = keys::numbered_with(keys::XATTR, ino, name);
+            let exists = t.get(&key)?.is_some();
+            match mode {
+                XattrMode::Create if exists => return fail(MetaError::Exists),
+                XattrMode::Replace if !exists => return fail(MetaError::NoXattr),
+                _ => {}
+            }
+            t.put(&key, value);
+            attr.ctime = t.now;
+            t.put_inode(&attr)
+        })
+    }
+
+    fn get_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<Vec<u8>> {
+        self.read(|t| {
+            let keys = [keys::numbered(keys::INODE, ino), keys::numbered_with(keys::XATTR, ino, name)];
+            match t.kv.get_many(&keys)?.as_slice() {
+                [None, _] => fail(MetaError::NotFound),
+                [Some(_), Some(value)] => Ok(value.clone()),
+                _ => fail(MetaError::NoXattr),
+            }
+        })
+    }
+
+    fn list_xattr(&self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
+        self.read(|t| {
+            t.inode(ino)?;
+            let found = t.scan_whole(&keys::numbered(keys::XATTR, ino))?;
+            Ok(found.into_iter().map(|(k, _)| k[9..].to_vec()).collect())
+        })
+    }
+
+    fn remove_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<()> {
+        self.mutate(|t| {
+            let mut attr = t.inode(ino)?;
+            let key = keys::numbered_with(keys::XATTR, ino, name);
+            if t.get(&key)?.is_none() {
+                return fail(MetaError::NoXattr);
+            }
+            t.delete(&key);
+            attr.ctime = t.now;
+            t.put_inode(&attr)
+        })
+    }
+
+    fn usage(&self) -> MetaResult<Usage> {
+        Ok(Usage { bytes: self.counter(Counter::Bytes)?, inodes: self.counter(Counter::Inodes)? })
+    }
+
+    fn referenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, u64)>> {
+        let found = self.scan_all(&[keys::CHUNK_REFS])?;
+        found.iter().map(|(k, v)| Ok((keys::chunk_hash(k)?, keys::decode_u64(v)))).collect()
+    }
+
+    fn audit(&self) -> MetaResult<Audit> {
+        self.audit_records()
+    }
+
+    fn unreferenced_chunks(&self) -> MetaResult<Vec<(ChunkHash, Timestamp)>> {
+        let found = self.scan_all(&[keys::UNREFERENCED])?;
+        found.iter().map(|(k, v)| Ok((keys::chunk_hash(k)?, keys::decode_time(v)?))).collect()
+    }
+
+    fn protect_chunk(&self, hash: &ChunkHash) -> MetaResult<ChunkProtection> {
+        self.mutate(|t| t.protect_chunk(hash))
+    }
+
+    fn condemn_chunks(
+        &self,
+        hashes: &[ChunkHash],
+        unreferenced_before: Timestamp,
+    ) -> MetaResult<Vec<ChunkHash>> {
+        self.condemn_chunks_in(hashes, unreferenced_before)
+    }
+
+    fn condemned_chunks(&self) -> MetaResult<Vec<ChunkHash>> {
+        self.condemned_chunks_in()
+    }
+
+    fn forget_condemned(&self, hashes: &[ChunkHash]) -> MetaResult<()> {
+        self.forget_condemned_in(hashes)
+    }
+
+    fn lease_throughput(&self, request: &LeaseRequest) -> MetaResult<Lease> {
+        self.lease_throughput_in(request)
+    }
+
+    fn throughput(&self) -> MetaResult<ThroughputStatus> {
+        self.throughput_in()
+    }
+
+    fn set_throughput(&self, settings: &ThroughputSettings) -> MetaResult<()> {
+        self.set_throughput_in(settings)
+    }
+
+    fn end_own_session(&self) -> MetaResult<()> {
+        if self.session == NO_SESSION {
+            return Ok(());
+        }
+        self.end_session(self.session)
+    }
+
+    fn sessions(&self) -> MetaResult<Vec<SessionRecord>> {
+        self.session_records()
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    fn set_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<()> {
+        self.set_lock_in(ino, req)
+    }
+
+    fn get_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<Option<LockRecord>> {
+        self.get_lock_in(ino, req)
+    }
+
+    #[instrument(level = "debug", skip(self))]
+    fn release_locks(&self, ino: Ino, owner: u64) -> MetaResult<()> {
+        self.release_locks_in(ino, owner)
+    }
+}

@@ -1,0 +1,262 @@
+//! One metadata transaction: typed access to the records of [`crate::keys`] over a
+//! [`KvTxn`], so that the namespace operations read as the rules they enforce rather than as
+//! byte juggling.
+
+use crate::error::MetaError;
+use crate::keys::{self, Counter, Dentry, Listed};
+use crate::kv::{fail, KvTxn, Pair, TxResult};
+use crate::session::SessionId;
+use crate::store::Unlinked;
+use crate::types::{Attr, BlockRef, ChunkHash, FileKind, Ino, Timestamp};
+
+pub(super) struct Txn<'a> {
+    pub(super) kv: &'a mut dyn KvTxn,
+    pub(super) block_size: u64,
+    /// The session doing the change: an inode it orphans belongs to it, and its counter
+    /// changes go to its share.
+    pub(super) session: SessionId,
+    pub(super) now: Timestamp,
+    /// The most blocks (or extended attributes) one transaction may remove (see
+    /// [`super::Engine::page`]).
+    pub(super) page: usize,
+}
+
+impl Txn<'_> {
+    pub(super) fn get(&mut self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        self.kv.get(key)
+    }
+
+    pub(super) fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.kv.put(key, value)
+    }
+
+    pub(super) fn delete(&mut self, key: &[u8]) {
+        self.kv.delete(key)
+    }
+
+    pub(super) fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>> {
+        self.kv.scan(start, end, limit)
+    }
+
+    /// Every key with `prefix`, up to `limit`.
+    pub(super) fn scan_prefix(&mut self, prefix: &[u8], limit: usize) -> TxResult<Vec<Pair>> {
+        self.kv.scan(prefix, &crate::kv::prefix_end(prefix), limit)
+    }
+
+    pub(super) fn inode(&mut self, ino: Ino) -> TxResult<Attr> {
+        match self.get(&keys::numbered(keys::INODE, ino))? {
+            Some(v) => Ok(Attr::decode(&v)?),
+            None => fail(MetaError::NotFound),
+        }
+    }
+
+    pub(super) fn put_inode(&mut self, attr: &Attr) -> TxResult<()> {
+        self.put(&keys::numbered(keys::INODE, attr.ino), &attr.encode());
+        Ok(())
+    }
+
+    /// A live directory: exists, is a directory and has not been removed.
+    pub(super) fn dir(&mut self, ino: Ino) -> TxResult<Attr> {
+        let attr = self.inode(ino)?;
+        if !attr.is_dir() {
+            return fail(MetaError::NotDir);
+        }
+        if attr.nlink == 0 {
+            return fail(MetaError::NotFound);
+        }
+        Ok(attr)
+    }
+
+    pub(super) fn dentry(&mut self, parent: Ino, name: &[u8]) -> TxResult<Option<Dentry>> {
+        match self.get(&keys::numbered_with(keys::DENTRY, parent, name))? {
+            Some(v) => Ok(Some(Dentry::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `name -> entry` in `dir`, by name and by cookie.
+    pub(super) fn put_entry(&mut self, dir: Ino, name: &[u8], entry: &Dentry) {
+        self.put(&keys::numbered_with(keys::DENTRY, dir, name), &entry.encode());
+        self.put(&keys::pair(keys::LISTING, dir, entry.cookie), &Listed::encode(entry.ino, entry.kind, name));
+    }
+
+    /// Adds `name -> ino` to `dir` with the directory's next cookie. The caller stores `dir`.
+    pub(super) fn add_entry(
+        &mut self,
+        dir: &mut Attr,
+        name: &[u8],
+        ino: Ino,
+        kind: FileKind,
+    ) -> TxResult<()> {
+        let cookie = dir.next_cookie;
+        dir.next_cookie += 1;
+        dir.entries += 1;
+        self.put_entry(dir.ino, name, &Dentry { ino, kind, cookie });
+        Ok(())
+    }
+
+    /// Removes `name` from `dir`. The caller stores `dir`.
+    pub(super) fn remove_entry(&mut self, dir: &mut Attr, name: &[u8], entry: &Dentry) -> TxResult<()> {
+        dir.entries -= 1;
+        self.delete(&keys::numbered_with(keys::DENTRY, dir.ino, name));
+        self.delete(&keys::pair(keys::LISTING, dir.ino, entry.cookie));
+        Ok(())
+    }
+
+    /// Adds `delta` to this session's share of `counter`.
+    pub(super) fn add_counter(&mut self, counter: Counter, delta: i64) -> TxResult<()> {
+        if delta == 0 {
+            return Ok(());
+        }
+        let key = counter.share(self.session);
+        let current = self.get(&key)?.map(|v| keys::decode_u64(&v)).unwrap_or(0);
+        // A share may go below zero (a session deletes what another created): kept as the
+        // two's complement, so that the sum of the shares stays exact.
+        let next = current.wrapping_add_signed(delta);
+        self.put(&key, &keys::encode_u64(next));
+        Ok(())
+    }
+
+    fn chunk_ref(&mut self, hash: &ChunkHash, delta: i64) -> TxResult<()> {
+        let key = keys::chunk(keys::CHUNK_REFS, hash);
+        let current = self.get(&key)?.map(|v| keys::decode_u64(&v)).unwrap_or(0);
+        if current == 0 && delta > 0 {
+            self.check_protected(hash)?;
+        }
+        let next = current.saturating_add_signed(delta);
+        if next == 0 {
+            self.delete(&key);
+            self.put(&keys::chunk(keys::UNREFERENCED, hash), &keys::encode_time(self.now));
+        } else {
+            if current == 0 {
+                self.delete(&keys::chunk(keys::UNREFERENCED, hash));
+            }
+            self.put(&key, &keys::encode_u64(next));
+        }
+        Ok(())
+    }
+
+    /// Places (or with `None` removes) one block and keeps chunk references in step. Returns the
+    /// change in stored bytes.
+    pub(super) fn set_block(&mut self, ino: Ino, index: u64, block: Option<&BlockRef>) -> TxResult<i64> {
+        let key = keys::pair(keys::BLOCK, ino, index);
+        let old = self.get(&key)?;
+        match block {
+            Some(b) => self.put(&key, &b.encode()),
+            None if old.is_some() => self.delete(&key),
+            None => {}
+        }
+        let mut delta = 0i64;
+        if let Some(old) = old {
+            let old = BlockRef::decode(&old)?;
+            delta -= self.unref_block(&old)?;
+        }
+        if let Some(new) = block {
+            if let BlockRef::Chunk { hash, .. } = new {
+                self.chunk_ref(hash, 1)?;
+            }
+            delta += new.len() as i64;
+        }
+        Ok(delta)
+    }
+
+    /// Drops a removed block's chunk reference; returns its length.
+    fn unref_block(&mut self, block: &BlockRef) -> TxResult<i64> {
+        if let BlockRef::Chunk { hash, .. } = block {
+            self.chunk_ref(hash, -1)?;
+        }
+        Ok(block.len() as i64)
+    }
+
+    /// Removes up to `limit` blocks of `ino` with index `first` or more. Returns the change in
+    /// stored bytes and whether blocks remain beyond those removed.
+    pub(super) fn drop_blocks_from(&mut self, ino: Ino, first: u64, limit: usize) -> TxResult<(i64, bool)> {
+        let start = keys::pair(keys::BLOCK, ino, first);
+        let end = keys::numbered(keys::BLOCK, ino.saturating_add(1));
+        let found = self.scan(&start, &end, limit.saturating_add(1))?;
+        let more = found.len() > limit;
+        let mut delta = 0;
+        for (key, value) in found.into_iter().take(limit) {
+            self.delete(&key);
+            delta -= self.unref_block(&BlockRef::decode(&value)?)?;
+        }
+        Ok((delta, more))
+    }
+
+    /// Removes up to `limit` extended attributes of `ino`; returns whether more remain.
+    pub(super) fn drop_xattrs(&mut self, ino: Ino, limit: usize) -> TxResult<bool> {
+        let found = self.scan_prefix(&keys::numbered(keys::XATTR, ino), limit.saturating_add(1))?;
+        let more = found.len() > limit;
+        for (key, _) in found.into_iter().take(limit) {
+            self.delete(&key);
+        }
+        Ok(more)
+    }
+
+    /// Whether removing `attr` fits in this transaction (see [`Txn::remove_inode`]).
+    pub(super) fn removal_fits(&self, attr: &Attr) -> bool {
+        attr.size.div_ceil(self.block_size) < self.page as u64
+    }
+
+    /// Drops a name's hold on `attr` (already loaded). When that was the last name the inode
+    /// is removed if it is the caller's `closed` one and small enough to go in this
+    /// transaction, else kept as an orphan (for [`crate::MetaStore::purge`]).
+    pub(super) fn drop_link(&mut self, mut attr: Attr, closed: Option<Ino>) -> TxResult<Unlinked> {
+        attr.nlink = attr.nlink.saturating_sub(1);
+        attr.ctime = self.now;
+        let last = attr.nlink == 0;
+        let purged = last && closed == Some(attr.ino) && self.removal_fits(&attr);
+        if purged && self.remove_inode(&attr)? {
+            return Ok(Unlinked { attr, orphaned: false, purged: true });
+        }
+        self.put_inode(&attr)?;
+        if last {
+            self.put(&keys::numbered(keys::ORPHAN, attr.ino), &keys::encode_u64(self.session));
+        }
+        Ok(Unlinked { attr, orphaned: last, purged: false })
+    }
+
+    /// Deletes a file with no names left: its blocks, extended attributes, record and orphan
+    /// entry. Returns false, changing nothing, if it has more blocks or attributes than one
+    /// transaction may remove (the caller removes it in steps, see
+    /// [`super::Engine::purge_in_steps`]).
+    pub(super) fn remove_inode(&mut self, attr: &Attr) -> TxResult<bool> {
+        let blocks = self.scan(
+            &keys::numbered(keys::BLOCK, attr.ino),
+            &keys::numbered(keys::BLOCK, attr.ino + 1),
+            self.page + 1,
+        )?;
+        let xattrs = self.scan_prefix(&keys::numbered(keys::XATTR, attr.ino), self.page + 1)?;
+        if blocks.len() > self.page || xattrs.len() > self.page {
+            return Ok(false);
+        }
+        let (delta, _) = self.drop_blocks_from(attr.ino, 0, self.page)?;
+        self.drop_xattrs(attr.ino, self.page)?;
+        self.add_counter(Counter::Bytes, delta)?;
+        self.add_counter(Counter::Inodes, -1)?;
+        self.delete(&keys::numbered(keys::INODE, attr.ino));
+        self.delete(&keys::numbered(keys::SYMLINK, attr.ino));
+        self.delete(&keys::numbered(keys::ORPHAN, attr.ino));
+        Ok(true)
+    }
+
+    /// Deletes an empty directory's inode; returns false if it has more extended attributes
+    /// than this transaction may remove, in which case it becomes an orphan for
+    /// [`super::Engine::purge_in_steps`] to remove.
+    pub(super) fn delete_dir(&mut self, attr: &Attr) -> TxResult<bool> {
+        if self.remove_inode(attr)? {
+            return Ok(true);
+        }
+        let mut gone = attr.clone();
+        gone.nlink = 0;
+        gone.ctime = self.now;
+        self.put_inode(&gone)?;
+        self.put(&keys::numbered(keys::ORPHAN, attr.ino), &keys::encode_u64(self.session));
+        Ok(false)
+    }
+
+    pub(super) fn touch(&self, attr: &mut Attr) {
+        attr.mtime = self.now;
+        attr.ctime = self.now;
+    }
+}

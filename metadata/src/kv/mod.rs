@@ -1,0 +1,98 @@
+//! The key-value transaction seam (the shape of JuiceFS's `tkv`): the metadata engine
+//! ([`crate::engine`]) is written once against [`KvTxn`], and each store it runs on is a
+//! driver of [`Kv`]: [`SledKv`] (embedded, the default), [`MemKv`] (tests) and [`EtcdKv`]
+//! (replicated). A driver gives serializable transactions: a body runs against one consistent
+//! view, reads its own writes, and commits atomically or reports [`TxError::Conflict`], upon
+//! which the engine runs the body again.
+
+mod etcd;
+mod local;
+mod memory;
+mod sled;
+mod sled_upgrade;
+mod write_set;
+
+pub use self::etcd::{EtcdKv, EtcdOptions};
+pub use self::memory::MemKv;
+pub use self::sled::SledKv;
+
+use crate::error::MetaError;
+
+/// Why a transaction body or commit stopped.
+#[derive(Debug)]
+pub enum TxError {
+    /// Another transaction changed what this one read: run it again.
+    Conflict,
+    /// The operation fails with this error (a rule of the namespace, or the store's own).
+    Abort(MetaError),
+}
+
+impl From<MetaError> for TxError {
+    fn from(e: MetaError) -> Self {
+        TxError::Abort(e)
+    }
+}
+
+pub type TxResult<T> = Result<T, TxError>;
+
+/// Fails the transaction with `e`.
+pub fn fail<T>(e: MetaError) -> TxResult<T> {
+    Err(TxError::Abort(e))
+}
+
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// One transaction's view of the key space.
+pub trait KvTxn {
+    fn get(&mut self, key: &[u8]) -> TxResult<Option<Vec<u8>>>;
+    /// Several keys at once (one round trip where the store allows).
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> TxResult<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+    /// Up to `limit` pairs with `start <= key < end`, in key order.
+    fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>>;
+    fn put(&mut self, key: &[u8], value: &[u8]);
+    fn delete(&mut self, key: &[u8]);
+}
+
+/// A transaction body: run once per attempt.
+pub type Body<'a> = &'a mut dyn FnMut(&mut dyn KvTxn) -> TxResult<()>;
+
+/// A store the engine can run on.
+pub trait Kv: Send + Sync + 'static {
+    /// Runs `body` and commits what it wrote, atomically; [`TxError::Conflict`] if another
+    /// commit changed what it read.
+    fn transact(&self, body: Body) -> TxResult<()>;
+    /// Runs `body` over the store without committing (its writes are discarded).
+    fn read(&self, body: Body) -> TxResult<()>;
+    /// Like [`Kv::read`], over one state of the whole store however long the body runs (the
+    /// audit): commits wait, or the reads are pinned to one revision.
+    fn snapshot(&self, body: Body) -> TxResult<()> {
+        self.read(body)
+    }
+    /// Returns once every commit acknowledged so far is on stable storage.
+    fn sync(&self) -> crate::MetaResult<()> {
+        Ok(())
+    }
+    /// How many keys one transaction may read and how many it may write (each, not
+    /// together); `usize::MAX` where the store sets no limit.
+    fn max_ops(&self) -> usize {
+        usize::MAX
+    }
+    /// The store, for messages.
+    fn describe(&self) -> String;
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte was 0xff: the range runs to the end of the key space.
+    vec![0xff; prefix.len() + 1]
+}
