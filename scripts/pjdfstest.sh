@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # POSIX conformance: the pjdfstest suite (crates.io port) against a real elasticfs mount.
 # Usage: scripts/pjdfstest.sh   (root; after `cargo build --release --bins`)
+# ELASTICFS_PJD_META=etcd://…/NAME runs it on that metadata store instead of an embedded one
+# (the etcd test in tests/tests/etcd_mounts.rs does, on a cluster of its own).
 # Passes when pjdfstest reports 0 failures with ../shared/conformance/pjdfstest.toml (or the
 # copy in conformance/ when shared/ is not beside this checkout).
 set -euo pipefail
@@ -17,8 +19,9 @@ secondary="$work/secondary"
 mkdir -p "$work/mnt" "$secondary"
 mount -t tmpfs -o size=64m pjd-secondary "$secondary"
 bin="$root/target/release/elasticfs"
-"$bin" format --meta "sled://$work/meta" --storage file --bucket "$work/chunks" >/dev/null
-"$bin" mount --meta "sled://$work/meta" "$work/mnt" -d --log "$work/mount.log" -o cache-dir="$work/cache" >/dev/null
+meta="${ELASTICFS_PJD_META:-sled://$work/meta}"
+"$bin" format --meta "$meta" --storage file --bucket "$work/chunks" >/dev/null
+"$bin" mount --meta "$meta" "$work/mnt" -d --log "$work/mount.log" -o cache-dir="$work/cache" >/dev/null
 cleanup() {
   "$bin" umount "$work/mnt" 2>/dev/null || umount -l "$work/mnt" 2>/dev/null || true
   umount "$secondary" 2>/dev/null || true

@@ -202,6 +202,18 @@ pub enum MetaCommand {
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
     },
+    /// Write a file system's metadata to stdout (a versioned stream, from one snapshot), to
+    /// move it to another store with `meta load`.
+    Dump {
+        /// Metadata URL: sled:///path or etcd://h1:2379,h2:2379/NAME.
+        #[arg(long)]
+        meta: String,
+    },
+    /// Load a dump from stdin into an empty store (sled:///path or etcd://…/NAME).
+    Load {
+        #[arg(long)]
+        meta: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -290,6 +302,12 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
             gc_grace: parse_duration(&gc_grace)?,
             metrics,
         }),
+        Command::Meta { command: MetaCommand::Dump { meta } } => {
+            crate::dump::dump(&meta, &mut std::io::stdout().lock())
+        }
+        Command::Meta { command: MetaCommand::Load { meta } } => {
+            crate::dump::load(&meta, &mut std::io::stdin().lock())
+        }
         Command::Nfs { command: NfsCommand::Serve(args) } => crate::serve_nfs::serve(args),
         Command::InstallHelper { path } => install_helper(&path),
     }

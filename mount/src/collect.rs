@@ -13,15 +13,18 @@ use crate::options::MountOptions;
 use crate::status::{elasticfs_runtime, open_unmounted};
 use crate::volume::{MetaAccess, MetaUrl};
 
-/// Background collection for a client that holds an embedded store (a mount, a gateway): there
-/// is no service to collect its garbage, so it does, every `gc-interval` (0: never).
-pub fn start_embedded_gc(
+/// Background collection, every `gc-interval` (0: never), for a client (a mount, a gateway)
+/// with no metadata service to collect for it: one that holds an embedded store, or a client
+/// of etcd. Any number of etcd clients may collect at once: condemning a chunk is a
+/// transaction that sees every reference and every upload intent, and deleting an object
+/// twice is harmless.
+pub fn start_client_gc(
     fs: &FileSystem,
     access: &MetaAccess,
     opts: &MountOptions,
 ) -> Result<Option<BackgroundGc>> {
-    let embedded = matches!(MetaUrl::parse(&access.url)?, MetaUrl::Sled(_));
-    if !embedded || opts.gc_interval.is_zero() {
+    let served = matches!(MetaUrl::parse(&access.url)?, MetaUrl::Service { .. });
+    if served || opts.gc_interval.is_zero() {
         return Ok(None);
     }
     let target = (fs.meta().clone(), fs.chunks().object_store().clone());

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod collect;
+pub mod dump;
 pub mod etcd_url;
 pub mod fsck;
 pub mod fuse;

@@ -140,7 +140,7 @@ fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<(
         .map(|addr| metrics_endpoint::serve(addr, client_registry(&fs)))
         .transpose()?;
     let status = StatusWriter::start(fs.clone(), &access.url, mountpoint)?;
-    let gc = crate::collect::start_embedded_gc(&fs, access, &opts)?;
+    let gc = crate::collect::start_client_gc(&fs, access, &opts)?;
     let pid_file = PidFile::create(mountpoint)?;
     let mut config = Config::default();
     config.mount_options = vec![

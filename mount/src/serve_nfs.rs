@@ -73,7 +73,7 @@ pub fn serve(args: NfsArgs) -> Result<()> {
         .as_deref()
         .map(|addr| metrics_endpoint::serve(addr, client_registry(&fs)))
         .transpose()?;
-    let gc = crate::collect::start_embedded_gc(&fs, &meta, &opts)?;
+    let gc = crate::collect::start_client_gc(&fs, &meta, &opts)?;
     let gateway = Gateway::new(fs.clone(), export);
     listening::announce(addr)?;
     let served = runtime.block_on(async {

@@ -2,6 +2,7 @@
 //! FUSE, and serves real S3 over HTTP on 127.0.0.1 from an in-process `s3s-fs` server.
 
 pub mod etcd;
+pub mod locks;
 pub mod nfs;
 pub mod posix_suite;
 

@@ -18,7 +18,6 @@ fn names(dir: &Path) -> BTreeSet<String> {
 }
 
 #[test]
-#[ignore = "unfinished: an operation in flight when the leader dies can fail with EIO (issue 15)"]
 fn four_mounts_keep_every_acknowledged_change_through_a_leader_kill() {
     if !ready() {
         return;
@@ -116,4 +115,178 @@ fn without_quorum_soft_mounts_fail_and_hard_mounts_wait_then_resume() {
     hard.unmount();
     soft.unmount();
     vol.assert_fsck_clean(false);
+}
+
+/// Everything a user sees of a tree: per path, kind, mode, owner, size, link count, extended
+/// attributes, symlink target and a hash of the bytes.
+fn tree(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let mut line = format!("{rel} mode={:o} uid={} nlink={}", meta.mode(), meta.uid(), meta.nlink());
+            if meta.is_symlink() {
+                line += &format!(" -> {}", std::fs::read_link(&path).unwrap().display());
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+            } else {
+                line +=
+                    &format!(" size={} blake3={}", meta.len(), blake3::hash(&std::fs::read(&path).unwrap()));
+            }
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            let mut buf = vec![0u8; 4096];
+            // SAFETY: valid C string and buffer.
+            let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                line +=
+                    &format!(" xattrs={}", String::from_utf8_lossy(&buf[..n as usize]).replace('\0', ","));
+            }
+            out.push(line);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn populate(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+    std::fs::write(root.join("a/big"), pattern(3, 2_500_000)).unwrap();
+    for i in 0..50 {
+        std::fs::write(root.join(format!("a/b/small{i}")), format!("small {i}")).unwrap();
+    }
+    std::fs::hard_link(root.join("a/big"), root.join("a/b/c/big-again")).unwrap();
+    std::os::unix::fs::symlink("../big", root.join("a/b/link")).unwrap();
+    std::fs::set_permissions(root.join("a/b/small3"), std::fs::Permissions::from_mode(0o4751)).unwrap();
+    std::os::unix::fs::chown(root.join("a/b/small4"), Some(1234), Some(56)).unwrap();
+    let status = std::process::Command::new("setfattr")
+        .args(["-n", "user.colour", "-v", "blue"])
+        .arg(root.join("a/b/small5"))
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        let c = std::ffi::CString::new(root.join("a/b/small5").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C strings and buffer.
+        let rc =
+            unsafe { libc::setxattr(c.as_ptr(), c"user.colour".as_ptr(), b"blue".as_ptr().cast(), 4, 0) };
+        assert_eq!(rc, 0, "setxattr");
+    }
+}
+
+#[test]
+fn a_sled_file_system_moves_to_etcd_and_back_with_meta_dump_and_load() {
+    if !ready() {
+        return;
+    }
+    let cluster = EtcdCluster::start();
+    let vol = Volume::local();
+    let mount = vol.mount();
+    populate(&mount.path);
+    let original = tree(&mount.path);
+    mount.unmount();
+
+    let dump = vol.dir.path().join("meta.dump");
+    let out = std::process::Command::new(elasticfs_tests::elasticfs_bin())
+        .args(["meta", "dump", "--meta", &vol.meta])
+        .stdout(std::fs::File::create(&dump).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let load = |url: &str, from: &Path| {
+        let out = std::process::Command::new(elasticfs_tests::elasticfs_bin())
+            .args(["meta", "load", "--meta", url])
+            .stdin(std::fs::File::open(from).unwrap())
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, log) = load(&cluster.url("moved"), &dump);
+    assert!(ok, "{log}");
+    // A store that holds a file system is not loaded over.
+    let (ok, log) = load(&cluster.url("moved"), &dump);
+    assert!(!ok && log.contains("already holds a file system"), "{log}");
+
+    let on_etcd = Volume { meta: cluster.url("moved"), dir: tempfile::tempdir().unwrap(), env: Vec::new() };
+    let mount = on_etcd.mount();
+    assert_eq!(tree(&mount.path), original);
+    std::fs::write(mount.path.join("written-on-etcd"), "new").unwrap();
+    mount.unmount();
+    on_etcd.assert_fsck_clean(true);
+
+    // And back to sled.
+    let back_dump = vol.dir.path().join("etcd.dump");
+    let out = std::process::Command::new(elasticfs_tests::elasticfs_bin())
+        .args(["meta", "dump", "--meta", &on_etcd.meta])
+        .stdout(std::fs::File::create(&back_dump).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let back = Volume {
+        meta: format!("sled://{}/back", vol.dir.path().display()),
+        dir: tempfile::tempdir().unwrap(),
+        env: Vec::new(),
+    };
+    let (ok, log) = load(&back.meta, &back_dump);
+    assert!(ok, "{log}");
+    let mount = back.mount();
+    assert_eq!(std::fs::read_to_string(mount.path.join("written-on-etcd")).unwrap(), "new");
+    std::fs::remove_file(mount.path.join("written-on-etcd")).unwrap();
+    assert_eq!(tree(&mount.path), original);
+    mount.unmount();
+    back.assert_fsck_clean(true);
+
+    // A cut-short dump is refused, and loads nothing.
+    let bytes = std::fs::read(&dump).unwrap();
+    let cut = vol.dir.path().join("cut.dump");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, log) = load(&cluster.url("cut"), &cut);
+    assert!(!ok && log.contains("cut short"), "{log}");
+}
+
+#[test]
+fn a_killed_clients_lock_goes_with_its_lease() {
+    use elasticfs_tests::locks::{hold, lock_state};
+    if !ready() {
+        return;
+    }
+    let cluster = EtcdCluster::start();
+    let s3 = S3Server::start();
+    let vol = Volume::etcd(&cluster, "locks", &s3, 3);
+    let survivor = vol.mount_named("survivor", "", None);
+    let doomed = vol.mount_named("doomed", "", None);
+    std::fs::write(doomed.path.join("held"), "x").unwrap();
+    let mut stuck = hold(&doomed.path.join("held"));
+    assert!(lock_state(&survivor.path.join("held")).starts_with("held write"));
+    let doomed_path = doomed.path.clone();
+    doomed.kill();
+    let killed = Instant::now();
+    while lock_state(&survivor.path.join("held")) != "unlocked" {
+        assert!(killed.elapsed() < Duration::from_secs(30), "the dead mount's lock was never released");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("lock of the killed mount released after {:?}", killed.elapsed());
+    assert_eq!(vol.status()["client_connections"], 1, "the dead mount's session is gone");
+    let _ = stuck.kill();
+    elasticfs_tests::detach(&doomed_path);
+    let _ = stuck.wait();
+    survivor.unmount();
+    vol.assert_fsck_clean(false);
+}
+
+#[test]
+fn pjdfstest_passes_on_etcd() {
+    if !ready() {
+        return;
+    }
+    let cluster = EtcdCluster::start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pjdfstest.sh");
+    let out =
+        std::process::Command::new(script).env("ELASTICFS_PJD_META", cluster.url("pjd")).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("Summary: 0 failed"), "{report}");
+    eprintln!("{}", report.trim());
 }

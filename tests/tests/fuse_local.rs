@@ -137,6 +137,8 @@ fn set_bytes_counter(meta_dir: &Path, bytes: u64) {
     }
     kv.insert([&b"Ubytes\0"[..], &0u64.to_be_bytes()].concat(), &bytes.to_le_bytes()).unwrap();
     db.flush().unwrap();
+    // The tree keeps the database open: both go before the lock is free.
+    drop(kv);
     drop(db);
     // sled locks its `db` file with flock: probe it the same way (closing the probe unlocks).
     let probe = std::fs::File::open(meta_dir.join("db")).unwrap();

@@ -3,12 +3,13 @@
 //! locks across clients, sessions, and a service killed mid-storm.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use elasticfs_tests::{built_bin, detach, fuse_available, pattern, MetaService, Mount, S3Server, Volume};
+use elasticfs_tests::locks::{hold, lock_state, lock_tool};
+use elasticfs_tests::{detach, fuse_available, pattern, MetaService, Mount, S3Server, Volume};
 
 fn mounts(vol: &Volume, range: std::ops::Range<usize>) -> Vec<Mount> {
     range.map(|i| vol.mount_named(&format!("m{i}"), "", None)).collect()
@@ -112,27 +113,6 @@ fn mounts_share_one_namespace_with_close_to_open() {
     }
     let status = vol.status();
     assert_eq!(status["client_connections"], 0, "clean unmounts end their sessions: {status}");
-}
-
-fn lock_tool(args: &[&str]) -> Command {
-    let mut command = Command::new(built_bin("lock-tool"));
-    command.args(args);
-    command
-}
-
-fn lock_state(file: &Path) -> String {
-    let out = lock_tool(&["test", file.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "lock-tool test: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// Starts `lock-tool hold FILE`; returns it once it holds the lock.
-fn hold(file: &Path) -> Child {
-    let mut child = lock_tool(&["hold", file.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "locked");
-    child
 }
 
 fn count_under_locks(kind: &str, files: &[PathBuf], per_process: u32) -> u64 {

@@ -6,6 +6,7 @@
 
 mod audit;
 mod chunks;
+mod dump;
 mod files;
 mod rename;
 mod sessions;

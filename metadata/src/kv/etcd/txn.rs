@@ -1,0 +1,158 @@
+//! One optimistic transaction on etcd (see the driver's documentation).
+
+use std::collections::HashMap;
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+
+use super::{EtcdKv, MAX_REQUEST_BYTES, MAX_TXN_OPS};
+use crate::error::MetaError;
+use crate::kv::write_set::WriteSet;
+use crate::kv::{KvTxn, Pair, TxError, TxResult};
+
+/// One transaction: the revision its reads are at, what they saw, and what it wrote.
+pub(super) struct EtcdTxn<'a> {
+    kv: &'a EtcdKv,
+    revision: Option<i64>,
+    /// Every key read, with its value and mod-revision (0: absent).
+    seen: HashMap<Vec<u8>, (i64, Option<Vec<u8>>)>,
+    /// Every range scanned, `[start, end)` (without the prefix).
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    writes: WriteSet,
+}
+
+impl<'a> EtcdTxn<'a> {
+    pub(super) fn new(kv: &'a EtcdKv) -> Self {
+        EtcdTxn { kv, revision: None, seen: HashMap::new(), ranges: Vec::new(), writes: WriteSet::default() }
+    }
+
+    fn at_revision(&self, options: GetOptions) -> GetOptions {
+        match self.revision {
+            Some(rev) => options.with_revision(rev),
+            None => options,
+        }
+    }
+
+    /// Sends reads as one etcd transaction (one round trip, one revision).
+    fn fetch(&mut self, gets: Vec<TxnOp>) -> TxResult<Vec<etcd_client::GetResponse>> {
+        let mut out = Vec::with_capacity(gets.len());
+        let mut remaining = gets;
+        while !remaining.is_empty() {
+            let rest = remaining.split_off(remaining.len().min(MAX_TXN_OPS));
+            let response = self.kv.read_txn(Txn::new().and_then(std::mem::replace(&mut remaining, rest)))?;
+            if self.revision.is_none() {
+                self.revision = response.header().map(|h| h.revision());
+            }
+            for op in response.op_responses() {
+                if let TxnOpResponse::Get(get) = op {
+                    out.push(get);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn commit(self) -> TxResult<()> {
+        if self.writes.writes.is_empty() {
+            return Ok(());
+        }
+        let kv = self.kv;
+        let mut compares: Vec<Compare> = self
+            .seen
+            .iter()
+            .map(|(k, (rev, _))| Compare::mod_revision(kv.key(k), CompareOp::Equal, *rev))
+            .collect();
+        if let Some(rev) = self.revision {
+            for (start, end) in &self.ranges {
+                compares.push(
+                    Compare::mod_revision(kv.key(start), CompareOp::Less, rev + 1).with_range(kv.key(end)),
+                );
+            }
+        }
+        let mut bytes = 0;
+        let ops: Vec<TxnOp> = self
+            .writes
+            .writes
+            .into_iter()
+            .map(|(k, v)| {
+                bytes += k.len() + v.as_ref().map_or(0, Vec::len) + 16;
+                match v {
+                    Some(v) => TxnOp::put(kv.key(&k), v, None),
+                    None => TxnOp::delete(kv.key(&k), None),
+                }
+            })
+            .collect();
+        if compares.len() >= MAX_TXN_OPS || ops.len() >= MAX_TXN_OPS || bytes > MAX_REQUEST_BYTES {
+            return Err(TxError::Abort(MetaError::Invalid(
+                format!(
+                    "the operation needs {} reads checked and {} writes ({bytes} bytes) in one etcd \
+                     transaction, past etcd's limits of {MAX_TXN_OPS} operations (--max-txn-ops) and \
+                     1.5 MiB (--max-request-bytes)",
+                    compares.len(),
+                    ops.len()
+                )
+                .into(),
+            )));
+        }
+        kv.commit(compares, ops)
+    }
+}
+
+impl KvTxn for EtcdTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        Ok(self.get_many(&[key.to_vec()])?.pop().flatten())
+    }
+
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> TxResult<Vec<Option<Vec<u8>>>> {
+        let missing: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| self.writes.get(k).is_none() && !self.seen.contains_key(*k))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let gets = missing
+                .iter()
+                .map(|k| TxnOp::get(self.kv.key(k), Some(self.at_revision(GetOptions::new()))))
+                .collect();
+            for (key, response) in missing.into_iter().zip(self.fetch(gets)?) {
+                let found = response.kvs().first().map(|kv| (kv.mod_revision(), Some(kv.value().to_vec())));
+                self.seen.insert(key, found.unwrap_or((0, None)));
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|k| match self.writes.get(k) {
+                Some(written) => written,
+                None => self.seen.get(k).and_then(|(_, v)| v.clone()),
+            })
+            .collect())
+    }
+
+    fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>> {
+        let fetch = limit.saturating_add(self.writes.scan_margin(start, end));
+        let options = self.at_revision(
+            GetOptions::new().with_range(self.kv.key(end)).with_limit(fetch.min(i64::MAX as usize) as i64),
+        );
+        let response = self.fetch(vec![TxnOp::get(self.kv.key(start), Some(options))])?.pop();
+        let prefix = self.kv.prefix.len();
+        let stored: Vec<Pair> = response
+            .map(|r| r.kvs().iter().map(|kv| (kv.key()[prefix..].to_vec(), kv.value().to_vec())).collect())
+            .unwrap_or_default();
+        let complete = stored.len() < fetch;
+        // Guarded up to where the scan looked: past an incomplete page's last key, later pages
+        // guard their own part.
+        let guarded_end = match stored.last() {
+            Some((last, _)) if !complete => [last.as_slice(), &[0]].concat(),
+            _ => end.to_vec(),
+        };
+        self.ranges.push((start.to_vec(), guarded_end));
+        Ok(self.writes.overlay(stored, start, end, complete, limit))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.writes.put(key, value);
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        self.writes.delete(key);
+    }
+}
