@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""mdtest from several mounts at once: elasticfs through `meta serve` beside JuiceFS + Redis.
+"""mdtest from several mounts at once: elasticfs through `meta serve` beside JuiceFS + Redis,
+or (--meta etcd) both on one 3-member etcd cluster.
 
-    python3 benches/mdtest_mounts.py [--mounts 4] [--files 5000] [--rounds 2] [--out FILE.json]
+    python3 benches/mdtest_mounts.py [--meta service|etcd] [--mounts 4] [--files 5000] [--rounds 2] [--out FILE.json]
 
 fsbench mounts one client per target; this driver mounts --mounts clients of one file system
-per target, all sharing one metadata server (our `meta serve`, or redis-server for JuiceFS)
-and one SeaweedFS S3 server, started once for the whole run. Process r creates, stats and
+per target, all sharing one metadata server (our `meta serve`, or redis-server for JuiceFS;
+with --meta etcd, one 3-member etcd cluster on 127.0.0.1 for both, each file system under a
+name of its own) and one SeaweedFS S3 server, started once for the whole run. Process r creates, stats and
 removes its own --files empty files in one directory that every mount shares, through mount r;
 each phase is timed from a barrier that all processes pass to the moment the last one ends.
 As in fsbench, the kernel's caches are dropped before stat and remove.
@@ -114,6 +116,62 @@ class Elasticfs(Target):
         return [str(ELASTICFS), "umount", str(mnt)]
 
 
+class EtcdCluster:
+    """Three etcd members on 127.0.0.1 (Debian's etcd-server), as the tests start them."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "etcd"
+        self.ports = [(fsbench.free_port(), fsbench.free_port()) for _ in range(3)]
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True)
+        peers = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(self.ports))
+        for i, (client, peer) in enumerate(self.ports):
+            with open(self.dir / f"m{i}.log", "wb") as log:
+                self.procs.append(subprocess.Popen(
+                    ["etcd", "--name", f"m{i}", "--data-dir", str(self.dir / f"m{i}"),
+                     "--listen-client-urls", f"http://127.0.0.1:{client}",
+                     "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                     "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                     "--initial-cluster", peers, "--initial-cluster-state", "new",
+                     "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
+                     "--quota-backend-bytes", str(8 << 30)],
+                    stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True))
+        deadline = time.monotonic() + 30
+        while subprocess.run(["etcdctl", "--endpoints", self.endpoints(), "endpoint", "health"],
+                             capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the etcd cluster did not become healthy")
+            time.sleep(0.2)
+
+    def endpoints(self) -> str:
+        return ",".join(f"127.0.0.1:{client}" for client, _ in self.ports)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+class ElasticfsEtcd(Elasticfs):
+    name = "elasticfs-etcd"
+
+    def __init__(self, workdir: Path, server: fsbench.SeaweedServer, mounts: int, round_no: int,
+                 etcd: EtcdCluster) -> None:
+        super().__init__(workdir, server, mounts, round_no)
+        self.meta = f"etcd://{etcd.endpoints()}/mdtest{round_no}"
+
+    def start_metadata(self) -> None:
+        fsbench.run_cmd([str(ELASTICFS), "format", "--meta", self.meta, "--storage", "s3",
+                         "--bucket", f"{self.server.endpoint}/{self.bucket}", "--throughput", "elastic"],
+                        env=self.env())
+
+    def stop_metadata(self) -> None:
+        pass
+
+
 class JuiceFSRedis(Target):
     name = "juicefs-redis"
 
@@ -140,6 +198,24 @@ class JuiceFSRedis(Target):
 
     def umount_argv(self, mnt: Path) -> list[str]:
         return [str(self.juicefs), "umount", str(mnt)]
+
+
+class JuiceFSEtcd(JuiceFSRedis):
+    name = "juicefs-etcd"
+
+    def __init__(self, workdir: Path, server: fsbench.SeaweedServer, mounts: int, round_no: int,
+                 juicefs: Path, etcd: EtcdCluster) -> None:
+        super().__init__(workdir, server, mounts, round_no, juicefs)
+        self.meta = f"etcd://{etcd.endpoints()}/jfs{round_no}"
+
+    def start_metadata(self) -> None:
+        fsbench.run_cmd([str(self.juicefs), "format", "--storage", "s3",
+                         "--bucket", f"{self.server.endpoint}/{self.bucket}",
+                         "--access-key", fsbench.S3_ACCESS_KEY, "--secret-key", fsbench.S3_SECRET_KEY,
+                         self.meta, "mdtest"], env=self.env())
+
+    def stop_metadata(self) -> None:
+        pass
 
 
 def rank(paths: list[Path], action: str, barrier: threading.Barrier) -> None:
@@ -184,6 +260,7 @@ def mdtest(target: Target, files: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meta", choices=("service", "etcd"), default="service")
     parser.add_argument("--mounts", type=int, default=4)
     parser.add_argument("--files", type=int, default=5000, help="files per process and phase")
     parser.add_argument("--rounds", type=int, default=2)
@@ -196,11 +273,18 @@ def main() -> None:
     fsbench.wipe_dir(args.workdir)
     server = fsbench.SeaweedServer(tools.weed, args.workdir / "seaweed", args.workdir / "seaweed.log")
     server.start()
+    etcd = EtcdCluster(args.workdir) if args.meta == "etcd" else None
+    if etcd:
+        etcd.start()
     results: list[dict[str, object]] = []
     try:
         for round_no in range(args.rounds):
-            targets = [Elasticfs(args.workdir, server, args.mounts, round_no),
-                       JuiceFSRedis(args.workdir, server, args.mounts, round_no, tools.juicefs)]
+            if etcd:
+                targets = [ElasticfsEtcd(args.workdir, server, args.mounts, round_no, etcd),
+                           JuiceFSEtcd(args.workdir, server, args.mounts, round_no, tools.juicefs, etcd)]
+            else:
+                targets = [Elasticfs(args.workdir, server, args.mounts, round_no),
+                           JuiceFSRedis(args.workdir, server, args.mounts, round_no, tools.juicefs)]
             if round_no % 2:
                 targets.reverse()
             figures = {}
@@ -210,13 +294,17 @@ def main() -> None:
                     figures[target.name] = mdtest(target, args.files)
                 finally:
                     target.down()
-            ratios = {a: figures["elasticfs"][a] / figures["juicefs-redis"][a] for a in PHASES}
-            fsbench.log(f"round {round_no}: elasticfs / juicefs-redis = "
+            ours = next(t.name for t in targets if t.name.startswith("elasticfs"))
+            theirs = next(t.name for t in targets if t.name.startswith("juicefs"))
+            ratios = {a: figures[ours][a] / figures[theirs][a] for a in PHASES}
+            fsbench.log(f"round {round_no}: {ours} / {theirs} = "
                         + ", ".join(f"{a} {r:.2f}x" for a, r in ratios.items()))
             results.append({"order": [t.name for t in targets], "ops_per_s": figures, "ratio": ratios})
     finally:
         server.stop()
-    report = {"mounts": args.mounts, "files_per_process": args.files, "rounds": results}
+        if etcd:
+            etcd.stop()
+    report = {"meta": args.meta, "mounts": args.mounts, "files_per_process": args.files, "rounds": results}
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,6 +1,8 @@
 //! Round trips through the metadata service on loopback: latency (p50, p99) and throughput
-//! with 1, 4 and 16 operations in flight, for a read (`getattr`) and a durable mutation
-//! (`create`), beside the same calls on the embedded store. Prints a markdown table.
+//! with 1, 4 and 16 operations in flight, for reads (`getattr`, `lookup`) and a durable
+//! mutation (`create`), beside the same calls on the embedded store and, when
+//! `ELASTICFS_BENCH_ETCD=host:port,host:port,…` names a running etcd cluster, on etcd (as a
+//! file system named `bench-<pid>` there). Prints a markdown table.
 //!
 //! `cargo bench --bench meta_service` (not criterion: percentiles, and in-flight counts, are
 //! the point here).
@@ -8,8 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use elasticfs_core::metadata::kv::{EtcdKv, EtcdOptions};
 use elasticfs_core::metadata::remote::{ClientOptions, MetaServer, RemoteStore, Retry, ServerConfig};
-use elasticfs_core::metadata::{ClientInfo, FileKind, MetaStore, NewNode, SledStore, Superblock, ROOT_INO};
+use elasticfs_core::metadata::{
+    ClientInfo, Engine, FileKind, MetaStore, NewNode, SledStore, Superblock, ROOT_INO,
+};
 
 const READS_PER_THREAD: usize = 20_000;
 const CREATES_PER_THREAD: usize = 1_000;
@@ -35,15 +40,34 @@ fn main() {
     let embedded: Arc<dyn MetaStore> =
         Arc::new(SledStore::format(&dir.path().join("embedded"), &sb, 0, 0).unwrap());
 
+    let mut stores = vec![("service (loopback)", remote), ("embedded", embedded)];
+    if let Ok(endpoints) = std::env::var("ELASTICFS_BENCH_ETCD") {
+        let options = EtcdOptions {
+            endpoints: endpoints.split(',').map(String::from).collect(),
+            name: format!("bench-{}", std::process::id()),
+            tls_ca: None,
+            user: None,
+            give_up_after: None,
+        };
+        let store = Engine::format_kv(EtcdKv::connect(options).unwrap(), &sb, 0, 0).unwrap();
+        let session = store.start_session(ClientInfo::this_process("bench"), Some(Duration::from_secs(20)));
+        stores.push(("etcd (3 members, loopback)", Arc::new(session.unwrap())));
+    }
     println!("| store | operation | in flight | ops/s | p50 µs | p99 µs |");
     println!("|---|---|---:|---:|---:|---:|");
-    for (label, store) in [("service (loopback)", &remote), ("embedded", &embedded)] {
+    for (label, store) in &stores {
         let file = store.create(&NewNode::new(ROOT_INO, b"target", FileKind::File, 0o644)).unwrap().ino;
         for threads in [1, 4, 16] {
             let (ops, p50, p99) = measure(store, threads, READS_PER_THREAD, move |s, _, _| {
                 s.getattr(file).unwrap();
             });
             println!("| {label} | getattr | {threads} | {ops:.0} | {p50:.0} | {p99:.0} |");
+        }
+        for threads in [1, 4, 16] {
+            let (ops, p50, p99) = measure(store, threads, READS_PER_THREAD, move |s, _, _| {
+                s.lookup(ROOT_INO, b"target").unwrap();
+            });
+            println!("| {label} | lookup | {threads} | {ops:.0} | {p50:.0} | {p99:.0} |");
         }
         for threads in [1, 4, 16] {
             let (ops, p50, p99) = measure(store, threads, CREATES_PER_THREAD, move |s, t, i| {

@@ -10,6 +10,8 @@ use crate::free_port;
 pub struct EtcdCluster {
     pub dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// The certificate and key the members serve clients with (TLS), if any.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 struct Member {
@@ -32,6 +34,11 @@ pub fn etcd_available() -> bool {
 impl EtcdCluster {
     /// Starts three members and waits until the cluster has a leader.
     pub fn start() -> EtcdCluster {
+        Self::start_with(None)
+    }
+
+    /// The same, serving clients over TLS with `cert` and `key` (PEM) when given.
+    pub fn start_with(tls: Option<(PathBuf, PathBuf)>) -> EtcdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..3)
             .map(|i| Member {
@@ -41,7 +48,7 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut cluster = EtcdCluster { dir, members };
+        let mut cluster = EtcdCluster { dir, members, tls };
         for i in 0..3 {
             cluster.spawn(i);
         }
@@ -68,9 +75,14 @@ impl EtcdCluster {
         let data = self.data_dir(i);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some((cert, key)) = &self.tls {
+            command.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
+        }
+        let child = command
             .args(["--name", &m.name, "--data-dir"])
             .arg(&data)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -101,13 +113,18 @@ impl EtcdCluster {
         format!("127.0.0.1:{}", self.members[i].client_port)
     }
 
+    /// `etcdctl` against `endpoints`, trusting the cluster's certificate when it has one.
+    fn etcdctl_at(&self, endpoints: &str) -> Command {
+        let mut command = Command::new("etcdctl");
+        command.env("ETCDCTL_API", "3").args(["--endpoints", endpoints, "--command-timeout", "2s"]);
+        if let Some((cert, _)) = &self.tls {
+            command.arg("--cacert").arg(cert);
+        }
+        command
+    }
+
     fn etcdctl(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoints(), "--command-timeout", "2s"])
-            .args(args)
-            .output()
-            .ok()?;
+        let out = self.etcdctl_at(&self.endpoints()).args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -129,18 +146,9 @@ impl EtcdCluster {
             if m.child.is_none() {
                 continue;
             }
-            let out = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args([
-                    "--endpoints",
-                    &self.endpoint(i),
-                    "--command-timeout",
-                    "2s",
-                    "endpoint",
-                    "status",
-                    "-w",
-                    "json",
-                ])
+            let out = self
+                .etcdctl_at(&self.endpoint(i))
+                .args(["endpoint", "status", "-w", "json"])
                 .output()
                 .ok()?;
             let text = String::from_utf8_lossy(&out.stdout);

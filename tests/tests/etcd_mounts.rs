@@ -290,3 +290,52 @@ fn pjdfstest_passes_on_etcd() {
     assert!(report.contains("Summary: 0 failed"), "{report}");
     eprintln!("{}", report.trim());
 }
+
+#[test]
+fn etcds_speaks_tls_and_refuses_a_wrong_ca() {
+    if !ready() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = elasticfs_tests::self_signed_cert(certs.path());
+    let cluster = EtcdCluster::start_with(Some((cert.clone(), key)));
+    let url = format!("etcds://{}/secure?ca={}", cluster.endpoints(), cert.display());
+    let vol = Volume { meta: url, dir: tempfile::tempdir().unwrap(), env: Vec::new() };
+    let chunks = vol.dir.path().join("chunks");
+    elasticfs_tests::elasticfs(
+        &["format", "--meta", &vol.meta, "--storage", "file", "--bucket", chunks.to_str().unwrap()],
+        &[],
+    );
+    let mount = vol.mount();
+    std::fs::write(mount.path.join("over-tls"), "sealed").unwrap();
+    mount.unmount();
+    assert!(vol.fsck(false).contains(": consistent"));
+    // Plain http to a TLS cluster, and a CA that did not sign the members' certificate.
+    let plain = elasticfs_tests::elasticfs_fails(&["status", "--meta", &cluster.url("secure")], &[]);
+    assert!(plain.contains("etcd://") && plain.contains("check"), "{plain}");
+    let other = tempfile::tempdir().unwrap();
+    let (stranger, _) = elasticfs_tests::self_signed_cert(other.path());
+    let wrong = format!("etcds://{}/secure?ca={}", cluster.endpoints(), stranger.display());
+    let refused = elasticfs_tests::elasticfs_fails(&["status", "--meta", &wrong], &[]);
+    assert!(refused.contains("etcd://"), "{refused}");
+}
+
+#[test]
+fn posix_suite_on_etcd_survives_remount() {
+    use elasticfs_tests::posix_suite::{self, hash_file};
+    if !ready() {
+        return;
+    }
+    let cluster = EtcdCluster::start();
+    let s3 = S3Server::start();
+    let vol = Volume::etcd(&cluster, "posix", &s3, 20);
+    let mount = vol.mount();
+    let large = posix_suite::run_all(&mount.path, 256 << 20, 2_000);
+    let at = mount.path.clone();
+    mount.unmount();
+    let again = vol.mount_at(&at);
+    assert_eq!(hash_file(&again.path.join("large.bin")), large);
+    assert_eq!(std::fs::read_dir(again.path.join("many")).unwrap().count(), 2_000);
+    again.unmount();
+    vol.assert_fsck_clean(true);
+}

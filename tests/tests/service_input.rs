@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use elasticfs_metadata::remote::wire::{self, Hello, Request, SessionRequest, Welcome};
@@ -130,18 +129,7 @@ fn unreachable_service_is_a_clear_error() {
 #[test]
 fn tls_service_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-        .args(["-days", "2", "-subj", "/CN=elasticfs-test", "-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (cert, key) = elasticfs_tests::self_signed_cert(dir.path());
     let service = MetaService::start_with(
         "5s",
         &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],

@@ -47,6 +47,9 @@ impl<K: Kv> Engine<K> {
             };
             let truncate = if n == 0 { commit.truncate } else { None };
             attr = Some(self.mutate(|t| {
+                let mut likely = vec![Txn::inode_key(ino), t.share_key(Counter::Bytes)];
+                likely.extend(blocks.iter().map(|(i, _)| keys::pair(keys::BLOCK, ino, *i)));
+                t.prefetch(&likely)?;
                 let mut attr = t.file(ino)?;
                 let mut delta = 0i64;
                 if let Some(size) = truncate {

@@ -415,6 +415,11 @@ impl<K: Kv> MetaStore for Engine<K> {
         check_name(name)?;
         let ino = self.new_ino()?;
         self.mutate(|t| {
+            t.prefetch(&[
+                Txn::inode_key(parent),
+                Txn::dentry_key(parent, name),
+                t.share_key(Counter::Inodes),
+            ])?;
             let mut dir = t.dir(parent)?;
             if t.dentry(parent, name)?.is_some() {
                 return fail(MetaError::Exists);
@@ -464,6 +469,11 @@ impl<K: Kv> MetaStore for Engine<K> {
     fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr> {
         check_name(new_name)?;
         self.mutate(|t| {
+            t.prefetch(&[
+                Txn::inode_key(ino),
+                Txn::inode_key(new_parent),
+                Txn::dentry_key(new_parent, new_name),
+            ])?;
             let mut attr = t.inode(ino)?;
             if attr.is_dir() {
                 return fail(MetaError::NotPermitted);
@@ -494,6 +504,11 @@ impl<K: Kv> MetaStore for Engine<K> {
             return Err(MetaError::NameTooLong);
         }
         let unlinked = self.mutate(|t| {
+            let mut likely =
+                vec![Txn::inode_key(parent), Txn::dentry_key(parent, name), t.share_key(Counter::Inodes)];
+            // The inode the caller saw under the name, most likely still there.
+            likely.extend(closed.map(Txn::inode_key));
+            t.prefetch(&likely)?;
             let mut dir = t.dir(parent)?;
             let Some(entry) = t.dentry(parent, name)? else {
                 return fail(MetaError::NotFound);
@@ -519,6 +534,11 @@ impl<K: Kv> MetaStore for Engine<K> {
             _ => {}
         }
         let removed = self.mutate(|t| {
+            t.prefetch(&[
+                Txn::inode_key(parent),
+                Txn::dentry_key(parent, name),
+                t.share_key(Counter::Inodes),
+            ])?;
             let mut dir = t.dir(parent)?;
             let Some(entry) = t.dentry(parent, name)? else {
                 return fail(MetaError::NotFound);

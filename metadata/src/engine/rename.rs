@@ -12,6 +12,14 @@ use crate::types::{FileKind, Ino, ROOT_INO};
 pub(super) fn rename_in(t: &mut Txn, rename: &Rename) -> TxResult<Option<Unlinked>> {
     let Rename { parent, ref name, new_parent, ref new_name, mode, closed } = *rename;
     let (name, new_name) = (name.as_slice(), new_name.as_slice());
+    let mut likely = vec![
+        Txn::inode_key(parent),
+        Txn::inode_key(new_parent),
+        Txn::dentry_key(parent, name),
+        Txn::dentry_key(new_parent, new_name),
+    ];
+    likely.extend(closed.map(Txn::inode_key));
+    t.prefetch(&likely)?;
     t.dir(parent)?;
     let Some(src) = t.dentry(parent, name)? else {
         return fail(MetaError::NotFound);

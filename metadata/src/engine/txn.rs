@@ -34,6 +34,26 @@ impl Txn<'_> {
         self.kv.delete(key)
     }
 
+    /// Reads `keys` at once (one round trip on etcd), so that the reads that follow find them.
+    pub(super) fn prefetch(&mut self, keys: &[Vec<u8>]) -> TxResult<()> {
+        self.kv.prefetch(keys)
+    }
+
+    /// The key of an inode's record.
+    pub(super) fn inode_key(ino: Ino) -> Vec<u8> {
+        keys::numbered(keys::INODE, ino)
+    }
+
+    /// The key of a directory entry.
+    pub(super) fn dentry_key(parent: Ino, name: &[u8]) -> Vec<u8> {
+        keys::numbered_with(keys::DENTRY, parent, name)
+    }
+
+    /// The key of this session's share of `counter`.
+    pub(super) fn share_key(&self, counter: Counter) -> Vec<u8> {
+        counter.share(self.session)
+    }
+
     pub(super) fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>> {
         self.kv.scan(start, end, limit)
     }

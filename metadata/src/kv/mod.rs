@@ -50,6 +50,12 @@ pub trait KvTxn {
     fn get_many(&mut self, keys: &[Vec<u8>]) -> TxResult<Vec<Option<Vec<u8>>>> {
         keys.iter().map(|k| self.get(k)).collect()
     }
+    /// A hint that the transaction is about to read `keys`: a remote store fetches them in
+    /// one round trip now; a local one has nothing to gain.
+    fn prefetch(&mut self, keys: &[Vec<u8>]) -> TxResult<()> {
+        let _ = keys;
+        Ok(())
+    }
     /// Up to `limit` pairs with `start <= key < end`, in key order.
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>>;
     fn put(&mut self, key: &[u8], value: &[u8]);

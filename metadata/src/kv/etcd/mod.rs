@@ -205,14 +205,18 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
     e.to_string().contains("compacted")
 }
 
-/// Whether the call may succeed if sent again: the cluster unreachable, without a leader or
-/// changing leaders.
+/// Whether the call may succeed if sent again: the cluster unreachable, without a leader,
+/// changing leaders, or slower than the request timeout. Resending a commit is safe (see
+/// [`receipts`]).
 fn is_transient(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             let message = s.message();
-            matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown)
-                || message.contains("no leader")
+            // Cancelled: the client's own request timeout (a member that died mid-request).
+            matches!(
+                s.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted
+            ) || message.contains("no leader")
                 || message.contains("timed out")
                 || message.contains("leader changed")
         }

@@ -127,6 +127,10 @@ impl KvTxn for EtcdTxn<'_> {
             .collect())
     }
 
+    fn prefetch(&mut self, keys: &[Vec<u8>]) -> TxResult<()> {
+        self.get_many(keys).map(drop)
+    }
+
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>> {
         let fetch = limit.saturating_add(self.writes.scan_margin(start, end));
         let options = self.at_revision(
