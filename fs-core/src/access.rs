@@ -165,8 +165,6 @@ mod tests {
             rdev: 0,
             generation: 0,
             parent: 1,
-            entries: 0,
-            next_cookie: 0,
         }
     }
 

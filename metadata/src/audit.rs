@@ -64,8 +64,6 @@ pub enum Finding {
     LinkCount { ino: Ino, stored: u32, counted: u32 },
     /// A directory's recorded parent is not the directory that names it.
     DirParent { ino: Ino, stored: Ino, counted: Ino },
-    /// A directory's entry count differs from its entries.
-    DirEntries { ino: Ino, stored: u64, counted: u64 },
     /// An inode's stored bytes differ from its blocks.
     StoredBytes { ino: Ino, stored: u64, counted: u64 },
     /// An inode no name refers to that is not an orphan either (nothing would ever remove it).
@@ -115,10 +113,6 @@ impl fmt::Display for Finding {
             Finding::DirParent { ino, stored, counted } => write!(
                 f,
                 "directory {ino} records parent {stored} but is named in {counted}: would set its parent to {counted}"
-            ),
-            Finding::DirEntries { ino, stored, counted } => write!(
-                f,
-                "directory {ino} counts {stored} entries and holds {counted}: would set the count to {counted}"
             ),
             Finding::StoredBytes { ino, stored, counted } => write!(
                 f,

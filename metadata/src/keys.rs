@@ -4,13 +4,14 @@
 //! | prefix | key after the prefix             | value                                        |
 //! |--------|----------------------------------|----------------------------------------------|
 //! | `S`    | (none)                           | JSON [`crate::Superblock`]                   |
-//! | `N`    | counter name (`ino`, `session`)  | next free number (u64 LE): allocators        |
+//! | `N`    | counter name (`ino`, `session`, `cookie`) | next free number (u64 LE): allocators |
 //! | `U`    | `bytes`/`inodes`, 0, shard (u64 BE) | u64 LE: one share of a usage counter      |
 //! | `i`    | ino (u64 BE)                     | [`crate::Attr`] record                       |
 //! | `d`    | parent (u64 BE) ++ name          | [`Dentry`]: child ino, kind, cookie          |
 //! | `c`    | parent (u64 BE) ++ cookie (u64 BE) | [`Listed`]: child ino, kind, name          |
 //! | `b`    | ino (u64 BE) ++ block index (u64 BE) | [`crate::BlockRef`] record               |
 //! | `l`    | ino (u64 BE)                     | symlink target                               |
+//! | `m`    | ino (u64 BE)                     | directories: when entries last changed (see below) |
 //! | `x`    | ino (u64 BE) ++ name             | extended attribute value                     |
 //! | `o`    | ino (u64 BE)                     | session that holds the orphan (u64 LE)       |
 //! | `r`    | blake3 hash (32 bytes)           | chunk reference count (u64 LE)               |
@@ -30,6 +31,12 @@
 //! conflicts with any change to the range, deletions included; drivers guard ranges against
 //! inserts as well (see [`crate::kv::EtcdKv`]).
 //!
+//! **Directory times.** Adding or removing an entry sets the directory's mtime and ctime by a
+//! blind write of its `m` key, not by rewriting its inode record: creates in one directory
+//! from many clients then write different keys and do not conflict. A directory's times are
+//! the later of its record's and its `m` key's; a `setattr` of its times folds the key back
+//! into the record.
+//!
 //! **Sharded counters.** Usage counters are split into one share per session (tools use
 //! share 0) and summed when read, so that clients creating files at once do not all write one
 //! key; a session's share is folded into share 0 when it ends.
@@ -42,12 +49,14 @@ pub(crate) const SUPERBLOCK: &[u8] = b"S";
 pub(crate) const GOVERNOR: &[u8] = b"T";
 pub(crate) const NEXT_INO: &[u8] = b"Nino";
 pub(crate) const NEXT_SESSION: &[u8] = b"Nsession";
+pub(crate) const NEXT_COOKIE: &[u8] = b"Ncookie";
 
 pub(crate) const INODE: u8 = b'i';
 pub(crate) const DENTRY: u8 = b'd';
 pub(crate) const LISTING: u8 = b'c';
 pub(crate) const BLOCK: u8 = b'b';
 pub(crate) const SYMLINK: u8 = b'l';
+pub(crate) const DIR_TIMES: u8 = b'm';
 pub(crate) const XATTR: u8 = b'x';
 pub(crate) const ORPHAN: u8 = b'o';
 pub(crate) const CHUNK_REFS: u8 = b'r';

@@ -127,15 +127,12 @@ pub struct Attr {
     /// Directories only: the parent directory (a directory has exactly one), for rename's cycle
     /// check and `..`.
     pub parent: Ino,
-    /// Directories only: how many entries the directory holds (sled transactions cannot scan,
-    /// so `rmdir` checks emptiness with this counter).
-    pub entries: u64,
-    /// Directories only: the next readdir cookie. Every entry gets a cookie when it is linked
-    /// in, so a listing resumed from a cookie returns each entry exactly once.
-    pub next_cookie: u64,
 }
 
-const ATTR_RECORD_VERSION: u8 = 1;
+/// Version 2 dropped a directory's entry count and next cookie (version 1 records are read,
+/// those two fields skipped): keeping them meant writing the directory on every create and
+/// unlink in it, so clients working in one directory all wrote one key.
+const ATTR_RECORD_VERSION: u8 = 2;
 
 impl Attr {
     pub fn is_dir(&self) -> bool {
@@ -170,14 +167,14 @@ impl Attr {
         for t in [self.atime, self.mtime, self.ctime, self.crtime] {
             w.i64(t.secs).u32(t.nanos);
         }
-        w.u32(self.rdev).u64(self.generation).u64(self.parent).u64(self.entries).u64(self.next_cookie);
+        w.u32(self.rdev).u64(self.generation).u64(self.parent);
         w.0
     }
 
     pub(crate) fn decode(buf: &[u8]) -> MetaResult<Self> {
         let mut r = Reader::new(buf);
         let version = r.u8()?;
-        if version != ATTR_RECORD_VERSION {
+        if !(1..=ATTR_RECORD_VERSION).contains(&version) {
             return Err(MetaError::Store(format!("inode record version {version} unknown")));
         }
         let ino = r.u64()?;
@@ -192,6 +189,7 @@ impl Attr {
         for t in &mut times {
             *t = Timestamp { secs: r.i64()?, nanos: r.u32()? };
         }
+        let (rdev, generation, parent) = (r.u32()?, r.u64()?, r.u64()?);
         Ok(Attr {
             ino,
             kind,
@@ -205,11 +203,9 @@ impl Attr {
             mtime: times[1],
             ctime: times[2],
             crtime: times[3],
-            rdev: r.u32()?,
-            generation: r.u64()?,
-            parent: r.u64()?,
-            entries: r.u64()?,
-            next_cookie: r.u64()?,
+            rdev,
+            generation,
+            parent,
         })
     }
 }

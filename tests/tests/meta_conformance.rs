@@ -29,7 +29,7 @@ struct Subject {
 
 type Case = fn(&Subject);
 
-const CASES: [(&str, Case); 9] = [
+const CASES: [(&str, Case); 10] = [
     ("rename cycles and link counts", rename_refuses_cycles_and_keeps_link_counts),
     ("rename modes", rename_replace_noreplace_and_exchange),
     ("unlink of a closed file", unlink_removes_a_closed_file_in_the_same_transaction),
@@ -39,6 +39,7 @@ const CASES: [(&str, Case); 9] = [
     ("large files", large_files_commit_truncate_and_go_in_steps),
     ("extended attributes", extended_attributes_live_and_die_with_their_inode),
     ("durability", everything_acknowledged_is_there_when_reopened),
+    ("directory times", a_directory_s_times_follow_its_entries_and_setattr),
 ];
 
 fn superblock() -> Superblock {
@@ -372,4 +373,27 @@ fn everything_acknowledged_is_there_when_reopened(subject: &Subject) {
     assert_eq!(again.get_xattr(f, b"user.k").unwrap(), b"v");
     assert_eq!(again.usage().unwrap().inodes, 3);
     assert_eq!(again.superblock().uuid, s.superblock().uuid);
+}
+
+fn a_directory_s_times_follow_its_entries_and_setattr(subject: &Subject) {
+    use elasticfs_metadata::{SetAttr, Timestamp};
+    let s = subject.store.as_ref();
+    let d = mkdir(s, ROOT_INO, "d");
+    let past = Timestamp { secs: 1_000_000, nanos: 0 };
+    let set = SetAttr { mtime: Some(past), ..Default::default() };
+    assert_eq!(s.setattr(d, &set).unwrap().mtime, past);
+    assert_eq!(s.getattr(d).unwrap().mtime, past);
+    // Every entry added or removed moves both times to now, whichever client does it.
+    let other = (subject.client)("/other");
+    let f = mkfile(other.as_ref(), d, "f");
+    let after_create = s.getattr(d).unwrap();
+    assert!(after_create.mtime > past && after_create.ctime >= after_create.mtime, "{after_create:?}");
+    assert_eq!(s.lookup(d, b".").unwrap().mtime, after_create.mtime);
+    std::thread::sleep(Duration::from_millis(20));
+    s.unlink(d, b"f", Some(f)).unwrap();
+    assert!(s.getattr(d).unwrap().mtime > after_create.mtime);
+    // An explicit time wins over the entries' last change.
+    assert_eq!(s.setattr(d, &set).unwrap().mtime, past);
+    assert_eq!(s.getattr(d).unwrap().mtime, past);
+    other.end_own_session().unwrap();
 }

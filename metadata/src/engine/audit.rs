@@ -17,9 +17,8 @@ struct Seen {
     attr: Attr,
     /// Names that refer to it.
     names: u32,
-    /// Directories only: subdirectories, entries, and the directory that names it.
+    /// Directories only: subdirectories, and the directory that names it.
     subdirs: u32,
-    entries: u64,
     named_in: Option<Ino>,
     /// Bytes of its blocks within its size.
     stored: u64,
@@ -48,7 +47,7 @@ fn audit_in(t: &mut Txn, block_size: u64) -> TxResult<Audit> {
     let mut inodes: BTreeMap<Ino, Seen> = BTreeMap::new();
     for (_, value) in all(t, keys::INODE)? {
         let attr = Attr::decode(&value)?;
-        inodes.insert(attr.ino, Seen { attr, names: 0, subdirs: 0, entries: 0, named_in: None, stored: 0 });
+        inodes.insert(attr.ino, Seen { attr, names: 0, subdirs: 0, named_in: None, stored: 0 });
     }
 
     // The listing index, to match against the entries (two scans, no point reads).
@@ -73,10 +72,8 @@ fn audit_in(t: &mut Txn, block_size: u64) -> TxResult<Audit> {
         if child_is_dir {
             child.named_in = Some(parent);
         }
-        let dir = inodes.get_mut(&parent).expect("checked above");
-        dir.entries += 1;
         if child_is_dir {
-            dir.subdirs += 1;
+            inodes.get_mut(&parent).expect("checked above").subdirs += 1;
         }
     }
     // Listing entries no entry claims.
@@ -112,7 +109,11 @@ fn audit_in(t: &mut Txn, block_size: u64) -> TxResult<Audit> {
     for (ino, count) in past_end {
         audit.add(Finding::BlocksPastEnd { ino, count });
     }
-    for (what, kind) in [("extended attributes", keys::XATTR), ("symlink targets", keys::SYMLINK)] {
+    for (what, kind) in [
+        ("extended attributes", keys::XATTR),
+        ("symlink targets", keys::SYMLINK),
+        ("directory times", keys::DIR_TIMES),
+    ] {
         let mut stray: BTreeMap<Ino, u64> = BTreeMap::new();
         for (key, _) in all(t, kind)? {
             let ino = keys::first_number(&key)?;
@@ -149,9 +150,6 @@ fn audit_in(t: &mut Txn, block_size: u64) -> TxResult<Audit> {
             let named_in = if ino == ROOT_INO { ROOT_INO } else { seen.named_in.unwrap_or(attr.parent) };
             if attr.parent != named_in {
                 audit.add(Finding::DirParent { ino, stored: attr.parent, counted: named_in });
-            }
-            if attr.entries != seen.entries {
-                audit.add(Finding::DirEntries { ino, stored: attr.entries, counted: seen.entries });
             }
         }
         if attr.stored != seen.stored {
@@ -264,8 +262,6 @@ mod tests {
             Finding::LinkCount { ino: f, stored: 7, counted: 2 },
             Finding::StoredBytes { ino: f, stored: 3, counted: 65546 },
             Finding::DanglingEntry { parent: ROOT_INO, name: b"l".to_vec(), ino: symlink },
-            // Once the dangling entry goes, the root holds two.
-            Finding::DirEntries { ino: ROOT_INO, stored: 3, counted: 2 },
             Finding::StrayRecords { ino: symlink, what: "symlink targets".into(), count: 1 },
             Finding::StrayRecords { ino: 999, what: "blocks".into(), count: 1 },
             Finding::BlocksPastEnd { ino: f, count: 1 },

@@ -40,9 +40,10 @@ const S_ISGID: u16 = 0o2000;
 const NO_SESSION: SessionId = 0;
 /// Cookies 1 and 2 are `.` and `..`; entries start after them.
 const FIRST_COOKIE: u64 = 3;
-/// Inode numbers one allocation takes from the counter: numbers a process does not use are
-/// skipped (never reused), which costs nothing but keeps allocation off the hot key.
-const INO_BATCH: u64 = 1024;
+/// Numbers (inodes, readdir cookies) one allocation takes from a counter: numbers a process
+/// does not use are skipped (never reused), which costs nothing but keeps allocation off the
+/// hot key.
+const ALLOCATION_BATCH: u64 = 1024;
 /// Keys one read of a whole range fetches at a time.
 const SCAN_PAGE: usize = 1024;
 /// A transaction that keeps conflicting is given up after this many attempts.
@@ -52,8 +53,37 @@ const MAX_ATTEMPTS: u32 = 1000;
 struct Shared<K> {
     kv: K,
     superblock: Superblock,
-    /// Inode numbers taken from the counter and not yet used.
-    inos: Mutex<Range<u64>>,
+    inos: Allocator,
+    /// Readdir cookies: any unique number will do (a listing goes in cookie order, and an
+    /// entry keeps its cookie), so they come from one counter for the whole file system rather
+    /// than from the directory's record, which every create would then write.
+    cookies: Allocator,
+}
+
+/// Numbers from a counter key, taken [`ALLOCATION_BATCH`] at a time.
+struct Allocator {
+    key: &'static [u8],
+    /// Where the counter starts.
+    first: u64,
+    /// Taken from the counter and not yet used.
+    taken: Mutex<Range<u64>>,
+}
+
+impl Allocator {
+    fn new(key: &'static [u8], first: u64) -> Self {
+        Allocator { key, first, taken: Mutex::new(0..0) }
+    }
+}
+
+impl<K> Shared<K> {
+    fn new(kv: K, superblock: Superblock) -> Self {
+        Shared {
+            kv,
+            superblock,
+            inos: Allocator::new(keys::NEXT_INO, ROOT_INO + 1),
+            cookies: Allocator::new(keys::NEXT_COOKIE, FIRST_COOKIE),
+        }
+    }
 }
 
 /// The engine over the store `K`, as seen by one session (see [`Engine::session`]). Cloning is
@@ -78,10 +108,7 @@ impl<K: Kv> Engine<K> {
     /// Creates a new file system in `kv` with a root directory owned by `root_uid:root_gid`.
     /// Refuses a store that already holds one.
     pub fn format_kv(kv: K, superblock: &Superblock, root_uid: u32, root_gid: u32) -> MetaResult<Self> {
-        let store = Engine {
-            shared: Arc::new(Shared { kv, superblock: superblock.clone(), inos: Mutex::new(0..0) }),
-            session: NO_SESSION,
-        };
+        let store = Engine { shared: Arc::new(Shared::new(kv, superblock.clone())), session: NO_SESSION };
         let now = Timestamp::now();
         let root = Attr {
             ino: ROOT_INO,
@@ -99,8 +126,6 @@ impl<K: Kv> Engine<K> {
             rdev: 0,
             generation: 0,
             parent: ROOT_INO,
-            entries: 0,
-            next_cookie: FIRST_COOKIE,
         };
         let encoded = serde_json::to_vec(superblock).map_err(MetaError::store)?;
         store.mutate(|t| {
@@ -113,6 +138,7 @@ impl<K: Kv> Engine<K> {
             t.put_inode(&root)?;
             t.add_counter(Counter::Inodes, 1)?;
             t.put(keys::NEXT_INO, &keys::encode_u64(ROOT_INO + 1));
+            t.put(keys::NEXT_COOKIE, &keys::encode_u64(FIRST_COOKIE));
             t.put(keys::SUPERBLOCK, &encoded);
             Ok(())
         })?;
@@ -139,9 +165,25 @@ impl<K: Kv> Engine<K> {
                 superblock.format_version, FORMAT_VERSION
             )));
         }
-        Ok(Engine {
-            shared: Arc::new(Shared { kv, superblock, inos: Mutex::new(0..0) }),
-            session: NO_SESSION,
+        let engine = Engine { shared: Arc::new(Shared::new(kv, superblock)), session: NO_SESSION };
+        engine.start_cookie_counter()?;
+        Ok(engine)
+    }
+
+    /// Stores written before readdir cookies came from one counter (format 1, and format 2
+    /// before record version 2 of inodes) numbered each directory's entries from 3: the
+    /// counter starts past the highest cookie in use.
+    fn start_cookie_counter(&self) -> MetaResult<()> {
+        if self.read(|t| t.get(keys::NEXT_COOKIE))?.is_some() {
+            return Ok(());
+        }
+        self.mutate(|t| {
+            let mut next = FIRST_COOKIE;
+            for (key, _) in t.scan_whole(&[keys::LISTING])? {
+                next = next.max(keys::second_number(&key)? + 1);
+            }
+            t.put(keys::NEXT_COOKIE, &keys::encode_u64(next));
+            Ok(())
         })
     }
 
@@ -260,16 +302,24 @@ impl<K: Kv> Engine<K> {
     }
 
     fn new_ino(&self) -> MetaResult<Ino> {
-        let mut inos = self.shared.inos.lock().unwrap();
-        if inos.is_empty() {
+        self.allocate(&self.shared.inos)
+    }
+
+    fn new_cookie(&self) -> MetaResult<u64> {
+        self.allocate(&self.shared.cookies)
+    }
+
+    fn allocate(&self, from: &Allocator) -> MetaResult<u64> {
+        let mut taken = from.taken.lock().unwrap();
+        if taken.is_empty() {
             let first = self.mutate(|t| {
-                let next = t.get(keys::NEXT_INO)?.map_or(ROOT_INO + 1, |v| keys::decode_u64(&v));
-                t.put(keys::NEXT_INO, &keys::encode_u64(next + INO_BATCH));
+                let next = t.get(from.key)?.map_or(from.first, |v| keys::decode_u64(&v));
+                t.put(from.key, &keys::encode_u64(next + ALLOCATION_BATCH));
                 Ok(next)
             })?;
-            *inos = first..first + INO_BATCH;
+            *taken = first..first + ALLOCATION_BATCH;
         }
-        Ok(inos.next().expect("refilled above"))
+        Ok(taken.next().expect("refilled above"))
     }
 
     fn counter(&self, counter: Counter) -> MetaResult<u64> {
@@ -383,7 +433,7 @@ impl<K: Kv> MetaStore for Engine<K> {
     }
 
     fn getattr(&self, ino: Ino) -> MetaResult<Attr> {
-        self.read(|t| t.inode(ino))
+        self.read(|t| t.attr(ino))
     }
 
     fn lookup(&self, parent: Ino, name: &[u8]) -> MetaResult<Attr> {
@@ -394,16 +444,16 @@ impl<K: Kv> MetaStore for Engine<K> {
             if name != b"." && name != b".." {
                 // The entry first: a hit needs no look at the directory itself.
                 if let Some(entry) = t.dentry(parent, name)? {
-                    return t.inode(entry.ino);
+                    return t.attr(entry.ino);
                 }
             }
-            let dir = t.inode(parent)?;
+            let dir = t.attr(parent)?;
             if !dir.is_dir() {
                 return fail(MetaError::NotDir);
             }
             match name {
                 b"." => Ok(dir),
-                b".." => t.inode(dir.parent),
+                b".." => t.attr(dir.parent),
                 _ => fail(MetaError::NotFound),
             }
         })
@@ -413,7 +463,7 @@ impl<K: Kv> MetaStore for Engine<K> {
     fn create(&self, node: &NewNode) -> MetaResult<Attr> {
         let NewNode { parent, ref name, kind, perm, uid, gid, rdev, ref link_target } = *node;
         check_name(name)?;
-        let ino = self.new_ino()?;
+        let (ino, cookie) = (self.new_ino()?, self.new_cookie()?);
         self.mutate(|t| {
             t.prefetch(&[
                 Txn::inode_key(parent),
@@ -440,8 +490,6 @@ impl<K: Kv> MetaStore for Engine<K> {
                 rdev,
                 generation: 0,
                 parent,
-                entries: 0,
-                next_cookie: FIRST_COOKIE,
             };
             // BSD group semantics of a setgid directory, as Linux applies them.
             if dir.perm & S_ISGID != 0 {
@@ -450,12 +498,13 @@ impl<K: Kv> MetaStore for Engine<K> {
                     attr.perm |= S_ISGID;
                 }
             }
-            t.add_entry(&mut dir, name, ino, kind)?;
+            t.add_entry(parent, name, ino, kind, cookie);
             if kind == FileKind::Dir {
                 dir.nlink += 1;
+                t.touch(&mut dir);
+                t.put_inode(&dir)?;
             }
-            t.touch(&mut dir);
-            t.put_inode(&dir)?;
+            t.mark_dir_changed(parent);
             t.put_inode(&attr)?;
             if kind == FileKind::Symlink {
                 t.put(&keys::numbered(keys::SYMLINK, ino), link_target);
@@ -468,6 +517,7 @@ impl<K: Kv> MetaStore for Engine<K> {
     #[instrument(level = "debug", skip(self, new_name))]
     fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr> {
         check_name(new_name)?;
+        let cookie = self.new_cookie()?;
         self.mutate(|t| {
             t.prefetch(&[
                 Txn::inode_key(ino),
@@ -484,13 +534,12 @@ impl<K: Kv> MetaStore for Engine<K> {
             if attr.nlink == u32::MAX {
                 return fail(MetaError::TooManyLinks);
             }
-            let mut dir = t.dir(new_parent)?;
+            t.dir(new_parent)?;
             if t.dentry(new_parent, new_name)?.is_some() {
                 return fail(MetaError::Exists);
             }
-            t.add_entry(&mut dir, new_name, ino, attr.kind)?;
-            t.touch(&mut dir);
-            t.put_inode(&dir)?;
+            t.add_entry(new_parent, new_name, ino, attr.kind, cookie);
+            t.mark_dir_changed(new_parent);
             attr.nlink += 1;
             attr.ctime = t.now;
             t.put_inode(&attr)?;
@@ -509,7 +558,7 @@ impl<K: Kv> MetaStore for Engine<K> {
             // The inode the caller saw under the name, most likely still there.
             likely.extend(closed.map(Txn::inode_key));
             t.prefetch(&likely)?;
-            let mut dir = t.dir(parent)?;
+            t.dir(parent)?;
             let Some(entry) = t.dentry(parent, name)? else {
                 return fail(MetaError::NotFound);
             };
@@ -517,9 +566,8 @@ impl<K: Kv> MetaStore for Engine<K> {
                 return fail(MetaError::IsDir);
             }
             let attr = t.inode(entry.ino)?;
-            t.remove_entry(&mut dir, name, &entry)?;
-            t.touch(&mut dir);
-            t.put_inode(&dir)?;
+            t.remove_entry(parent, name, &entry);
+            t.mark_dir_changed(parent);
             t.drop_link(attr, closed)
         })?;
         self.finish_unlink(unlinked, closed)
@@ -547,10 +595,11 @@ impl<K: Kv> MetaStore for Engine<K> {
                 return fail(MetaError::NotDir);
             }
             let child = t.inode(entry.ino)?;
-            if child.entries > 0 {
+            if !t.is_empty_dir(child.ino)? {
                 return fail(MetaError::NotEmpty);
             }
-            t.remove_entry(&mut dir, name, &entry)?;
+            t.remove_entry(parent, name, &entry);
+            t.mark_dir_changed(parent);
             dir.nlink -= 1;
             t.touch(&mut dir);
             t.put_inode(&dir)?;
@@ -568,7 +617,8 @@ impl<K: Kv> MetaStore for Engine<K> {
     fn rename(&self, rename: &Rename) -> MetaResult<Option<Unlinked>> {
         check_name(&rename.name)?;
         check_name(&rename.new_name)?;
-        let unlinked = self.mutate(|t| rename::rename_in(t, rename))?;
+        let cookie = self.new_cookie()?;
+        let unlinked = self.mutate(|t| rename::rename_in(t, rename, cookie))?;
         unlinked.map(|u| self.finish_unlink(u, rename.closed)).transpose()
     }
 
@@ -601,7 +651,11 @@ impl<K: Kv> MetaStore for Engine<K> {
     #[instrument(level = "debug", skip(self))]
     fn setattr(&self, ino: Ino, changes: &SetAttr) -> MetaResult<Attr> {
         self.mutate(|t| {
-            let mut attr = t.inode(ino)?;
+            // A directory's times key is folded into its record, which the change then sets.
+            let mut attr = t.attr(ino)?;
+            if attr.is_dir() {
+                t.delete(&keys::numbered(keys::DIR_TIMES, ino));
+            }
             if let Some(perm) = changes.perm {
                 attr.perm = perm & 0o7777;
             }

@@ -8,8 +8,9 @@ use crate::kv::{fail, TxResult};
 use crate::store::{Rename, RenameMode, Unlinked};
 use crate::types::{FileKind, Ino, ROOT_INO};
 
-/// The body of `rename`. Returns what a replacing rename unlinked.
-pub(super) fn rename_in(t: &mut Txn, rename: &Rename) -> TxResult<Option<Unlinked>> {
+/// The body of `rename`; the name's new entry takes `cookie`. Returns what a replacing rename
+/// unlinked.
+pub(super) fn rename_in(t: &mut Txn, rename: &Rename, cookie: u64) -> TxResult<Option<Unlinked>> {
     let Rename { parent, ref name, new_parent, ref new_name, mode, closed } = *rename;
     let (name, new_name) = (name.as_slice(), new_name.as_slice());
     let mut likely = vec![
@@ -60,36 +61,38 @@ pub(super) fn rename_in(t: &mut Txn, rename: &Rename) -> TxResult<Option<Unlinke
         match (src.kind == FileKind::Dir, victim.is_dir()) {
             (true, false) => return fail(MetaError::NotDir),
             (false, true) => return fail(MetaError::IsDir),
-            (true, true) if victim.entries > 0 => return fail(MetaError::NotEmpty),
+            (true, true) if !t.is_empty_dir(victim.ino)? => return fail(MetaError::NotEmpty),
             _ => {}
         }
-        let mut dir = t.inode(new_parent)?;
-        t.remove_entry(&mut dir, new_name, &dst)?;
+        t.remove_entry(new_parent, new_name, &dst);
+        t.mark_dir_changed(new_parent);
         if victim.is_dir() {
+            let mut dir = t.inode(new_parent)?;
             dir.nlink -= 1;
             t.put_inode(&dir)?;
             if !t.delete_dir(&victim)? {
                 unlinked = Some(Unlinked { attr: victim, orphaned: true, purged: false });
             }
         } else {
-            t.put_inode(&dir)?;
             unlinked = Some(t.drop_link(victim, closed)?);
         }
     }
-    let mut from = t.inode(parent)?;
-    t.remove_entry(&mut from, name, &src)?;
-    if src.kind == FileKind::Dir {
+    t.remove_entry(parent, name, &src);
+    t.add_entry(new_parent, new_name, src.ino, src.kind, cookie);
+    // A directory moving between directories changes both link counts.
+    let moves_dir = src.kind == FileKind::Dir && parent != new_parent;
+    t.mark_dir_changed(parent);
+    t.mark_dir_changed(new_parent);
+    if moves_dir {
+        let mut from = t.inode(parent)?;
         from.nlink -= 1;
-    }
-    t.touch(&mut from);
-    t.put_inode(&from)?;
-    let mut to = t.inode(new_parent)?;
-    t.add_entry(&mut to, new_name, src.ino, src.kind)?;
-    if src.kind == FileKind::Dir {
+        t.touch(&mut from);
+        t.put_inode(&from)?;
+        let mut to = t.inode(new_parent)?;
         to.nlink += 1;
+        t.touch(&mut to);
+        t.put_inode(&to)?;
     }
-    t.touch(&mut to);
-    t.put_inode(&to)?;
     let mut moved = t.inode(src.ino)?;
     moved.ctime = t.now;
     if moved.is_dir() {
@@ -109,20 +112,16 @@ fn exchange(
     // Point each name at the other inode, keeping each name's cookie.
     t.put_entry(parent, name, &Dentry { ino: dst.ino, kind: dst.kind, cookie: src.cookie });
     t.put_entry(new_parent, new_name, &Dentry { ino: src.ino, kind: src.kind, cookie: dst.cookie });
-    if parent != new_parent {
-        let dirs_moving_in = (src.kind == FileKind::Dir) as i64 - (dst.kind == FileKind::Dir) as i64;
+    t.mark_dir_changed(parent);
+    t.mark_dir_changed(new_parent);
+    let dirs_moving_in = (src.kind == FileKind::Dir) as i64 - (dst.kind == FileKind::Dir) as i64;
+    if parent != new_parent && dirs_moving_in != 0 {
         let mut to = t.inode(new_parent)?;
         to.nlink = (to.nlink as i64 + dirs_moving_in) as u32;
-        t.touch(&mut to);
         t.put_inode(&to)?;
         let mut from = t.inode(parent)?;
         from.nlink = (from.nlink as i64 - dirs_moving_in) as u32;
-        t.touch(&mut from);
         t.put_inode(&from)?;
-    } else {
-        let mut dir = t.inode(parent)?;
-        t.touch(&mut dir);
-        t.put_inode(&dir)?;
     }
     for (ino, home) in [(src.ino, new_parent), (dst.ino, parent)] {
         let mut attr = t.inode(ino)?;

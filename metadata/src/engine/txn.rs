@@ -100,27 +100,21 @@ impl Txn<'_> {
         self.put(&keys::pair(keys::LISTING, dir, entry.cookie), &Listed::encode(entry.ino, entry.kind, name));
     }
 
-    /// Adds `name -> ino` to `dir` with the directory's next cookie. The caller stores `dir`.
-    pub(super) fn add_entry(
-        &mut self,
-        dir: &mut Attr,
-        name: &[u8],
-        ino: Ino,
-        kind: FileKind,
-    ) -> TxResult<()> {
-        let cookie = dir.next_cookie;
-        dir.next_cookie += 1;
-        dir.entries += 1;
-        self.put_entry(dir.ino, name, &Dentry { ino, kind, cookie });
-        Ok(())
+    /// Adds `name -> ino` to directory `dir` under `cookie` (see [`super::Engine::new_cookie`]).
+    pub(super) fn add_entry(&mut self, dir: Ino, name: &[u8], ino: Ino, kind: FileKind, cookie: u64) {
+        self.put_entry(dir, name, &Dentry { ino, kind, cookie });
     }
 
-    /// Removes `name` from `dir`. The caller stores `dir`.
-    pub(super) fn remove_entry(&mut self, dir: &mut Attr, name: &[u8], entry: &Dentry) -> TxResult<()> {
-        dir.entries -= 1;
-        self.delete(&keys::numbered_with(keys::DENTRY, dir.ino, name));
-        self.delete(&keys::pair(keys::LISTING, dir.ino, entry.cookie));
-        Ok(())
+    /// Removes `name` from directory `dir`.
+    pub(super) fn remove_entry(&mut self, dir: Ino, name: &[u8], entry: &Dentry) {
+        self.delete(&keys::numbered_with(keys::DENTRY, dir, name));
+        self.delete(&keys::pair(keys::LISTING, dir, entry.cookie));
+    }
+
+    /// Whether directory `dir` has no entries (a range read: a concurrent create in it
+    /// conflicts with this transaction).
+    pub(super) fn is_empty_dir(&mut self, dir: Ino) -> TxResult<bool> {
+        Ok(self.scan_prefix(&keys::numbered(keys::LISTING, dir), 1)?.is_empty())
     }
 
     /// Adds `delta` to this session's share of `counter`.
@@ -256,6 +250,7 @@ impl Txn<'_> {
         self.add_counter(Counter::Inodes, -1)?;
         self.delete(&keys::numbered(keys::INODE, attr.ino));
         self.delete(&keys::numbered(keys::SYMLINK, attr.ino));
+        self.delete(&keys::numbered(keys::DIR_TIMES, attr.ino));
         self.delete(&keys::numbered(keys::ORPHAN, attr.ino));
         Ok(true)
     }
@@ -278,5 +273,27 @@ impl Txn<'_> {
     pub(super) fn touch(&self, attr: &mut Attr) {
         attr.mtime = self.now;
         attr.ctime = self.now;
+    }
+
+    /// Marks directory `dir` changed by an entry added or removed: its mtime and ctime become
+    /// now, by a blind write of its times key (see [`crate::keys`]), so that changes in one
+    /// directory do not all conflict on its inode record.
+    pub(super) fn mark_dir_changed(&mut self, dir: Ino) {
+        self.put(&keys::numbered(keys::DIR_TIMES, dir), &keys::encode_time(self.now));
+    }
+
+    /// An inode's attributes as users see them: a directory's times include its times key.
+    /// For reads that a transaction does not depend on to write: a mutation that reads this
+    /// conflicts with every create and unlink in the directory.
+    pub(super) fn attr(&mut self, ino: Ino) -> TxResult<Attr> {
+        let mut attr = self.inode(ino)?;
+        if attr.is_dir() {
+            if let Some(raw) = self.get(&keys::numbered(keys::DIR_TIMES, ino))? {
+                let changed = keys::decode_time(&raw)?;
+                attr.mtime = attr.mtime.max(changed);
+                attr.ctime = attr.ctime.max(changed);
+            }
+        }
+        Ok(attr)
     }
 }
