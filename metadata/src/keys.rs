@@ -5,7 +5,7 @@
 //! |--------|----------------------------------|----------------------------------------------|
 //! | `S`    | (none)                           | JSON [`crate::Superblock`]                   |
 //! | `N`    | counter name (`ino`, `session`, `cookie`) | next free number (u64 LE): allocators |
-//! | `U`    | `bytes`/`inodes`, 0, shard (u64 BE) | u64 LE: one share of a usage counter      |
+//! | `U`    | `bytes`/`inodes`, 0, session (u64 BE), slot (u8) | u64 LE: one share of a usage counter |
 //! | `i`    | ino (u64 BE)                     | [`crate::Attr`] record                       |
 //! | `d`    | parent (u64 BE) ++ name          | [`Dentry`]: child ino, kind, cookie          |
 //! | `c`    | parent (u64 BE) ++ cookie (u64 BE) | [`Listed`]: child ino, kind, name          |
@@ -37,9 +37,10 @@
 //! the later of its record's and its `m` key's; a `setattr` of its times folds the key back
 //! into the record.
 //!
-//! **Sharded counters.** Usage counters are split into one share per session (tools use
-//! share 0) and summed when read, so that clients creating files at once do not all write one
-//! key; a session's share is folded into share 0 when it ends.
+//! **Sharded counters.** Usage counters are split into shares, one per session and thread
+//! slot (tools use session 0), and summed when read, so that clients (and the threads of one
+//! client) creating files at once do not all write one key; a session's shares are folded
+//! into session 0's when it ends.
 
 use crate::codec::{Reader, Writer};
 use crate::error::{MetaError, MetaResult};
@@ -90,11 +91,33 @@ impl Counter {
         key
     }
 
-    pub(crate) fn share(self, shard: u64) -> Vec<u8> {
+    /// The prefix of every share of the counter that belongs to `session`.
+    pub(crate) fn session_prefix(self, session: u64) -> Vec<u8> {
         let mut key = self.prefix();
-        key.extend_from_slice(&shard.to_be_bytes());
+        key.extend_from_slice(&session.to_be_bytes());
         key
     }
+
+    /// One share: `session`'s, for the threads of slot `slot` (see [`share_slot`]).
+    pub(crate) fn share(self, session: u64, slot: u8) -> Vec<u8> {
+        let mut key = self.session_prefix(session);
+        key.push(slot);
+        key
+    }
+}
+
+/// Shares each session has per counter: a thread writes the share of its slot, so that up to
+/// this many threads of one client change counters without conflicting with each other.
+const SLOTS: u8 = 16;
+
+/// The share slot of the calling thread (threads take slots in turn).
+pub(crate) fn share_slot() -> u8 {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    thread_local! {
+        static SLOT: u8 = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+    }
+    SLOT.with(|slot| *slot)
 }
 
 /// `kind` ++ a number.

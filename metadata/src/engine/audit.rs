@@ -243,7 +243,10 @@ mod tests {
     fn every_kind_of_damage_is_found_with_its_repair() {
         let (_dir, s, f, hash) = populated();
         let t = s.kv().tree();
-        t.insert(Counter::Bytes.share(0), &keys::encode_u64(1)).unwrap();
+        for share in t.scan_prefix(Counter::Bytes.prefix()).keys() {
+            t.remove(share.unwrap()).unwrap();
+        }
+        t.insert(Counter::Bytes.share(0, 0), &keys::encode_u64(1)).unwrap();
         t.insert(keys::chunk(keys::CHUNK_REFS, &hash), &keys::encode_u64(5)).unwrap();
         let mut attr = s.getattr(f).unwrap();
         attr.nlink = 7;

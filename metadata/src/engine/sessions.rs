@@ -122,13 +122,18 @@ impl<K: Kv> Engine<K> {
         if id != NO_SESSION {
             self.run(|t| {
                 for counter in [Counter::Bytes, Counter::Inodes] {
-                    let share = counter.share(id);
-                    if let Some(raw) = t.get(&share)? {
-                        t.delete(&share);
-                        let common = counter.share(NO_SESSION);
-                        let total = t.get(&common)?.map_or(0, |v| keys::decode_u64(&v));
-                        t.put(&common, &keys::encode_u64(total.wrapping_add(keys::decode_u64(&raw))));
+                    let shares = t.scan_prefix(&counter.session_prefix(id), usize::MAX)?;
+                    if shares.is_empty() {
+                        continue;
                     }
+                    let mut sum = 0u64;
+                    for (key, value) in &shares {
+                        t.delete(key);
+                        sum = sum.wrapping_add(keys::decode_u64(value));
+                    }
+                    let common = counter.share(NO_SESSION, 0);
+                    let total = t.get(&common)?.map_or(0, |v| keys::decode_u64(&v));
+                    t.put(&common, &keys::encode_u64(total.wrapping_add(sum)));
                 }
                 t.delete(&keys::numbered(keys::SESSION, id));
                 Ok(())

@@ -51,7 +51,7 @@ impl Txn<'_> {
 
     /// The key of this session's share of `counter`.
     pub(super) fn share_key(&self, counter: Counter) -> Vec<u8> {
-        counter.share(self.session)
+        counter.share(self.session, keys::share_slot())
     }
 
     pub(super) fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>> {
@@ -122,7 +122,7 @@ impl Txn<'_> {
         if delta == 0 {
             return Ok(());
         }
-        let key = counter.share(self.session);
+        let key = self.share_key(counter);
         let current = self.get(&key)?.map(|v| keys::decode_u64(&v)).unwrap_or(0);
         // A share may go below zero (a session deletes what another created): kept as the
         // two's complement, so that the sum of the shares stays exact.

@@ -81,7 +81,7 @@ fn copy_legacy(db: &sled::Db, kv: &sled::Tree) -> MetaResult<()> {
     let counters = db.open_tree("counters")?;
     for (counter, name) in [(Counter::Bytes, &b"bytes"[..]), (Counter::Inodes, b"inodes")] {
         let value = counters.get(name)?.map(|v| keys::decode_u64(&v)).unwrap_or(0);
-        batch.insert(counter.share(0), &keys::encode_u64(value));
+        batch.insert(counter.share(0, 0), &keys::encode_u64(value));
     }
     // Format 1 drew inode and session numbers from sled's id generator: continue past it.
     let next = db.generate_id()? + ROOT_INO + 2;
