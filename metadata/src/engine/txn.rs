@@ -294,7 +294,9 @@ impl Txn<'_> {
     /// For reads that a transaction does not depend on to write: a mutation that reads this
     /// conflicts with every create and unlink in the directory.
     pub(super) fn attr(&mut self, ino: Ino) -> TxResult<Attr> {
-        self.prefetch(&[Self::inode_key(ino), keys::numbered(keys::DIR_TIMES, ino)])?;
+        if self.kv.prefetches() {
+            self.prefetch(&[Self::inode_key(ino), keys::numbered(keys::DIR_TIMES, ino)])?;
+        }
         let mut attr = self.inode(ino)?;
         if attr.is_dir() {
             if let Some(raw) = self.get(&keys::numbered(keys::DIR_TIMES, ino))? {

@@ -50,6 +50,10 @@ pub trait KvTxn {
     fn get_many(&mut self, keys: &[Vec<u8>]) -> TxResult<Vec<Option<Vec<u8>>>> {
         keys.iter().map(|k| self.get(k)).collect()
     }
+    /// Whether [`KvTxn::prefetch`] does anything (callers on hot paths skip building keys).
+    fn prefetches(&self) -> bool {
+        false
+    }
     /// A hint that the transaction is about to read `keys`: a remote store fetches them in
     /// one round trip now; a local one has nothing to gain.
     fn prefetch(&mut self, keys: &[Vec<u8>]) -> TxResult<()> {

@@ -127,6 +127,10 @@ impl KvTxn for EtcdTxn<'_> {
             .collect())
     }
 
+    fn prefetches(&self) -> bool {
+        true
+    }
+
     fn prefetch(&mut self, keys: &[Vec<u8>]) -> TxResult<()> {
         self.get_many(keys).map(drop)
     }
