@@ -286,19 +286,7 @@ impl<K: Kv> Engine<K> {
 
     /// Every record with `start <= key < end`, as [`Self::scan_all`] reads them.
     fn scan_range_all(&self, start: &[u8], end: &[u8]) -> MetaResult<Vec<Pair>> {
-        let mut out: Vec<Pair> = Vec::new();
-        let mut start = start.to_vec();
-        loop {
-            let page = self.read(|t| t.scan(&start, end, SCAN_PAGE))?;
-            let done = page.len() < SCAN_PAGE;
-            if let Some((last, _)) = page.last() {
-                start = [last.as_slice(), &[0]].concat();
-            }
-            out.extend(page);
-            if done {
-                return Ok(out);
-            }
-        }
+        in_pages(start, |from| self.read(|t| t.scan(from, end, SCAN_PAGE)))
     }
 
     fn new_ino(&self) -> MetaResult<Ino> {
@@ -338,6 +326,27 @@ impl<K: Kv> Engine<K> {
     }
 }
 
+/// Reads a range from `start` a page of [`SCAN_PAGE`] keys at a time (`read_page` reads the
+/// page that starts at the key it is given) until a page comes back short.
+fn in_pages<E>(
+    start: &[u8],
+    mut read_page: impl FnMut(&[u8]) -> Result<Vec<Pair>, E>,
+) -> Result<Vec<Pair>, E> {
+    let mut out: Vec<Pair> = Vec::new();
+    let mut from = start.to_vec();
+    loop {
+        let page = read_page(&from)?;
+        let done = page.len() < SCAN_PAGE;
+        if let Some((last, _)) = page.last() {
+            from = [last.as_slice(), &[0]].concat();
+        }
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
 /// Waits a little before attempt `attempt + 1` of a conflicting transaction: longer the more
 /// it has conflicted, and jittered so that clients that collided do not collide again.
 fn backoff(attempt: u32) {
@@ -363,19 +372,7 @@ impl Txn<'_> {
     /// Every record whose key starts with `prefix`, a page at a time within this transaction.
     fn scan_whole(&mut self, prefix: &[u8]) -> TxResult<Vec<Pair>> {
         let end = crate::kv::prefix_end(prefix);
-        let mut out: Vec<Pair> = Vec::new();
-        let mut start = prefix.to_vec();
-        loop {
-            let page = self.scan(&start, &end, SCAN_PAGE)?;
-            let done = page.len() < SCAN_PAGE;
-            if let Some((last, _)) = page.last() {
-                start = [last.as_slice(), &[0]].concat();
-            }
-            out.extend(page);
-            if done {
-                return Ok(out);
-            }
-        }
+        in_pages(prefix, |from| self.scan(from, &end, SCAN_PAGE))
     }
 }
 
@@ -471,11 +468,7 @@ impl<K: Kv> MetaStore for Engine<K> {
         check_name(name)?;
         let (ino, cookie) = (self.new_ino()?, self.new_cookie()?);
         self.mutate(|t| {
-            t.prefetch(&[
-                Txn::inode_key(parent),
-                Txn::dentry_key(parent, name),
-                t.share_key(Counter::Inodes),
-            ])?;
+            t.prefetch_entry(parent, name, None)?;
             let mut dir = t.dir(parent)?;
             if t.dentry(parent, name)?.is_some() {
                 return fail(MetaError::Exists);
@@ -559,11 +552,8 @@ impl<K: Kv> MetaStore for Engine<K> {
             return Err(MetaError::NameTooLong);
         }
         let unlinked = self.mutate(|t| {
-            let mut likely =
-                vec![Txn::inode_key(parent), Txn::dentry_key(parent, name), t.share_key(Counter::Inodes)];
-            // The inode the caller saw under the name, most likely still there.
-            likely.extend(closed.map(Txn::inode_key));
-            t.prefetch(&likely)?;
+            // With the inode the caller saw under the name, most likely still there.
+            t.prefetch_entry(parent, name, closed)?;
             t.dir(parent)?;
             let Some(entry) = t.dentry(parent, name)? else {
                 return fail(MetaError::NotFound);
@@ -588,11 +578,7 @@ impl<K: Kv> MetaStore for Engine<K> {
             _ => {}
         }
         let removed = self.mutate(|t| {
-            t.prefetch(&[
-                Txn::inode_key(parent),
-                Txn::dentry_key(parent, name),
-                t.share_key(Counter::Inodes),
-            ])?;
+            t.prefetch_entry(parent, name, None)?;
             let mut dir = t.dir(parent)?;
             let Some(entry) = t.dentry(parent, name)? else {
                 return fail(MetaError::NotFound);

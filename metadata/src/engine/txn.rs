@@ -39,6 +39,18 @@ impl Txn<'_> {
         self.kv.prefetch(keys)
     }
 
+    /// Prefetches what adding or removing `name` in `parent` reads: the directory, the entry,
+    /// this session's inode count share, and the inode `also` when given.
+    pub(super) fn prefetch_entry(&mut self, parent: Ino, name: &[u8], also: Option<Ino>) -> TxResult<()> {
+        if !self.kv.prefetches() {
+            return Ok(());
+        }
+        let mut likely =
+            vec![Self::inode_key(parent), Self::dentry_key(parent, name), self.share_key(Counter::Inodes)];
+        likely.extend(also.map(Self::inode_key));
+        self.prefetch(&likely)
+    }
+
     /// The key of an inode's record.
     pub(super) fn inode_key(ino: Ino) -> Vec<u8> {
         keys::numbered(keys::INODE, ino)
