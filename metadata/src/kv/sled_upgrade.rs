@@ -95,3 +95,93 @@ fn copy_legacy(db: &sled::Db, kv: &sled::Tree) -> MetaResult<()> {
     tracing::info!("brought the metadata store from format 1 to format {}", crate::FORMAT_VERSION);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::keys::Dentry;
+    use crate::store::{MetaStore, NewNode};
+    use crate::types::{Attr, FileKind, Superblock, Timestamp, ROOT_INO};
+    use crate::SledStore;
+
+    /// An inode record as format 1 wrote it: version 1, with the entry count and next cookie.
+    fn v1_record(attr: &Attr, entries: u64, next_cookie: u64) -> Vec<u8> {
+        let mut raw = attr.encode();
+        raw[0] = 1;
+        raw.extend_from_slice(&entries.to_le_bytes());
+        raw.extend_from_slice(&next_cookie.to_le_bytes());
+        raw
+    }
+
+    fn attr(ino: u64, kind: FileKind, nlink: u32) -> Attr {
+        let now = Timestamp::now();
+        Attr {
+            ino,
+            kind,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            stored: 0,
+            nlink,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            generation: 0,
+            parent: ROOT_INO,
+        }
+    }
+
+    #[test]
+    fn a_format_1_store_opens_converted_with_everything_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        {
+            let db = sled::open(&path).unwrap();
+            let mut sb = Superblock::new("old", 65536, 1024, "memory://");
+            sb.format_version = 1;
+            db.open_tree("superblock")
+                .unwrap()
+                .insert("superblock", serde_json::to_vec(&sb).unwrap())
+                .unwrap();
+            let inodes = db.open_tree("inodes").unwrap();
+            inodes
+                .insert(ROOT_INO.to_be_bytes(), v1_record(&attr(ROOT_INO, FileKind::Dir, 3), 2, 5))
+                .unwrap();
+            inodes.insert(7u64.to_be_bytes(), v1_record(&attr(7, FileKind::Dir, 2), 0, 3)).unwrap();
+            inodes.insert(8u64.to_be_bytes(), v1_record(&attr(8, FileKind::File, 1), 0, 0)).unwrap();
+            let (dentries, cookies) = (db.open_tree("dentries").unwrap(), db.open_tree("cookies").unwrap());
+            for (name, ino, kind, cookie) in
+                [(&b"d"[..], 7, FileKind::Dir, 3u64), (b"f", 8, FileKind::File, 4)]
+            {
+                let key = [&ROOT_INO.to_be_bytes()[..], name].concat();
+                dentries.insert(&key, Dentry { ino, kind, cookie }.encode()).unwrap();
+                cookies.insert([ROOT_INO.to_be_bytes(), cookie.to_be_bytes()].concat(), name).unwrap();
+            }
+            let counters = db.open_tree("counters").unwrap();
+            counters.insert("inodes", &3u64.to_le_bytes()).unwrap();
+            counters.insert("bytes", &0u64.to_le_bytes()).unwrap();
+            // Format 1 took inode numbers from sled's generator: new ones must come after 8.
+            for _ in 0..9 {
+                db.generate_id().unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(store.superblock().format_version, crate::FORMAT_VERSION);
+        assert_eq!(store.lookup(ROOT_INO, b"d").unwrap().ino, 7);
+        assert_eq!(store.lookup(ROOT_INO, b"f").unwrap().kind, FileKind::File);
+        let listed: Vec<_> =
+            store.readdir(ROOT_INO, 0, 10).unwrap().into_iter().map(|e| (e.name, e.cookie)).collect();
+        assert_eq!(listed, vec![(b"d".to_vec(), 3), (b"f".to_vec(), 4)]);
+        // New entries get numbers and cookies past every old one, and the audit is clean.
+        let new = store.create(&NewNode::new(ROOT_INO, b"new", FileKind::File, 0o644)).unwrap();
+        assert!(new.ino > 8, "{}", new.ino);
+        assert!(store.readdir(ROOT_INO, 4, 10).unwrap().iter().all(|e| e.cookie > 4));
+        assert_eq!(store.usage().unwrap().inodes, 4);
+        let audit = store.audit().unwrap();
+        assert!(audit.is_clean(), "{:#?}", audit.findings);
+        assert!(store.rmdir(ROOT_INO, b"d").is_ok());
+    }
+}
