@@ -148,24 +148,7 @@ mod tests {
     use elasticfs_metadata::Timestamp;
 
     fn attr(kind: FileKind, perm: u16, uid: u32, gid: u32) -> Attr {
-        let t = Timestamp { secs: 0, nanos: 0 };
-        Attr {
-            ino: 2,
-            kind,
-            perm,
-            uid,
-            gid,
-            size: 0,
-            stored: 0,
-            nlink: 1,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            rdev: 0,
-            generation: 0,
-            parent: 1,
-        }
+        Attr { uid, gid, nlink: 1, ..Attr::new(2, kind, perm, Timestamp { secs: 0, nanos: 0 }) }
     }
 
     fn user(uid: u32, gid: u32, groups: &[u32]) -> Identity {

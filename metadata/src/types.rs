@@ -135,6 +135,28 @@ pub struct Attr {
 const ATTR_RECORD_VERSION: u8 = 2;
 
 impl Attr {
+    /// A new inode `ino` made at `now`, owned by root, empty, in the root directory: one link
+    /// (two for a directory, counting its `.`). Callers set what differs.
+    pub fn new(ino: Ino, kind: FileKind, perm: u16, now: Timestamp) -> Self {
+        Attr {
+            ino,
+            kind,
+            perm,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            stored: 0,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            generation: 0,
+            parent: ROOT_INO,
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == FileKind::Dir
     }

@@ -109,23 +109,10 @@ impl<K: Kv> Engine<K> {
     /// Refuses a store that already holds one.
     pub fn format_kv(kv: K, superblock: &Superblock, root_uid: u32, root_gid: u32) -> MetaResult<Self> {
         let store = Engine { shared: Arc::new(Shared::new(kv, superblock.clone())), session: NO_SESSION };
-        let now = Timestamp::now();
         let root = Attr {
-            ino: ROOT_INO,
-            kind: FileKind::Dir,
-            perm: 0o755,
             uid: root_uid,
             gid: root_gid,
-            size: 0,
-            stored: 0,
-            nlink: 2,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            rdev: 0,
-            generation: 0,
-            parent: ROOT_INO,
+            ..Attr::new(ROOT_INO, FileKind::Dir, 0o755, Timestamp::now())
         };
         let encoded = serde_json::to_vec(superblock).map_err(MetaError::store)?;
         store.mutate(|t| {
@@ -474,21 +461,12 @@ impl<K: Kv> MetaStore for Engine<K> {
                 return fail(MetaError::Exists);
             }
             let mut attr = Attr {
-                ino,
-                kind,
-                perm,
                 uid,
                 gid,
                 size: link_target.len() as u64,
-                stored: 0,
-                nlink: if kind == FileKind::Dir { 2 } else { 1 },
-                atime: t.now,
-                mtime: t.now,
-                ctime: t.now,
-                crtime: t.now,
                 rdev,
-                generation: 0,
                 parent,
+                ..Attr::new(ino, kind, perm, t.now)
             };
             // BSD group semantics of a setgid directory, as Linux applies them.
             if dir.perm & S_ISGID != 0 {

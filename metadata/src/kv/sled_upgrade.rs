@@ -113,24 +113,7 @@ mod tests {
     }
 
     fn attr(ino: u64, kind: FileKind, nlink: u32) -> Attr {
-        let now = Timestamp::now();
-        Attr {
-            ino,
-            kind,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            stored: 0,
-            nlink,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            rdev: 0,
-            generation: 0,
-            parent: ROOT_INO,
-        }
+        Attr { nlink, ..Attr::new(ino, kind, 0o755, Timestamp::now()) }
     }
 
     #[test]
