@@ -25,11 +25,12 @@
 //! Big-endian numbers keep key order equal to numeric order, so a directory's entries, its
 //! listing and a file's blocks are each one contiguous range.
 //!
-//! **Ranges and their owners.** Every range a read-write transaction scans has an owner record
-//! that every change to the range also writes: a file's blocks and extended attributes and a
-//! directory's entries belong to the inode. A transaction that reads the owner therefore
-//! conflicts with any change to the range, deletions included; drivers guard ranges against
-//! inserts as well (see [`crate::kv::EtcdKv`]).
+//! **Ranges and their owners.** A file's blocks and an inode's extended attributes have an
+//! owner record that every change to them also writes: the inode. A transaction that reads it
+//! therefore conflicts with any change to the range, deletions included. A directory's listing
+//! has no such owner (creates do not write the directory); the one decision taken on it,
+//! emptiness, is broken only by an insert, and drivers guard scanned ranges against inserts
+//! (see [`crate::kv::EtcdKv`]).
 //!
 //! **Directory times.** Adding or removing an entry sets the directory's mtime and ctime by a
 //! blind write of its `m` key, not by rewriting its inode record: creates in one directory
