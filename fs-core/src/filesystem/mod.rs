@@ -26,7 +26,10 @@ use crate::open_file::{Dirty, OpenFile, Readahead, WriteBudget};
 use crate::read_data::ReadData;
 use crate::throttle::Throttle;
 
+mod names;
 mod write_path;
+
+use names::RecentNames;
 
 /// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
 const MAX_FILE_SIZE: u64 = 1 << 44;
@@ -92,6 +95,9 @@ struct Handle {
 struct OpenEntry {
     handles: usize,
     file: Arc<OpenFile>,
+    /// This client removed the file's last name while it was open: the last close removes
+    /// the file.
+    orphaned: bool,
 }
 
 pub struct FileSystem {
@@ -109,6 +115,7 @@ pub struct FileSystem {
     open_gates: Vec<Mutex<()>>,
     /// What each recently opened file looked like at its last open (see [`Handle::unchanged`]).
     last_opened: Mutex<lru::LruCache<Ino, Version>>,
+    names: RecentNames,
     locks: LockTable,
     throttle: Arc<Throttle>,
 }
@@ -157,6 +164,7 @@ impl FileSystem {
             next_handle: AtomicU64::new(1),
             open_gates: (0..OPEN_GATES).map(|_| Mutex::new(())).collect(),
             last_opened: Mutex::new(lru::LruCache::new(REMEMBERED_OPENS.try_into().expect("non-zero"))),
+            names: RecentNames::new(),
         })
     }
 
@@ -248,7 +256,13 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
-        self.metadata_op(Op::Lookup, || Ok(self.with_local_changes(self.meta.lookup(parent, name)?)))
+        self.metadata_op(Op::Lookup, || {
+            let attr = self.meta.lookup(parent, name)?;
+            if name != b"." && name != b".." {
+                self.names.saw(parent, name, attr.ino);
+            }
+            Ok(self.with_local_changes(attr))
+        })
     }
 
     /// Creates a node of any kind but symlink. `perm` is the requested mode's permission bits,
@@ -270,7 +284,9 @@ impl FileSystem {
                 rdev,
                 ..NewNode::new(parent, name, kind, perm & 0o7777)
             };
-            Ok(self.meta.create(&node)?)
+            let attr = self.meta.create(&node)?;
+            self.names.saw(parent, name, attr.ino);
+            Ok(attr)
         })
     }
 
@@ -289,7 +305,9 @@ impl FileSystem {
                 link_target: target.to_vec(),
                 ..NewNode::new(parent, name, FileKind::Symlink, 0o777)
             };
-            Ok(self.meta.create(&node)?)
+            let attr = self.meta.create(&node)?;
+            self.names.saw(parent, name, attr.ino);
+            Ok(attr)
         })
     }
 
@@ -299,15 +317,23 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
-        self.metadata_op(Op::Link, || Ok(self.with_local_changes(self.meta.link(ino, parent, name)?)))
+        self.metadata_op(Op::Link, || {
+            let attr = self.meta.link(ino, parent, name)?;
+            self.names.saw(parent, name, ino);
+            Ok(self.with_local_changes(attr))
+        })
     }
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
         self.metadata_op(Op::Unlink, || {
-            let victim = self.meta.lookup(parent, name)?.ino;
+            let victim = match self.names.guess(parent, name) {
+                Some(ino) => ino,
+                None => self.meta.lookup(parent, name)?.ino,
+            };
             let gate = self.open_gate(victim);
             let closed = self.closed(victim);
+            self.names.gone(parent, name);
             let unlinked = self.meta.unlink(parent, name, closed)?;
             drop(gate);
             if unlinked.orphaned {
@@ -319,7 +345,10 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self, name))]
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.metadata_op(Op::Rmdir, || Ok(self.meta.rmdir(parent, name)?))
+        self.metadata_op(Op::Rmdir, || {
+            self.names.gone(parent, name);
+            Ok(self.meta.rmdir(parent, name)?)
+        })
     }
 
     #[instrument(level = "debug", skip(self, name, new_name))]
@@ -334,9 +363,14 @@ impl FileSystem {
         self.metadata_op(Op::Rename, || {
             // Only a plain rename can unlink what its destination names.
             let victim = match mode {
-                RenameMode::Replace => self.meta.lookup(new_parent, new_name).ok().map(|attr| attr.ino),
+                RenameMode::Replace => self
+                    .names
+                    .guess(new_parent, new_name)
+                    .or_else(|| self.meta.lookup(new_parent, new_name).ok().map(|attr| attr.ino)),
                 RenameMode::NoReplace | RenameMode::Exchange => None,
             };
+            self.names.gone(parent, name);
+            self.names.gone(new_parent, new_name);
             let gate = victim.map(|ino| self.open_gate(ino));
             let closed = victim.and_then(|ino| self.closed(ino));
             let rename =
@@ -500,26 +534,32 @@ impl FileSystem {
     pub fn open(&self, ino: Ino, append: bool) -> FsResult<u64> {
         self.metadata_op(Op::Open, || {
             let _gate = self.open_gate(ino);
-            let attr = self.meta.getattr(ino)?;
-            let file = {
-                let mut open = self.open_files.lock().unwrap();
-                let entry = open.entry(ino).or_insert_with(|| OpenEntry {
-                    handles: 0,
-                    file: Arc::new(OpenFile::new(ino, attr.size, self.write_budget.clone())),
-                });
-                entry.handles += 1;
-                entry.file.clone()
-            };
-            // Close-to-open.
-            file.adopt_committed_size(attr.size);
-            file.may_have_set_id_bits.store(attr.perm & SET_ID_BITS != 0, Ordering::Relaxed);
-            let version = (attr.mtime, attr.ctime, attr.size);
-            let unchanged = self.last_opened.lock().unwrap().put(ino, version) == Some(version);
-            let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-            let handle = Handle { file, append, unchanged, readahead: Mutex::new(Readahead::default()) };
-            self.handles.lock().unwrap().insert(fh, Arc::new(handle));
-            Ok(fh)
+            self.open_as(&self.meta.getattr(ino)?, append)
         })
+    }
+
+    /// Opens the file whose attributes the store gave just now. Call with its open gate held.
+    fn open_as(&self, attr: &Attr, append: bool) -> FsResult<u64> {
+        let ino = attr.ino;
+        let file = {
+            let mut open = self.open_files.lock().unwrap();
+            let entry = open.entry(ino).or_insert_with(|| OpenEntry {
+                handles: 0,
+                file: Arc::new(OpenFile::new(ino, attr.size, self.write_budget.clone())),
+                orphaned: false,
+            });
+            entry.handles += 1;
+            entry.file.clone()
+        };
+        // Close-to-open.
+        file.adopt_committed_size(attr.size);
+        file.may_have_set_id_bits.store(attr.perm & SET_ID_BITS != 0, Ordering::Relaxed);
+        let version = (attr.mtime, attr.ctime, attr.size);
+        let unchanged = self.last_opened.lock().unwrap().put(ino, version) == Some(version);
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle { file, append, unchanged, readahead: Mutex::new(Readahead::default()) };
+        self.handles.lock().unwrap().insert(fh, Arc::new(handle));
+        Ok(fh)
     }
 
     /// Whether the file of handle `fh` is unchanged since this client last opened it, so that a
@@ -553,7 +593,11 @@ impl FileSystem {
             Err(e) if e.errno == MetaError::Exists.errno() && !exclusive => self.lookup(parent, name)?,
             other => other?,
         };
-        let fh = self.open(attr.ino, append)?;
+        // Opened as the store just answered: no second read of what it returned.
+        let fh = self.metadata_op(Op::Open, || {
+            let _gate = self.open_gate(attr.ino);
+            self.open_as(&attr, append)
+        })?;
         Ok((attr, fh))
     }
 
@@ -580,17 +624,16 @@ impl FileSystem {
             let flushed = self.flush_file(&handle.file);
             let ino = handle.file.ino;
             let _gate = self.open_gate(ino);
-            let last = {
+            let orphaned_last = {
                 let mut open = self.open_files.lock().unwrap();
                 let entry = open.get_mut(&ino).expect("an open handle has an open entry");
                 entry.handles -= 1;
                 let last = entry.handles == 0;
-                if last {
-                    open.remove(&ino);
-                }
-                last
+                last && open.remove(&ino).is_some_and(|entry| entry.orphaned)
             };
-            if last {
+            // A file another client unlinked was removed by that client (or is its orphan,
+            // removed at its last close or when its session ends).
+            if orphaned_last {
                 match self.meta.getattr(ino) {
                     Ok(attr) if attr.nlink == 0 => self.meta.purge(ino)?,
                     _ => {}
@@ -618,8 +661,9 @@ impl FileSystem {
 
     fn purge_unless_open(&self, ino: Ino) -> FsResult<()> {
         let _gate = self.open_gate(ino);
-        if !self.open_files.lock().unwrap().contains_key(&ino) {
-            self.meta.purge(ino)?;
+        match self.open_files.lock().unwrap().get_mut(&ino) {
+            Some(open) => open.orphaned = true,
+            None => self.meta.purge(ino)?,
         }
         Ok(())
     }

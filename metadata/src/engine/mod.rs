@@ -425,12 +425,7 @@ impl<K: Kv> MetaStore for Engine<K> {
             return Err(MetaError::NameTooLong);
         }
         self.read(|t| {
-            // The entry, and what a miss or `.` needs: the directory and its times.
-            t.prefetch(&[
-                Txn::dentry_key(parent, name),
-                Txn::inode_key(parent),
-                keys::numbered(keys::DIR_TIMES, parent),
-            ])?;
+            t.prefetch_lookup(parent, name)?;
             if name != b"." && name != b".." {
                 // The entry first: a hit needs no look at the directory itself.
                 if let Some(entry) = t.dentry(parent, name)? {

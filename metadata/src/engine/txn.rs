@@ -51,6 +51,22 @@ impl Txn<'_> {
         self.prefetch(&likely)
     }
 
+    /// Prefetches what a lookup of `name` in `parent` reads: the entry, the directory and its
+    /// times (for a miss, `.` and `..`), and the inode the entry named when this client last
+    /// saw it, so that a hit on a known name takes one round trip.
+    pub(super) fn prefetch_lookup(&mut self, parent: Ino, name: &[u8]) -> TxResult<()> {
+        if !self.kv.prefetches() {
+            return Ok(());
+        }
+        let entry = Self::dentry_key(parent, name);
+        let named = self.kv.hint(&entry).and_then(|raw| Dentry::decode(&raw).ok());
+        let mut likely = vec![entry, Self::inode_key(parent), keys::numbered(keys::DIR_TIMES, parent)];
+        if let Some(named) = named {
+            likely.extend([Self::inode_key(named.ino), keys::numbered(keys::DIR_TIMES, named.ino)]);
+        }
+        self.prefetch(&likely)
+    }
+
     /// The key of an inode's record.
     pub(super) fn inode_key(ino: Ino) -> Vec<u8> {
         keys::numbered(keys::INODE, ino)

@@ -60,6 +60,12 @@ pub trait KvTxn {
         let _ = keys;
         Ok(())
     }
+    /// A value `key` had lately, if the store keeps any at hand: perhaps stale, so only for
+    /// choosing what to [`KvTxn::prefetch`], never for a decision.
+    fn hint(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let _ = key;
+        None
+    }
     /// Up to `limit` pairs with `start <= key < end`, in key order.
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>>;
     fn put(&mut self, key: &[u8], value: &[u8]);

@@ -17,11 +17,13 @@ use tonic::Code;
 use tracing::{info, warn};
 
 mod receipts;
+mod recent;
 mod txn;
 
 use super::{Body, Kv, TxError, TxResult};
 use crate::error::{MetaError, MetaResult};
 use receipts::Receipts;
+use recent::RecentKeys;
 use txn::EtcdTxn;
 
 /// etcd's default `--max-txn-ops`: compares and operations each (one of each is the commit's
@@ -50,6 +52,7 @@ pub struct EtcdOptions {
 
 pub struct EtcdKv {
     receipts: Receipts,
+    recent: RecentKeys,
     /// Set while the cluster does not answer, so that an outage is logged once.
     outage: std::sync::atomic::AtomicBool,
     client: Client,
@@ -97,6 +100,7 @@ impl EtcdKv {
             .map_err(|e| unavailable(&describe, &e))?;
         let kv = EtcdKv {
             receipts: Receipts::new(),
+            recent: RecentKeys::new(),
             outage: Default::default(),
             client,
             runtime,
@@ -226,14 +230,33 @@ fn is_transient(e: &etcd_client::Error) -> bool {
 }
 
 impl Kv for EtcdKv {
+    /// A first attempt reads what it can from what this client recently saw, which usually
+    /// leaves it nothing to fetch but its commit. If it fails having taken anything from there,
+    /// it may have failed on a stale value: the body runs again at once on fresh reads.
     fn transact(&self, body: Body) -> TxResult<()> {
-        let mut txn = EtcdTxn::new(self);
-        body(&mut txn)?;
-        txn.commit()
+        let mut seeded = EtcdTxn::new(self, true);
+        let outcome = body(&mut seeded).and_then(|()| seeded.commit());
+        let stale = match &outcome {
+            Ok(()) | Err(TxError::Abort(MetaError::Unavailable(_))) => false,
+            Err(_) => seeded.took_recent(),
+        };
+        if !stale {
+            if matches!(outcome, Err(TxError::Conflict)) {
+                seeded.forget_reads();
+            }
+            return outcome;
+        }
+        seeded.forget_reads();
+        let mut fresh = EtcdTxn::new(self, false);
+        let outcome = body(&mut fresh).and_then(|()| fresh.commit());
+        if matches!(outcome, Err(TxError::Conflict)) {
+            fresh.forget_reads();
+        }
+        outcome
     }
 
     fn read(&self, body: Body) -> TxResult<()> {
-        body(&mut EtcdTxn::new(self))
+        body(&mut EtcdTxn::new(self, false))
     }
 
     fn max_ops(&self) -> usize {

@@ -61,27 +61,29 @@ impl EtcdKv {
         *self.receipts.lease.lock().unwrap() = None;
     }
 
-    /// Commits `ops` if `compares` hold: Ok once applied, [`TxError::Conflict`] if the compares
+    /// Commits `ops` if `compares` hold: Ok once applied, with the revision it made when the
+    /// answer said so (not when only a receipt did), [`TxError::Conflict`] if the compares
     /// failed, whatever happened to the answers on the way.
-    pub(super) fn commit(&self, mut compares: Vec<Compare>, mut ops: Vec<TxnOp>) -> TxResult<()> {
+    pub(super) fn commit(&self, mut compares: Vec<Compare>, mut ops: Vec<TxnOp>) -> TxResult<Option<i64>> {
         let sequence = self.receipts.next.fetch_add(1, Ordering::Relaxed);
         let receipt = self.key(format!("z/{:016x}/{sequence:016x}", self.receipts.client).as_bytes());
         let lease = self.receipt_lease()?;
         compares.push(Compare::version(receipt.clone(), CompareOp::Equal, 0));
         ops.push(TxnOp::put(receipt.clone(), Vec::new(), Some(PutOptions::new().with_lease(lease))));
+        tracing::trace!(compares = compares.len(), writes = ops.len(), "etcd commit");
         let txn = Txn::new().when(compares).and_then(ops);
         let mut wait = Patience::new(self);
         let mut answer_lost = false;
         loop {
             match self.send(txn.clone()) {
-                Ok(response) if response.succeeded() => return Ok(()),
-                Ok(_) if answer_lost && self.receipt_exists(&receipt)? => return Ok(()),
+                Ok(response) if response.succeeded() => return Ok(response.header().map(|h| h.revision())),
+                Ok(_) if answer_lost && self.receipt_exists(&receipt)? => return Ok(None),
                 Ok(_) => return Err(TxError::Conflict),
                 Err(e) if e.to_string().contains("lease not found") => {
                     // Not applied (the request names a lease that expired): take a new one.
                     self.forget_lease();
                     if answer_lost && self.receipt_exists(&receipt)? {
-                        return Ok(());
+                        return Ok(None);
                     }
                     return Err(TxError::Conflict);
                 }

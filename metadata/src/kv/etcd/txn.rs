@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 
+use super::recent::Seen;
 use super::{EtcdKv, MAX_REQUEST_BYTES, MAX_TXN_OPS};
 use crate::error::MetaError;
 use crate::kv::write_set::WriteSet;
@@ -18,11 +19,35 @@ pub(super) struct EtcdTxn<'a> {
     /// Every range scanned, `[start, end)` (without the prefix).
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
     writes: WriteSet,
+    /// Whether reads may be taken from what the client recently saw (see [`super::recent`]):
+    /// only for an attempt whose commit checks them.
+    seeded: bool,
+    /// The keys whose values were taken from there.
+    from_recent: Vec<Vec<u8>>,
 }
 
 impl<'a> EtcdTxn<'a> {
-    pub(super) fn new(kv: &'a EtcdKv) -> Self {
-        EtcdTxn { kv, revision: None, seen: HashMap::new(), ranges: Vec::new(), writes: WriteSet::default() }
+    pub(super) fn new(kv: &'a EtcdKv, seeded: bool) -> Self {
+        EtcdTxn {
+            kv,
+            revision: None,
+            seen: HashMap::new(),
+            ranges: Vec::new(),
+            writes: WriteSet::default(),
+            seeded,
+            from_recent: Vec::new(),
+        }
+    }
+
+    /// Whether any value this attempt read came from what the client recently saw.
+    pub(super) fn took_recent(&self) -> bool {
+        !self.from_recent.is_empty()
+    }
+
+    /// After a failed attempt: drops what the client knew of the keys it read, so that the
+    /// next attempt reads them afresh.
+    pub(super) fn forget_reads(&self) {
+        self.kv.recent.forget(self.seen.keys());
     }
 
     fn at_revision(&self, options: GetOptions) -> GetOptions {
@@ -38,6 +63,7 @@ impl<'a> EtcdTxn<'a> {
         let mut remaining = gets;
         while !remaining.is_empty() {
             let rest = remaining.split_off(remaining.len().min(MAX_TXN_OPS));
+            tracing::trace!(reads = remaining.len(), at = ?self.revision, "etcd read");
             let response = self.kv.read_txn(Txn::new().and_then(std::mem::replace(&mut remaining, rest)))?;
             if self.revision.is_none() {
                 self.revision = response.header().map(|h| h.revision());
@@ -51,7 +77,8 @@ impl<'a> EtcdTxn<'a> {
         Ok(out)
     }
 
-    pub(super) fn commit(self) -> TxResult<()> {
+    /// Commits what the attempt wrote, if nothing it read changed since.
+    pub(super) fn commit(&mut self) -> TxResult<()> {
         if self.writes.writes.is_empty() {
             return Ok(());
         }
@@ -69,15 +96,14 @@ impl<'a> EtcdTxn<'a> {
             }
         }
         let mut bytes = 0;
-        let ops: Vec<TxnOp> = self
-            .writes
-            .writes
-            .into_iter()
+        let writes = std::mem::take(&mut self.writes.writes);
+        let ops: Vec<TxnOp> = writes
+            .iter()
             .map(|(k, v)| {
                 bytes += k.len() + v.as_ref().map_or(0, Vec::len) + 16;
                 match v {
-                    Some(v) => TxnOp::put(kv.key(&k), v, None),
-                    None => TxnOp::delete(kv.key(&k), None),
+                    Some(v) => TxnOp::put(kv.key(k), v.clone(), None),
+                    None => TxnOp::delete(kv.key(k), None),
                 }
             })
             .collect();
@@ -93,7 +119,17 @@ impl<'a> EtcdTxn<'a> {
                 .into(),
             )));
         }
-        kv.commit(compares, ops)
+        match kv.commit(compares, ops)? {
+            Some(revision) => {
+                for (key, value) in writes {
+                    let mod_revision = if value.is_some() { revision } else { 0 };
+                    kv.recent.saw(&key, Seen { mod_revision, value }, revision);
+                }
+            }
+            // Applied, but at a revision this client did not learn.
+            None => kv.recent.forget(writes.keys()),
+        }
+        Ok(())
     }
 }
 
@@ -103,19 +139,35 @@ impl KvTxn for EtcdTxn<'_> {
     }
 
     fn get_many(&mut self, keys: &[Vec<u8>]) -> TxResult<Vec<Option<Vec<u8>>>> {
-        let missing: Vec<Vec<u8>> = keys
+        let mut missing: Vec<Vec<u8>> = keys
             .iter()
             .filter(|k| self.writes.get(k).is_none() && !self.seen.contains_key(*k))
             .cloned()
             .collect();
+        if self.seeded {
+            missing.retain(|k| match self.kv.recent.seed(k) {
+                Some(seen) => {
+                    self.seen.insert(k.clone(), (seen.mod_revision, seen.value));
+                    self.from_recent.push(k.clone());
+                    false
+                }
+                None => true,
+            });
+        }
         if !missing.is_empty() {
             let gets = missing
                 .iter()
                 .map(|k| TxnOp::get(self.kv.key(k), Some(self.at_revision(GetOptions::new()))))
                 .collect();
-            for (key, response) in missing.into_iter().zip(self.fetch(gets)?) {
-                let found = response.kvs().first().map(|kv| (kv.mod_revision(), Some(kv.value().to_vec())));
-                self.seen.insert(key, found.unwrap_or((0, None)));
+            let responses = self.fetch(gets)?;
+            let as_of = self.revision.unwrap_or(0);
+            for (key, response) in missing.into_iter().zip(responses) {
+                let seen = match response.kvs().first() {
+                    Some(kv) => Seen { mod_revision: kv.mod_revision(), value: Some(kv.value().to_vec()) },
+                    None => Seen { mod_revision: 0, value: None },
+                };
+                self.kv.recent.saw(&key, seen.clone(), as_of);
+                self.seen.insert(key, (seen.mod_revision, seen.value));
             }
         }
         Ok(keys
@@ -133,6 +185,13 @@ impl KvTxn for EtcdTxn<'_> {
 
     fn prefetch(&mut self, keys: &[Vec<u8>]) -> TxResult<()> {
         self.get_many(keys).map(drop)
+    }
+
+    fn hint(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.writes.get(key) {
+            Some(written) => written,
+            None => self.kv.recent.hint(key),
+        }
     }
 
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>> {
