@@ -53,7 +53,13 @@ impl Harness {
         let meta: Arc<dyn MetaStore> =
             Arc::new(SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap());
         let chunks = ChunkStore::new(open_object_store("memory://").unwrap(), cache_bytes);
-        let config = FsConfig { cache_bytes, max_uploads: 2, max_readahead_blocks: 2, write_buffer_bytes };
+        let config = FsConfig {
+            cache_bytes,
+            max_uploads: 2,
+            max_readahead_blocks: 2,
+            write_buffer_bytes,
+            ..FsConfig::default()
+        };
         let fs = FileSystem::new(meta, chunks, config).unwrap();
         let mut handles = Vec::new();
         for i in 0..FILES {

@@ -24,7 +24,9 @@ pub use engine::{Engine, MemStore, SledStore};
 pub use error::{MetaError, MetaResult};
 pub use locks::{LockKind, LockRecord, LockRequest};
 pub use session::{ClientInfo, SessionId, SessionRecord};
-pub use store::{BlockCommit, ChunkProtection, MetaStore, NewNode, Rename, RenameMode, Unlinked, XattrMode};
+pub use store::{
+    BlockCommit, ChunkProtection, Created, MetaStore, NewNode, Rename, RenameMode, Unlinked, XattrMode,
+};
 pub use types::{
     Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
     FORMAT_VERSION, MAX_NAME_LEN, ROOT_INO,

@@ -31,6 +31,18 @@ pub struct Unlinked {
     /// The inode lost its last name and was removed in the same transaction (it was the
     /// `closed` inode the caller named).
     pub purged: bool,
+    /// An unlink's directory as the unlink left it (see [`Created::dir`]); `None` for what a
+    /// rename replaced.
+    pub dir: Option<Attr>,
+}
+
+/// What [`MetaStore::create_in_dir`] made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    pub attr: Attr,
+    /// The directory's attributes as the create left them: what a getattr right after it
+    /// shows, unless another client changed the directory since.
+    pub dir: Attr,
 }
 
 /// A node for [`MetaStore::create`] to make.
@@ -115,7 +127,11 @@ pub trait MetaStore: Send + Sync + 'static {
     fn getattr(&self, ino: Ino) -> MetaResult<Attr>;
     fn lookup(&self, parent: Ino, name: &[u8]) -> MetaResult<Attr>;
     /// Creates a file, directory, symlink or special node.
-    fn create(&self, node: &NewNode) -> MetaResult<Attr>;
+    fn create(&self, node: &NewNode) -> MetaResult<Attr> {
+        Ok(self.create_in_dir(node)?.attr)
+    }
+    /// [`MetaStore::create`], also telling what it did to the directory.
+    fn create_in_dir(&self, node: &NewNode) -> MetaResult<Created>;
     fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr>;
     /// Removes a name. `closed` is the inode the caller believes the name points to, if no
     /// handle of the caller holds it open: when that inode loses its last name it is removed

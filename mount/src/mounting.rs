@@ -155,7 +155,7 @@ fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<(
     }
     config.n_threads = Some(opts.threads);
     config.clone_fd = true;
-    let (adapter, notifier) = FuseAdapter::new(fs.clone(), opts.attr_ttl, opts.entry_ttl);
+    let (adapter, notifier) = FuseAdapter::new(fs.clone(), opts.engine.attr_cache, opts.entry_ttl);
     let mut session = fuser::Session::new(adapter, mountpoint, &config).with_context(|| {
         format!("mounting {} (is /dev/fuse available, and are you root?)", mountpoint.display())
     })?;

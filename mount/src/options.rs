@@ -14,7 +14,6 @@ pub struct MountOptions {
     pub allow_other: bool,
     pub fsname: String,
     pub threads: usize,
-    pub attr_ttl: Duration,
     pub entry_ttl: Duration,
     pub engine: FsConfig,
     /// The disk cache's directory (default: one per file system under the user's cache).
@@ -46,7 +45,6 @@ impl Default for MountOptions {
             allow_other: unsafe { libc::geteuid() } == 0,
             fsname: "elasticfs".into(),
             threads: 8,
-            attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
             engine: FsConfig::default(),
             cache_dir: None,
@@ -95,7 +93,7 @@ impl MountOptions {
                     opts.engine.max_readahead_blocks =
                         need(value)?.parse().context("readahead= takes a number of blocks")?
                 }
-                "attr-cache" => opts.attr_ttl = parse_duration(need(value)?)?,
+                "attr-cache" => opts.engine.attr_cache = parse_duration(need(value)?)?,
                 "entry-cache" => opts.entry_ttl = parse_duration(need(value)?)?,
                 "hard" => soft = false,
                 "soft" => soft = true,
@@ -191,7 +189,7 @@ mod tests {
         let o = MountOptions::parse(["ro,cache-size=64M,_netdev", "attr-cache=500ms,threads=2"]).unwrap();
         assert!(o.read_only);
         assert_eq!(o.engine.cache_bytes, 64 << 20);
-        assert_eq!(o.attr_ttl, Duration::from_millis(500));
+        assert_eq!(o.engine.attr_cache, Duration::from_millis(500));
         assert_eq!(o.threads, 2);
         let err = MountOptions::parse(["rw,bogus=1"]).unwrap_err().to_string();
         assert!(err.contains("\"bogus\""), "{err}");

@@ -146,3 +146,56 @@ fn concurrent_clients_keep_the_tree_whole() {
         inodes.len()
     );
 }
+
+/// A client answers from what it remembers of keys only where its commit checks it: here
+/// another client changes each thing the first one just wrote or read, and every operation of
+/// the first still sees the change.
+#[test]
+fn what_a_client_remembers_never_decides_an_operation() {
+    if !etcd_available() {
+        return;
+    }
+    let cluster = EtcdCluster::start();
+    let sb = Superblock::new("race", 65536, 1024, "memory://");
+    let a = Engine::format_kv(kv(&cluster), &sb, 0, 0).unwrap();
+    let b = Engine::open_kv(kv(&cluster)).unwrap();
+    let file = |name: &[u8]| NewNode::new(ROOT_INO, name, FileKind::File, 0o644);
+
+    // An attribute set by another client on a file this one created (and so knows to have
+    // none) is removed with the file.
+    let f = a.create(&file(b"f")).unwrap().ino;
+    b.set_xattr(f, b"user.x", b"1", elasticfs_metadata::XattrMode::Upsert).unwrap();
+    assert!(a.unlink(ROOT_INO, b"f", Some(f)).unwrap().purged);
+    assert!(b.get_xattr(f, b"user.x").is_err());
+
+    // A name this client created, removed by another, may be created again.
+    a.create(&file(b"g")).unwrap();
+    b.unlink(ROOT_INO, b"g", None).unwrap();
+    let g = a.create(&file(b"g")).unwrap().ino;
+    assert_eq!(b.lookup(ROOT_INO, b"g").unwrap().ino, g);
+
+    // A name moved away by another client is not there to unlink.
+    let h = a.create(&file(b"h")).unwrap().ino;
+    b.rename(&Rename {
+        parent: ROOT_INO,
+        name: b"h".to_vec(),
+        new_parent: ROOT_INO,
+        new_name: b"h2".to_vec(),
+        mode: RenameMode::Replace,
+        closed: None,
+    })
+    .unwrap();
+    assert!(matches!(a.unlink(ROOT_INO, b"h", Some(h)), Err(MetaError::NotFound)));
+
+    // A name another client pointed at a new inode is looked up as it is now.
+    a.create(&file(b"k")).unwrap();
+    b.unlink(ROOT_INO, b"k", None).unwrap();
+    let k = b.create(&file(b"k")).unwrap().ino;
+    assert_eq!(a.lookup(ROOT_INO, b"k").unwrap().ino, k);
+
+    for orphan in a.orphans().unwrap() {
+        a.purge(orphan).unwrap();
+    }
+    let audit = a.audit().unwrap();
+    assert!(audit.is_clean(), "{:#?}", audit.findings);
+}

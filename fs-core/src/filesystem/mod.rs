@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use elasticfs_metadata::throughput::IoKind;
@@ -26,9 +26,11 @@ use crate::open_file::{Dirty, OpenFile, Readahead, WriteBudget};
 use crate::read_data::ReadData;
 use crate::throttle::Throttle;
 
+mod changed_dirs;
 mod names;
 mod write_path;
 
+use changed_dirs::ChangedDirs;
 use names::RecentNames;
 
 /// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
@@ -52,6 +54,9 @@ pub struct FsConfig {
     /// Bytes of written blocks kept in memory, across all files, until a flush or the room is
     /// needed: a block written in place is uploaded once per flush, not once per write.
     pub write_buffer_bytes: usize,
+    /// How long the frontend lets its clients cache attributes (FUSE's `attr-cache`): a
+    /// directory's attributes from this client's own change answer a getattr for that long.
+    pub attr_cache: Duration,
 }
 
 impl Default for FsConfig {
@@ -61,6 +66,7 @@ impl Default for FsConfig {
             max_uploads: 16,
             max_readahead_blocks: 8,
             write_buffer_bytes: 256 << 20,
+            attr_cache: Duration::from_secs(1),
         }
     }
 }
@@ -116,6 +122,7 @@ pub struct FileSystem {
     /// What each recently opened file looked like at its last open (see [`Handle::unchanged`]).
     last_opened: Mutex<lru::LruCache<Ino, Version>>,
     names: RecentNames,
+    changed_dirs: ChangedDirs,
     locks: LockTable,
     throttle: Arc<Throttle>,
 }
@@ -158,13 +165,14 @@ impl FileSystem {
             inline_threshold: sb.inline_threshold as u64,
             upload_slots: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             write_budget,
-            config,
             open_files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             open_gates: (0..OPEN_GATES).map(|_| Mutex::new(())).collect(),
             last_opened: Mutex::new(lru::LruCache::new(REMEMBERED_OPENS.try_into().expect("non-zero"))),
             names: RecentNames::new(),
+            changed_dirs: ChangedDirs::new(config.attr_cache),
+            config,
         })
     }
 
@@ -251,7 +259,10 @@ impl FileSystem {
 
     #[instrument(level = "debug", skip(self))]
     pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
-        self.metadata_op(Op::Getattr, || Ok(self.with_local_changes(self.meta.getattr(ino)?)))
+        self.metadata_op(Op::Getattr, || match self.changed_dirs.take(ino) {
+            Some(dir) => Ok(dir),
+            None => Ok(self.with_local_changes(self.meta.getattr(ino)?)),
+        })
     }
 
     #[instrument(level = "debug", skip(self, name))]
@@ -284,9 +295,7 @@ impl FileSystem {
                 rdev,
                 ..NewNode::new(parent, name, kind, perm & 0o7777)
             };
-            let attr = self.meta.create(&node)?;
-            self.names.saw(parent, name, attr.ino);
-            Ok(attr)
+            self.create_node(&node)
         })
     }
 
@@ -305,10 +314,15 @@ impl FileSystem {
                 link_target: target.to_vec(),
                 ..NewNode::new(parent, name, FileKind::Symlink, 0o777)
             };
-            let attr = self.meta.create(&node)?;
-            self.names.saw(parent, name, attr.ino);
-            Ok(attr)
+            self.create_node(&node)
         })
+    }
+
+    fn create_node(&self, node: &NewNode) -> FsResult<Attr> {
+        let created = self.meta.create_in_dir(node)?;
+        self.names.saw(node.parent, &node.name, created.attr.ino);
+        self.changed_dirs.changed(created.dir);
+        Ok(created.attr)
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -318,6 +332,7 @@ impl FileSystem {
     #[instrument(level = "debug", skip(self, name))]
     pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Attr> {
         self.metadata_op(Op::Link, || {
+            self.changed_dirs.forget(parent);
             let attr = self.meta.link(ino, parent, name)?;
             self.names.saw(parent, name, ino);
             Ok(self.with_local_changes(attr))
@@ -334,8 +349,12 @@ impl FileSystem {
             let gate = self.open_gate(victim);
             let closed = self.closed(victim);
             self.names.gone(parent, name);
+            self.changed_dirs.forget(parent);
             let unlinked = self.meta.unlink(parent, name, closed)?;
             drop(gate);
+            if let Some(dir) = unlinked.dir.clone() {
+                self.changed_dirs.changed(dir);
+            }
             if unlinked.orphaned {
                 self.purge_unless_open(unlinked.attr.ino)?;
             }
@@ -347,6 +366,7 @@ impl FileSystem {
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
         self.metadata_op(Op::Rmdir, || {
             self.names.gone(parent, name);
+            self.changed_dirs.forget(parent);
             Ok(self.meta.rmdir(parent, name)?)
         })
     }
@@ -371,6 +391,8 @@ impl FileSystem {
             };
             self.names.gone(parent, name);
             self.names.gone(new_parent, new_name);
+            // Both directories change, and so does a directory that moves.
+            self.changed_dirs.forget_all();
             let gate = victim.map(|ino| self.open_gate(ino));
             let closed = victim.and_then(|ino| self.closed(ino));
             let rename =
@@ -444,6 +466,7 @@ impl FileSystem {
     #[instrument(level = "debug", skip(self))]
     pub fn setattr(&self, ino: Ino, req: &SetAttrRequest) -> FsResult<Attr> {
         self.metadata_op(Op::Setattr, || {
+            self.changed_dirs.forget(ino);
             let mut attr = None;
             if let Some(size) = req.size {
                 attr = Some(self.truncate(ino, size)?);
@@ -499,7 +522,10 @@ impl FileSystem {
     }
 
     pub fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> FsResult<()> {
-        self.metadata_op(Op::SetXattr, || Ok(self.meta.set_xattr(ino, name, value, mode)?))
+        self.metadata_op(Op::SetXattr, || {
+            self.changed_dirs.forget(ino);
+            Ok(self.meta.set_xattr(ino, name, value, mode)?)
+        })
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
@@ -511,7 +537,10 @@ impl FileSystem {
     }
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
-        self.metadata_op(Op::RemoveXattr, || Ok(self.meta.remove_xattr(ino, name)?))
+        self.metadata_op(Op::RemoveXattr, || {
+            self.changed_dirs.forget(ino);
+            Ok(self.meta.remove_xattr(ino, name)?)
+        })
     }
 
     // ----- handles ----------------------------------------------------------------------------

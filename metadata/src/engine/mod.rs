@@ -8,6 +8,7 @@ mod audit;
 mod chunks;
 mod dump;
 mod files;
+mod opening;
 mod rename;
 mod sessions;
 mod throughput;
@@ -26,7 +27,7 @@ use crate::keys::{self, Counter, Listed};
 use crate::kv::{fail, Kv, KvTxn, MemKv, Pair, SledKv, TxError, TxResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::{SessionId, SessionRecord};
-use crate::store::{BlockCommit, ChunkProtection, MetaStore, NewNode, Rename, Unlinked, XattrMode};
+use crate::store::{BlockCommit, ChunkProtection, Created, MetaStore, NewNode, Rename, Unlinked, XattrMode};
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{
     Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
@@ -154,24 +155,8 @@ impl<K: Kv> Engine<K> {
         }
         let engine = Engine { shared: Arc::new(Shared::new(kv, superblock)), session: NO_SESSION };
         engine.start_cookie_counter()?;
+        engine.fold_dir_times()?;
         Ok(engine)
-    }
-
-    /// Stores written before readdir cookies came from one counter (format 1, and format 2
-    /// before record version 2 of inodes) numbered each directory's entries from 3: the
-    /// counter starts past the highest cookie in use.
-    fn start_cookie_counter(&self) -> MetaResult<()> {
-        if self.read(|t| t.get(keys::NEXT_COOKIE))?.is_some() {
-            return Ok(());
-        }
-        self.mutate(|t| {
-            let mut next = FIRST_COOKIE;
-            for (key, _) in t.scan_whole(&[keys::LISTING])? {
-                next = next.max(keys::second_number(&key)? + 1);
-            }
-            t.put(keys::NEXT_COOKIE, &keys::encode_u64(next));
-            Ok(())
-        })
     }
 
     /// The same store, acting for `session`: what it orphans and locks belongs to it.
@@ -203,11 +188,12 @@ impl<K: Kv> Engine<K> {
     fn run<T>(&self, mut f: impl FnMut(&mut Txn) -> TxResult<T>) -> MetaResult<T> {
         let (block_size, session, page) =
             (self.shared.superblock.block_size as u64, self.session, self.page());
+        let times_in_record = self.shared.kv.single_writer();
         for attempt in 0..MAX_ATTEMPTS {
             let mut out = None;
             let now = Timestamp::now();
             let result = self.shared.kv.transact(&mut |kv| {
-                out = Some(f(&mut Txn { kv, block_size, session, now, page })?);
+                out = Some(f(&mut Txn { kv, block_size, session, now, page, times_in_record })?);
                 Ok(())
             });
             match result {
@@ -246,11 +232,12 @@ impl<K: Kv> Engine<K> {
     fn read_with<T>(&self, mut f: impl FnMut(&mut Txn) -> TxResult<T>, whole: bool) -> MetaResult<T> {
         let (block_size, session, page) =
             (self.shared.superblock.block_size as u64, self.session, self.page());
+        let times_in_record = self.shared.kv.single_writer();
         for attempt in 0..MAX_ATTEMPTS {
             let mut out = None;
             let now = Timestamp::now();
             let mut body = |kv: &mut dyn KvTxn| {
-                out = Some(f(&mut Txn { kv, block_size, session, now, page })?);
+                out = Some(f(&mut Txn { kv, block_size, session, now, page, times_in_record })?);
                 Ok(())
             };
             let result =
@@ -429,7 +416,7 @@ impl<K: Kv> MetaStore for Engine<K> {
             if name != b"." && name != b".." {
                 // The entry first: a hit needs no look at the directory itself.
                 if let Some(entry) = t.dentry(parent, name)? {
-                    return t.attr(entry.ino);
+                    return t.attr_of(entry.ino, entry.kind);
                 }
             }
             let dir = t.attr(parent)?;
@@ -445,7 +432,7 @@ impl<K: Kv> MetaStore for Engine<K> {
     }
 
     #[instrument(level = "debug", skip_all, fields(parent = node.parent, kind = ?node.kind))]
-    fn create(&self, node: &NewNode) -> MetaResult<Attr> {
+    fn create_in_dir(&self, node: &NewNode) -> MetaResult<Created> {
         let NewNode { parent, ref name, kind, perm, uid, gid, rdev, ref link_target } = *node;
         check_name(name)?;
         let (ino, cookie) = (self.new_ino()?, self.new_cookie()?);
@@ -476,13 +463,16 @@ impl<K: Kv> MetaStore for Engine<K> {
                 t.touch(&mut dir);
                 t.put_inode(&dir)?;
             }
-            t.mark_dir_changed(parent);
+            t.mark_dir_changed(parent)?;
             t.put_inode(&attr)?;
             if kind == FileKind::Symlink {
                 t.put(&keys::numbered(keys::SYMLINK, ino), link_target);
             }
+            // A new inode has no extended attributes: its removal need not look for them.
+            let xattrs = keys::numbered(keys::XATTR, ino);
+            t.known_empty(&xattrs, &crate::kv::prefix_end(&xattrs));
             t.add_counter(Counter::Inodes, 1)?;
-            Ok(attr)
+            Ok(Created { attr, dir: t.dir_as_changed(parent)? })
         })
     }
 
@@ -511,7 +501,7 @@ impl<K: Kv> MetaStore for Engine<K> {
                 return fail(MetaError::Exists);
             }
             t.add_entry(new_parent, new_name, ino, attr.kind, cookie);
-            t.mark_dir_changed(new_parent);
+            t.mark_dir_changed(new_parent)?;
             attr.nlink += 1;
             attr.ctime = t.now;
             t.put_inode(&attr)?;
@@ -536,8 +526,9 @@ impl<K: Kv> MetaStore for Engine<K> {
             }
             let attr = t.inode(entry.ino)?;
             t.remove_entry(parent, name, &entry);
-            t.mark_dir_changed(parent);
-            t.drop_link(attr, closed)
+            t.mark_dir_changed(parent)?;
+            let unlinked = t.drop_link(attr, closed)?;
+            Ok(Unlinked { dir: Some(t.dir_as_changed(parent)?), ..unlinked })
         })?;
         self.finish_unlink(unlinked, closed)
     }
@@ -564,7 +555,7 @@ impl<K: Kv> MetaStore for Engine<K> {
                 return fail(MetaError::NotEmpty);
             }
             t.remove_entry(parent, name, &entry);
-            t.mark_dir_changed(parent);
+            t.mark_dir_changed(parent)?;
             dir.nlink -= 1;
             t.touch(&mut dir);
             t.put_inode(&dir)?;

@@ -65,13 +65,13 @@ pub(super) fn rename_in(t: &mut Txn, rename: &Rename, cookie: u64) -> TxResult<O
             _ => {}
         }
         t.remove_entry(new_parent, new_name, &dst);
-        t.mark_dir_changed(new_parent);
+        t.mark_dir_changed(new_parent)?;
         if victim.is_dir() {
             let mut dir = t.inode(new_parent)?;
             dir.nlink -= 1;
             t.put_inode(&dir)?;
             if !t.delete_dir(&victim)? {
-                unlinked = Some(Unlinked { attr: victim, orphaned: true, purged: false });
+                unlinked = Some(Unlinked { attr: victim, orphaned: true, purged: false, dir: None });
             }
         } else {
             unlinked = Some(t.drop_link(victim, closed)?);
@@ -81,8 +81,8 @@ pub(super) fn rename_in(t: &mut Txn, rename: &Rename, cookie: u64) -> TxResult<O
     t.add_entry(new_parent, new_name, src.ino, src.kind, cookie);
     // A directory moving between directories changes both link counts.
     let moves_dir = src.kind == FileKind::Dir && parent != new_parent;
-    t.mark_dir_changed(parent);
-    t.mark_dir_changed(new_parent);
+    t.mark_dir_changed(parent)?;
+    t.mark_dir_changed(new_parent)?;
     if moves_dir {
         let mut from = t.inode(parent)?;
         from.nlink -= 1;
@@ -112,8 +112,8 @@ fn exchange(
     // Point each name at the other inode, keeping each name's cookie.
     t.put_entry(parent, name, &Dentry { ino: dst.ino, kind: dst.kind, cookie: src.cookie });
     t.put_entry(new_parent, new_name, &Dentry { ino: src.ino, kind: src.kind, cookie: dst.cookie });
-    t.mark_dir_changed(parent);
-    t.mark_dir_changed(new_parent);
+    t.mark_dir_changed(parent)?;
+    t.mark_dir_changed(new_parent)?;
     let dirs_moving_in = (src.kind == FileKind::Dir) as i64 - (dst.kind == FileKind::Dir) as i64;
     if parent != new_parent && dirs_moving_in != 0 {
         let mut to = t.inode(new_parent)?;

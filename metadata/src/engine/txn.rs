@@ -19,6 +19,8 @@ pub(super) struct Txn<'a> {
     /// The most blocks (or extended attributes) one transaction may remove (see
     /// [`super::Engine::page`]).
     pub(super) page: usize,
+    /// A directory's times are in its record, not in a times key (see [`Kv::single_writer`]).
+    pub(super) times_in_record: bool,
 }
 
 impl Txn<'_> {
@@ -51,19 +53,21 @@ impl Txn<'_> {
         self.prefetch(&likely)
     }
 
-    /// Prefetches what a lookup of `name` in `parent` reads: the entry, the directory and its
-    /// times (for a miss, `.` and `..`), and the inode the entry named when this client last
-    /// saw it, so that a hit on a known name takes one round trip.
+    /// Prefetches what a lookup of `name` in `parent` reads: the entry and the inode it named
+    /// when this client last saw it, so that a hit on a known name takes one round trip; for
+    /// an unknown name, the entry and what a miss needs (the directory and its times).
     pub(super) fn prefetch_lookup(&mut self, parent: Ino, name: &[u8]) -> TxResult<()> {
         if !self.kv.prefetches() {
             return Ok(());
         }
         let entry = Self::dentry_key(parent, name);
-        let named = self.kv.hint(&entry).and_then(|raw| Dentry::decode(&raw).ok());
-        let mut likely = vec![entry, Self::inode_key(parent), keys::numbered(keys::DIR_TIMES, parent)];
-        if let Some(named) = named {
-            likely.extend([Self::inode_key(named.ino), keys::numbered(keys::DIR_TIMES, named.ino)]);
-        }
+        let likely = match self.kv.hint(&entry).and_then(|raw| Dentry::decode(&raw).ok()) {
+            Some(named) if named.kind == FileKind::Dir => {
+                vec![entry, Self::inode_key(named.ino), keys::numbered(keys::DIR_TIMES, named.ino)]
+            }
+            Some(named) => vec![entry, Self::inode_key(named.ino)],
+            None => vec![entry, Self::inode_key(parent), keys::numbered(keys::DIR_TIMES, parent)],
+        };
         self.prefetch(&likely)
     }
 
@@ -87,6 +91,10 @@ impl Txn<'_> {
     }
 
     /// Every key with `prefix`, up to `limit`.
+    pub(super) fn known_empty(&mut self, start: &[u8], end: &[u8]) {
+        self.kv.known_empty(start, end)
+    }
+
     pub(super) fn scan_prefix(&mut self, prefix: &[u8], limit: usize) -> TxResult<Vec<Pair>> {
         self.kv.scan(prefix, &crate::kv::prefix_end(prefix), limit)
     }
@@ -249,13 +257,13 @@ impl Txn<'_> {
         let last = attr.nlink == 0;
         let purged = last && closed == Some(attr.ino) && self.removal_fits(&attr);
         if purged && self.remove_inode(&attr)? {
-            return Ok(Unlinked { attr, orphaned: false, purged: true });
+            return Ok(Unlinked { attr, orphaned: false, purged: true, dir: None });
         }
         self.put_inode(&attr)?;
         if last {
             self.put(&keys::numbered(keys::ORPHAN, attr.ino), &keys::encode_u64(self.session));
         }
-        Ok(Unlinked { attr, orphaned: last, purged: false })
+        Ok(Unlinked { attr, orphaned: last, purged: false, dir: None })
     }
 
     /// Deletes a file with no names left: its blocks, extended attributes, record and orphan
@@ -311,22 +319,53 @@ impl Txn<'_> {
         attr.ctime = self.now;
     }
 
+    /// Directory `dir`, which this transaction marked changed, as a getattr shows it right
+    /// after the commit.
+    pub(super) fn dir_as_changed(&mut self, dir: Ino) -> TxResult<Attr> {
+        let mut attr = self.inode(dir)?;
+        if !self.times_in_record {
+            attr.mtime = attr.mtime.max(self.now);
+            attr.ctime = attr.ctime.max(self.now);
+        }
+        Ok(attr)
+    }
+
     /// Marks directory `dir` changed by an entry added or removed: its mtime and ctime become
-    /// now, by a blind write of its times key (see [`crate::keys`]), so that changes in one
-    /// directory do not all conflict on its inode record.
-    pub(super) fn mark_dir_changed(&mut self, dir: Ino) {
+    /// now. Where transactions can conflict, by a blind write of its times key (see
+    /// [`crate::keys`]), so that changes in one directory do not all conflict on its record.
+    pub(super) fn mark_dir_changed(&mut self, dir: Ino) -> TxResult<()> {
+        if self.times_in_record {
+            let mut attr = self.inode(dir)?;
+            self.touch(&mut attr);
+            return self.put_inode(&attr);
+        }
         self.put(&keys::numbered(keys::DIR_TIMES, dir), &keys::encode_time(self.now));
+        Ok(())
     }
 
     /// An inode's attributes as users see them: a directory's times include its times key.
     /// For reads that a transaction does not depend on to write: a mutation that reads this
     /// conflicts with every create and unlink in the directory.
     pub(super) fn attr(&mut self, ino: Ino) -> TxResult<Attr> {
+        self.attr_maybe_dir(ino, true)
+    }
+
+    /// [`Self::attr`] of an inode an entry says is of `kind`: only a directory has a times key
+    /// to fetch with its record.
+    pub(super) fn attr_of(&mut self, ino: Ino, kind: FileKind) -> TxResult<Attr> {
+        self.attr_maybe_dir(ino, kind == FileKind::Dir)
+    }
+
+    fn attr_maybe_dir(&mut self, ino: Ino, maybe_dir: bool) -> TxResult<Attr> {
         if self.kv.prefetches() {
-            self.prefetch(&[Self::inode_key(ino), keys::numbered(keys::DIR_TIMES, ino)])?;
+            let mut likely = vec![Self::inode_key(ino)];
+            if maybe_dir {
+                likely.push(keys::numbered(keys::DIR_TIMES, ino));
+            }
+            self.prefetch(&likely)?;
         }
         let mut attr = self.inode(ino)?;
-        if attr.is_dir() {
+        if attr.is_dir() && !self.times_in_record {
             if let Some(raw) = self.get(&keys::numbered(keys::DIR_TIMES, ino))? {
                 let changed = keys::decode_time(&raw)?;
                 attr.mtime = attr.mtime.max(changed);

@@ -61,6 +61,10 @@ impl Kv for MemKv {
         self.0.snapshot(body)
     }
 
+    fn single_writer(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         "the in-memory store".into()
     }

@@ -66,6 +66,12 @@ pub trait KvTxn {
         let _ = key;
         None
     }
+    /// A hint that once this transaction commits, nothing lies in `[start, end)` (the keys of
+    /// an inode it creates): a store that remembers what it saw may answer a later scan of
+    /// the range from that, checked by that transaction's commit.
+    fn known_empty(&mut self, start: &[u8], end: &[u8]) {
+        let _ = (start, end);
+    }
     /// Up to `limit` pairs with `start <= key < end`, in key order.
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>>;
     fn put(&mut self, key: &[u8], value: &[u8]);
@@ -95,6 +101,12 @@ pub trait Kv: Send + Sync + 'static {
     /// together); `usize::MAX` where the store sets no limit.
     fn max_ops(&self) -> usize {
         usize::MAX
+    }
+    /// Whether one process holds the store and runs its read-write transactions one at a time,
+    /// so that they never conflict: the engine then keeps a directory's times in its record
+    /// (one read for a getattr) rather than in a key of their own (see [`crate::keys`]).
+    fn single_writer(&self) -> bool {
+        false
     }
     /// The store, for messages.
     fn describe(&self) -> String;

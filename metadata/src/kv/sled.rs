@@ -123,6 +123,10 @@ impl Kv for SledKv {
         self.durable.wait_durable()
     }
 
+    fn single_writer(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

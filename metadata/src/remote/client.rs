@@ -26,7 +26,7 @@ use crate::audit::Audit;
 use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::{ClientInfo, SessionId, SessionRecord};
-use crate::store::{BlockCommit, ChunkProtection, MetaStore, NewNode, Rename, Unlinked, XattrMode};
+use crate::store::{BlockCommit, ChunkProtection, Created, MetaStore, NewNode, Rename, Unlinked, XattrMode};
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{Attr, BlockRef, ChunkHash, DirEntry, Ino, SetAttr, Superblock, Timestamp, Usage};
 
@@ -442,7 +442,7 @@ impl MetaStore for RemoteStore {
         self.call(&Request::Lookup(parent, name.to_vec()))
     }
 
-    fn create(&self, node: &NewNode) -> MetaResult<Attr> {
+    fn create_in_dir(&self, node: &NewNode) -> MetaResult<Created> {
         self.call(&Request::Create(node.clone()))
     }
 

@@ -285,7 +285,7 @@ impl MetaServer {
             Request::Format { .. } => unreachable!("handled above"),
             Request::GetAttr(ino) => encode(store.getattr(ino)),
             Request::Lookup(parent, name) => encode(store.lookup(parent, &name)),
-            Request::Create(node) => encode(store.create(&node)),
+            Request::Create(node) => encode(store.create_in_dir(&node)),
             Request::Link(ino, parent, name) => encode(store.link(ino, parent, &name)),
             Request::Unlink(parent, name, closed) => encode(store.unlink(parent, &name, closed)),
             Request::Rmdir(parent, name) => encode(store.rmdir(parent, &name)),

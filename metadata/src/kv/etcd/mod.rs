@@ -256,7 +256,10 @@ impl Kv for EtcdKv {
     }
 
     fn read(&self, body: Body) -> TxResult<()> {
-        body(&mut EtcdTxn::new(self, false))
+        let mut txn = EtcdTxn::new(self, false);
+        body(&mut txn)?;
+        txn.remember_empty_scans();
+        Ok(())
     }
 
     fn max_ops(&self) -> usize {

@@ -9,6 +9,9 @@
 //!   conflict, so values are taken only while young;
 //! - a read-only transaction, which no commit checks, never takes values from here, only hints
 //!   of which keys to fetch together (the inode an entry named the last time).
+//!
+//! Ranges seen empty are kept too (a new inode's extended attributes, which its removal scans),
+//! under the same rule: a read-write transaction takes them, and its commit guards them.
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -21,6 +24,9 @@ const CAPACITY: usize = 32 * 1024;
 /// How long a value seeds transactions. Past this it is likelier to have changed than not
 /// under a busy key, and a failed commit costs a Raft round.
 const SEED_AGE: Duration = Duration::from_secs(5);
+/// The same for an empty range: the ones remembered (an inode's extended attributes) seldom
+/// stop being empty.
+const EMPTY_SEED_AGE: Duration = Duration::from_secs(60);
 
 /// A key's value (`None`: absent) at mod-revision `mod_revision` (0: absent).
 #[derive(Clone, Debug, PartialEq)]
@@ -37,13 +43,22 @@ struct Entry {
     at: Instant,
 }
 
+/// `[start, end)`.
+type Range = (Vec<u8>, Vec<u8>);
+
 pub(super) struct RecentKeys {
     entries: Mutex<LruCache<Vec<u8>, Entry>>,
+    /// `[start, end)` ranges with nothing in them, and the revision at which that was true.
+    empty: Mutex<LruCache<Range, (i64, Instant)>>,
 }
 
 impl RecentKeys {
     pub(super) fn new() -> Self {
-        RecentKeys { entries: Mutex::new(LruCache::new(NonZeroUsize::new(CAPACITY).expect("not zero"))) }
+        let capacity = NonZeroUsize::new(CAPACITY).expect("not zero");
+        RecentKeys {
+            entries: Mutex::new(LruCache::new(capacity)),
+            empty: Mutex::new(LruCache::new(capacity)),
+        }
     }
 
     /// What `key` was recently enough to seed a read-write transaction.
@@ -64,6 +79,24 @@ impl RecentKeys {
             return;
         }
         entries.put(key.to_vec(), Entry { seen, as_of, at: Instant::now() });
+    }
+
+    /// The revision at which `[start, end)` was seen empty, recently enough to seed a
+    /// read-write transaction.
+    pub(super) fn seed_empty(&self, start: &[u8], end: &[u8]) -> Option<i64> {
+        let mut empty = self.empty.lock().unwrap();
+        let (as_of, at) = *empty.get(&(start.to_vec(), end.to_vec()))?;
+        (at.elapsed() < EMPTY_SEED_AGE).then_some(as_of)
+    }
+
+    /// Records that `[start, end)` held nothing at revision `as_of`.
+    pub(super) fn saw_empty(&self, start: &[u8], end: &[u8], as_of: i64) {
+        self.empty.lock().unwrap().put((start.to_vec(), end.to_vec()), (as_of, Instant::now()));
+    }
+
+    /// Drops what is known of range `[start, end)`.
+    pub(super) fn forget_range(&self, start: &[u8], end: &[u8]) {
+        self.empty.lock().unwrap().pop(&(start.to_vec(), end.to_vec()));
     }
 
     /// Drops what is known of `keys` (a commit that read them failed).

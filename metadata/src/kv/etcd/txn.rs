@@ -16,14 +16,20 @@ pub(super) struct EtcdTxn<'a> {
     revision: Option<i64>,
     /// Every key read, with its value and mod-revision (0: absent).
     seen: HashMap<Vec<u8>, (i64, Option<Vec<u8>>)>,
-    /// Every range scanned, `[start, end)` (without the prefix).
-    ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Every range scanned, `[start, end)` (without the prefix), and the revision it was
+    /// scanned at: the commit requires nothing in it to have changed since.
+    ranges: Vec<(Vec<u8>, Vec<u8>, i64)>,
+    /// Ranges that hold nothing once the transaction is over: those the body says so of (see
+    /// [`KvTxn::known_empty`]), and those it scanned empty and did not write into.
+    declared_empty: Vec<(Vec<u8>, Vec<u8>)>,
+    scanned_empty: Vec<(Vec<u8>, Vec<u8>, i64)>,
     writes: WriteSet,
     /// Whether reads may be taken from what the client recently saw (see [`super::recent`]):
     /// only for an attempt whose commit checks them.
     seeded: bool,
-    /// The keys whose values were taken from there.
+    /// The keys whose values were taken from there, and the ranges taken as empty.
     from_recent: Vec<Vec<u8>>,
+    empty_from_recent: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl<'a> EtcdTxn<'a> {
@@ -33,21 +39,27 @@ impl<'a> EtcdTxn<'a> {
             revision: None,
             seen: HashMap::new(),
             ranges: Vec::new(),
+            declared_empty: Vec::new(),
+            scanned_empty: Vec::new(),
             writes: WriteSet::default(),
             seeded,
             from_recent: Vec::new(),
+            empty_from_recent: Vec::new(),
         }
     }
 
     /// Whether any value this attempt read came from what the client recently saw.
     pub(super) fn took_recent(&self) -> bool {
-        !self.from_recent.is_empty()
+        !self.from_recent.is_empty() || !self.empty_from_recent.is_empty()
     }
 
     /// After a failed attempt: drops what the client knew of the keys it read, so that the
     /// next attempt reads them afresh.
     pub(super) fn forget_reads(&self) {
         self.kv.recent.forget(self.seen.keys());
+        for (start, end) in &self.empty_from_recent {
+            self.kv.recent.forget_range(start, end);
+        }
     }
 
     fn at_revision(&self, options: GetOptions) -> GetOptions {
@@ -77,8 +89,18 @@ impl<'a> EtcdTxn<'a> {
         Ok(out)
     }
 
+    /// Remembers the ranges this transaction found empty and left so, as of when it found them.
+    pub(super) fn remember_empty_scans(&self) {
+        for (start, end, revision) in &self.scanned_empty {
+            if !self.writes.writes.keys().any(|k| start <= k && k < end) {
+                self.kv.recent.saw_empty(start, end, *revision);
+            }
+        }
+    }
+
     /// Commits what the attempt wrote, if nothing it read changed since.
     pub(super) fn commit(&mut self) -> TxResult<()> {
+        self.remember_empty_scans();
         if self.writes.writes.is_empty() {
             return Ok(());
         }
@@ -88,12 +110,10 @@ impl<'a> EtcdTxn<'a> {
             .iter()
             .map(|(k, (rev, _))| Compare::mod_revision(kv.key(k), CompareOp::Equal, *rev))
             .collect();
-        if let Some(rev) = self.revision {
-            for (start, end) in &self.ranges {
-                compares.push(
-                    Compare::mod_revision(kv.key(start), CompareOp::Less, rev + 1).with_range(kv.key(end)),
-                );
-            }
+        for (start, end, revision) in &self.ranges {
+            compares.push(
+                Compare::mod_revision(kv.key(start), CompareOp::Less, revision + 1).with_range(kv.key(end)),
+            );
         }
         let mut bytes = 0;
         let writes = std::mem::take(&mut self.writes.writes);
@@ -124,6 +144,9 @@ impl<'a> EtcdTxn<'a> {
                 for (key, value) in writes {
                     let mod_revision = if value.is_some() { revision } else { 0 };
                     kv.recent.saw(&key, Seen { mod_revision, value }, revision);
+                }
+                for (start, end) in &self.declared_empty {
+                    kv.recent.saw_empty(start, end, revision);
                 }
             }
             // Applied, but at a revision this client did not learn.
@@ -194,7 +217,16 @@ impl KvTxn for EtcdTxn<'_> {
         }
     }
 
+    fn known_empty(&mut self, start: &[u8], end: &[u8]) {
+        self.declared_empty.push((start.to_vec(), end.to_vec()));
+    }
+
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> TxResult<Vec<Pair>> {
+        if let Some(as_of) = self.seeded.then(|| self.kv.recent.seed_empty(start, end)).flatten() {
+            self.ranges.push((start.to_vec(), end.to_vec(), as_of));
+            self.empty_from_recent.push((start.to_vec(), end.to_vec()));
+            return Ok(self.writes.overlay(Vec::new(), start, end, true, limit));
+        }
         let fetch = limit.saturating_add(self.writes.scan_margin(start, end));
         let options = self.at_revision(
             GetOptions::new().with_range(self.kv.key(end)).with_limit(fetch.min(i64::MAX as usize) as i64),
@@ -211,7 +243,11 @@ impl KvTxn for EtcdTxn<'_> {
             Some((last, _)) if !complete => [last.as_slice(), &[0]].concat(),
             _ => end.to_vec(),
         };
-        self.ranges.push((start.to_vec(), guarded_end));
+        let revision = self.revision.unwrap_or_default();
+        if stored.is_empty() {
+            self.scanned_empty.push((start.to_vec(), end.to_vec(), revision));
+        }
+        self.ranges.push((start.to_vec(), guarded_end, revision));
         Ok(self.writes.overlay(stored, start, end, complete, limit))
     }
 
