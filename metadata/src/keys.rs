@@ -123,9 +123,13 @@ pub(crate) fn share_slot() -> u8 {
 
 /// `kind` ++ a number.
 pub(crate) fn numbered(kind: u8, n: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9);
-    key.push(kind);
-    key.extend_from_slice(&n.to_be_bytes());
+    numbered_array(kind, n).to_vec()
+}
+
+/// [`numbered`], without an allocation (for the hottest reads).
+pub(crate) fn numbered_array(kind: u8, n: u64) -> [u8; 9] {
+    let mut key = [kind; 9];
+    key[1..].copy_from_slice(&n.to_be_bytes());
     key
 }
 

@@ -235,7 +235,8 @@ impl<K: Kv> Engine<K> {
         let times_in_record = self.shared.kv.single_writer();
         for attempt in 0..MAX_ATTEMPTS {
             let mut out = None;
-            let now = Timestamp::now();
+            // A read writes nothing: no clock to read.
+            let now = Timestamp::default();
             let mut body = |kv: &mut dyn KvTxn| {
                 out = Some(f(&mut Txn { kv, block_size, session, now, page, times_in_record })?);
                 Ok(())

@@ -100,7 +100,7 @@ impl Txn<'_> {
     }
 
     pub(super) fn inode(&mut self, ino: Ino) -> TxResult<Attr> {
-        match self.get(&keys::numbered(keys::INODE, ino))? {
+        match self.get(&keys::numbered_array(keys::INODE, ino))? {
             Some(v) => Ok(Attr::decode(&v)?),
             None => fail(MetaError::NotFound),
         }
