@@ -36,7 +36,9 @@
 //! blind write of its `m` key, not by rewriting its inode record: creates in one directory
 //! from many clients then write different keys and do not conflict. A directory's times are
 //! the later of its record's and its `m` key's; a `setattr` of its times folds the key back
-//! into the record.
+//! into the record. A store that one process holds has no conflicts to avoid
+//! ([`crate::kv::Kv::single_writer`]): there the times stay in the record (a getattr is one
+//! read), and `m` keys found on one when it opens are folded into the records.
 //!
 //! **Sharded counters.** Usage counters are split into shares, one per session and thread
 //! slot (tools use session 0), and summed when read, so that clients (and the threads of one
