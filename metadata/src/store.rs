@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::Audit;
-use crate::error::MetaResult;
+use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::SessionRecord;
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
@@ -125,6 +125,17 @@ pub trait MetaStore: Send + Sync + 'static {
     fn superblock(&self) -> &Superblock;
 
     fn getattr(&self, ino: Ino) -> MetaResult<Attr>;
+    /// The attributes of several inodes (`None` for one that is gone), in one round trip
+    /// where the store allows: a listing with attributes asks for a page of them at once.
+    fn getattrs(&self, inos: &[Ino]) -> MetaResult<Vec<Option<Attr>>> {
+        inos.iter()
+            .map(|&ino| match self.getattr(ino) {
+                Ok(attr) => Ok(Some(attr)),
+                Err(MetaError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
     fn lookup(&self, parent: Ino, name: &[u8]) -> MetaResult<Attr>;
     /// Creates a file, directory, symlink or special node.
     fn create(&self, node: &NewNode) -> MetaResult<Attr> {

@@ -511,10 +511,10 @@ impl fuser::Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _s = info_span!("readdirplus", ino = ino.0, offset).entered();
-        let result = self.fill_dir(ino.0, offset, |entry_ino, cookie, _kind, name| {
+        let result = self.fs.list_dir_plus(ino.0, offset, |entry_ino, cookie, _kind, name, attr| {
             // An entry removed since it was listed is skipped, not an error.
-            let Ok(attr) = self.fs.getattr(entry_ino) else { return false };
-            let fattr = to_fuse_attr(&attr);
+            let Some(attr) = attr else { return false };
+            let fattr = to_fuse_attr(attr);
             reply.add(
                 INodeNo(entry_ino),
                 cookie,
@@ -524,7 +524,7 @@ impl fuser::Filesystem for FuseAdapter {
                 Generation(attr.generation),
             )
         });
-        match result {
+        match result.map(|_| ()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }

@@ -665,29 +665,34 @@ impl Gateway {
         Ok(dir)
     }
 
-    /// One page of a listing from `cookie`: `entry` makes each entry and says what it costs
-    /// against each limit in `room` (the reply's bytes; for READDIRPLUS also `dircount`).
-    /// Returns the entries and whether the listing ended.
+    /// One page of a listing from `cookie`: `entry` makes each entry (from its attributes when
+    /// `plus` asks for them) and says what it costs against each limit in `room` (the reply's
+    /// bytes; for READDIRPLUS also `dircount`). Returns the entries and whether the listing
+    /// ended.
     fn page<E>(
         &self,
         dir: Ino,
         cookie: u64,
         mut room: [usize; 2],
-        mut entry: impl FnMut(Ino, u64, &[u8]) -> (E, [usize; 2]),
+        plus: bool,
+        mut entry: impl FnMut(Ino, u64, &[u8], Option<&Attr>) -> (E, [usize; 2]),
     ) -> Nfs<(List<E>, bool)> {
         let mut entries = Vec::new();
-        let eof = self
-            .fs
-            .list_dir(dir, cookie, |ino, cookie, _, name| {
-                let (made, cost) = entry(ino, cookie, name);
-                if cost[0] > room[0] || cost[1] > room[1] {
-                    return true;
-                }
-                room = [room[0] - cost[0], room[1] - cost[1]];
-                entries.push(made);
-                false
-            })
-            .map_err(fs_err)?;
+        let mut take = |ino, cookie, name: &[u8], attr: Option<&Attr>| {
+            let (made, cost) = entry(ino, cookie, name, attr);
+            if cost[0] > room[0] || cost[1] > room[1] {
+                return true;
+            }
+            room = [room[0] - cost[0], room[1] - cost[1]];
+            entries.push(made);
+            false
+        };
+        let eof = if plus {
+            self.fs.list_dir_plus(dir, cookie, |ino, cookie, _, name, attr| take(ino, cookie, name, attr))
+        } else {
+            self.fs.list_dir(dir, cookie, |ino, cookie, _, name| take(ino, cookie, name, None))
+        }
+        .map_err(fs_err)?;
         if !eof && entries.is_empty() {
             return Err(nfsstat3::NFS3ERR_TOOSMALL);
         }
@@ -703,11 +708,12 @@ impl Gateway {
                 reply: dirlist3 { entries: List(Vec::new()), eof: false },
             };
             let room = (a.count as usize).saturating_sub(reply.packed_size());
-            let (entries, eof) = self.page(dir.ino, a.cookie, [room, usize::MAX], |ino, cookie, name| {
-                let entry = entry3 { fileid: ino, name: filename3(Opaque::owned(name.to_vec())), cookie };
-                let size = 4 + entry.packed_size();
-                (entry, [size, 0])
-            })?;
+            let (entries, eof) =
+                self.page(dir.ino, a.cookie, [room, usize::MAX], false, |ino, cookie, name, _| {
+                    let entry = entry3 { fileid: ino, name: filename3(Opaque::owned(name.to_vec())), cookie };
+                    let size = 4 + entry.packed_size();
+                    (entry, [size, 0])
+                })?;
             reply.reply = dirlist3 { entries, eof };
             Ok(reply)
         };
@@ -724,17 +730,14 @@ impl Gateway {
                 reply: dirlistplus3 { entries: List(Vec::new()), eof: false },
             };
             let room = [(a.maxcount as usize).saturating_sub(reply.packed_size()), a.dircount as usize];
-            let (entries, eof) = self.page(dir.ino, a.cookie, room, |ino, cookie, name| {
+            let (entries, eof) = self.page(dir.ino, a.cookie, room, true, |ino, cookie, name, attr| {
                 // An entry removed since it was listed is still listed, without attributes.
-                let attr = self.fs.getattr(ino).ok();
                 let entry = entryplus3 {
                     fileid: ino,
                     name: filename3(Opaque::owned(name.to_vec())),
                     cookie,
-                    name_attributes: post_op(attr.as_ref(), fsid),
-                    name_handle: attr
-                        .as_ref()
-                        .map_or(post_op_fh3::None, |a| post_op_fh3::Some(self.handle_of(a))),
+                    name_attributes: post_op(attr, fsid),
+                    name_handle: attr.map_or(post_op_fh3::None, |a| post_op_fh3::Some(self.handle_of(a))),
                 };
                 // dircount counts what a READDIR entry would hold; maxcount the whole reply.
                 let dir_size = 4 + 8 + 4 + name.len().div_ceil(4) * 4 + 8;

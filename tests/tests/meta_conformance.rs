@@ -29,7 +29,7 @@ struct Subject {
 
 type Case = fn(&Subject);
 
-const CASES: [(&str, Case); 10] = [
+const CASES: [(&str, Case); 11] = [
     ("rename cycles and link counts", rename_refuses_cycles_and_keeps_link_counts),
     ("rename modes", rename_replace_noreplace_and_exchange),
     ("unlink of a closed file", unlink_removes_a_closed_file_in_the_same_transaction),
@@ -40,6 +40,7 @@ const CASES: [(&str, Case); 10] = [
     ("extended attributes", extended_attributes_live_and_die_with_their_inode),
     ("durability", everything_acknowledged_is_there_when_reopened),
     ("directory times", a_directory_s_times_follow_its_entries_and_setattr),
+    ("attributes in a batch", attributes_come_in_a_batch_and_a_gone_inode_is_none),
 ];
 
 fn superblock() -> Superblock {
@@ -383,17 +384,39 @@ fn a_directory_s_times_follow_its_entries_and_setattr(subject: &Subject) {
     let set = SetAttr { mtime: Some(past), ..Default::default() };
     assert_eq!(s.setattr(d, &set).unwrap().mtime, past);
     assert_eq!(s.getattr(d).unwrap().mtime, past);
-    // Every entry added or removed moves both times to now, whichever client does it.
+    // Every entry added or removed moves both times to now, whichever client does it, and the
+    // change says what it left the directory as.
     let other = (subject.client)("/other");
-    let f = mkfile(other.as_ref(), d, "f");
+    let created = other.create_in_dir(&NewNode::new(d, b"f", FileKind::File, 0o644)).unwrap();
+    let f = created.attr.ino;
     let after_create = s.getattr(d).unwrap();
+    assert_eq!(created.dir, after_create);
     assert!(after_create.mtime > past && after_create.ctime >= after_create.mtime, "{after_create:?}");
     assert_eq!(s.lookup(d, b".").unwrap().mtime, after_create.mtime);
     std::thread::sleep(Duration::from_millis(20));
-    s.unlink(d, b"f", Some(f)).unwrap();
+    let unlinked = s.unlink(d, b"f", Some(f)).unwrap();
+    assert_eq!(unlinked.dir, Some(s.getattr(d).unwrap()));
     assert!(s.getattr(d).unwrap().mtime > after_create.mtime);
     // An explicit time wins over the entries' last change.
     assert_eq!(s.setattr(d, &set).unwrap().mtime, past);
     assert_eq!(s.getattr(d).unwrap().mtime, past);
     other.end_own_session().unwrap();
+}
+
+fn attributes_come_in_a_batch_and_a_gone_inode_is_none(subject: &Subject) {
+    let s = subject.store.as_ref();
+    let d = mkdir(s, ROOT_INO, "d");
+    let files: Vec<u64> = (0..200).map(|n| mkfile(s, d, &format!("f{n}"))).collect();
+    s.unlink(d, b"f7", Some(files[7])).unwrap();
+    let mut asked = vec![d];
+    asked.extend(&files);
+    let got = s.getattrs(&asked).unwrap();
+    assert_eq!(got.len(), asked.len());
+    assert_eq!(got[0], Some(s.getattr(d).unwrap()));
+    for (n, (ino, attr)) in files.iter().zip(&got[1..]).enumerate() {
+        match n {
+            7 => assert_eq!(attr, &None, "a removed inode"),
+            _ => assert_eq!(attr, &Some(s.getattr(*ino).unwrap())),
+        }
+    }
 }

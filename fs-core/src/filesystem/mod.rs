@@ -463,6 +463,55 @@ impl FileSystem {
         }
     }
 
+    /// [`Self::list_dir`] with each entry's attributes (`None` for an entry removed since it
+    /// was listed), asked of the store a batch of entries at a time rather than one by one.
+    pub fn list_dir_plus(
+        &self,
+        dir: Ino,
+        offset: u64,
+        mut add: impl FnMut(Ino, u64, FileKind, &[u8], Option<&Attr>) -> bool,
+    ) -> FsResult<bool> {
+        // About what one FUSE reply of a page holds.
+        const ATTR_BATCH: usize = 32;
+        let mut pending = Vec::with_capacity(ATTR_BATCH);
+        let (mut full, mut failed) = (false, None);
+        let eof = self.list_dir(dir, offset, |ino, cookie, kind, name| {
+            pending.push((ino, cookie, kind, name.to_vec()));
+            if pending.len() < ATTR_BATCH {
+                return false;
+            }
+            match self.add_with_attrs(&mut pending, &mut add) {
+                Ok(taken_all) => full = !taken_all,
+                Err(e) => failed = Some(e),
+            }
+            full || failed.is_some()
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(eof && !full && self.add_with_attrs(&mut pending, &mut add)?)
+    }
+
+    /// Hands `pending` entries to `add` with their attributes; false if `add` stopped taking.
+    fn add_with_attrs(
+        &self,
+        pending: &mut Vec<(Ino, u64, FileKind, Vec<u8>)>,
+        add: &mut impl FnMut(Ino, u64, FileKind, &[u8], Option<&Attr>) -> bool,
+    ) -> FsResult<bool> {
+        if pending.is_empty() {
+            return Ok(true);
+        }
+        let inos: Vec<Ino> = pending.iter().map(|(ino, ..)| *ino).collect();
+        let attrs = self.metadata_op(Op::Getattr, || Ok(self.meta.getattrs(&inos)?))?;
+        for ((ino, cookie, kind, name), attr) in pending.drain(..).zip(attrs) {
+            let attr = attr.map(|attr| self.with_local_changes(attr));
+            if add(ino, cookie, kind, &name, attr.as_ref()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     #[instrument(level = "debug", skip(self))]
     pub fn setattr(&self, ino: Ino, req: &SetAttrRequest) -> FsResult<Attr> {
         self.metadata_op(Op::Setattr, || {

@@ -408,6 +408,23 @@ impl<K: Kv> MetaStore for Engine<K> {
         self.read(|t| t.attr(ino))
     }
 
+    fn getattrs(&self, inos: &[Ino]) -> MetaResult<Vec<Option<Attr>>> {
+        self.read(|t| {
+            if t.kv.prefetches() {
+                let records = inos.iter().map(|&ino| Txn::inode_key(ino));
+                let times = inos.iter().map(|&ino| keys::numbered(keys::DIR_TIMES, ino));
+                t.prefetch(&records.chain(times).collect::<Vec<_>>())?;
+            }
+            inos.iter()
+                .map(|&ino| match t.attr(ino) {
+                    Ok(attr) => Ok(Some(attr)),
+                    Err(TxError::Abort(MetaError::NotFound)) => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .collect()
+        })
+    }
+
     fn lookup(&self, parent: Ino, name: &[u8]) -> MetaResult<Attr> {
         if name.len() > MAX_NAME_LEN {
             return Err(MetaError::NameTooLong);
