@@ -41,6 +41,10 @@ impl<M: OrderedMap> Local<M> {
         Ok(())
     }
 
+    pub(super) fn get(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        Ok(self.map.get(key)?)
+    }
+
     pub(super) fn read(&self, body: Body) -> TxResult<()> {
         body(&mut LocalTxn { map: &self.map, writes: WriteSet::default() })
     }

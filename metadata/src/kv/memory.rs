@@ -57,6 +57,10 @@ impl Kv for MemKv {
         self.0.read(body)
     }
 
+    fn get(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        self.0.get(key)
+    }
+
     fn snapshot(&self, body: Body) -> TxResult<()> {
         self.0.snapshot(body)
     }

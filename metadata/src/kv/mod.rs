@@ -88,6 +88,15 @@ pub trait Kv: Send + Sync + 'static {
     fn transact(&self, body: Body) -> TxResult<()>;
     /// Runs `body` over the store without committing (its writes are discarded).
     fn read(&self, body: Body) -> TxResult<()>;
+    /// One key's value, read on its own (a local store spares the transaction around it).
+    fn get(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        let mut value = None;
+        self.read(&mut |t: &mut dyn KvTxn| {
+            value = t.get(key)?;
+            Ok(())
+        })?;
+        Ok(value)
+    }
     /// Like [`Kv::read`], over one state of the whole store however long the body runs (the
     /// audit): commits wait, or the reads are pinned to one revision.
     fn snapshot(&self, body: Body) -> TxResult<()> {

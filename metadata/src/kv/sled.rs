@@ -115,6 +115,10 @@ impl Kv for SledKv {
         self.local.read(body)
     }
 
+    fn get(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        self.local.get(key)
+    }
+
     fn snapshot(&self, body: Body) -> TxResult<()> {
         self.local.snapshot(body)
     }
