@@ -117,6 +117,34 @@ fn without_quorum_soft_mounts_fail_and_hard_mounts_wait_then_resume() {
     vol.assert_fsck_clean(false);
 }
 
+/// A member that is down is passed over by clients that start meanwhile, not only by running
+/// ones: `status` and a new mount work with one member of three stopped, whichever member the
+/// client tries first.
+#[test]
+fn new_clients_start_with_a_member_down() {
+    if !ready() {
+        return;
+    }
+    let mut cluster = EtcdCluster::start();
+    let s3 = S3Server::start();
+    let vol = Volume::etcd(&cluster, "minority", &s3, 30);
+    let first = vol.mount_named("first", "", None);
+    std::fs::write(first.path.join("before"), "1").unwrap();
+    for down in 0..3 {
+        cluster.kill(down);
+        for _ in 0..4 {
+            assert_eq!(vol.status()["used_inodes"], 2, "status with member {down} down");
+        }
+        let late = vol.mount_named(&format!("late{down}"), "", None);
+        assert_eq!(std::fs::read_to_string(late.path.join("before")).unwrap(), "1");
+        late.unmount();
+        cluster.restart(down);
+        cluster.wait_healthy(Duration::from_secs(30));
+    }
+    first.unmount();
+    vol.assert_fsck_clean(false);
+}
+
 /// Everything a user sees of a tree: per path, kind, mode, owner, size, link count, extended
 /// attributes, symlink target and a hash of the bytes.
 fn tree(root: &Path) -> Vec<String> {

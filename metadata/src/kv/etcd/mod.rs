@@ -107,10 +107,17 @@ impl EtcdKv {
             prefix: format!("{}/", options.name).into_bytes(),
             options,
         };
-        // A first read, so that a wrong address or a refused login is reported now.
-        let mut probe = kv.client.clone();
-        let key = kv.key(b"S");
-        kv.block_on(async move { probe.get(key, None).await }).map_err(|e| unavailable(&describe, &e))?;
+        // A first read, so that a wrong address, a wrong CA or a refused login is reported
+        // now rather than waited out. A member that is down is passed over: the client sends
+        // each attempt to the next member.
+        let probe = Txn::new().and_then(vec![etcd_client::TxnOp::get(kv.key(b"S"), None)]);
+        let mut attempts = 0;
+        while let Err(e) = kv.send(probe.clone()) {
+            attempts += 1;
+            if !is_transient(&e) || attempts >= 2 * kv.options.endpoints.len() {
+                return Err(unavailable(&describe, &e));
+            }
+        }
         tracing::debug!("connected to {describe}");
         Ok(kv)
     }
