@@ -491,12 +491,28 @@ impl fuser::Filesystem for FuseAdapter {
         reply.error(Errno::ENOTTY);
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(self.fs.open_dir()), FopenFlags::empty());
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release_dir(fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _s = info_span!("readdir", ino = ino.0, offset).entered();
-        let result = self.fill_dir(ino.0, offset, |entry_ino, cookie, kind, name| {
+        let result = self.fs.list_open_dir(fh.0, ino.0, offset, |entry_ino, cookie, kind, name| {
             reply.add(INodeNo(entry_ino), cookie, file_type(kind), OsStr::from_bytes(name))
         });
-        match result {
+        match result.map(|_| ()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -637,18 +653,5 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let _s = info_span!("fallocate", ino = ino.0, offset, length).entered();
         Self::reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
-    }
-}
-
-impl FuseAdapter {
-    /// Lists `dir` from `offset` (a cookie) into a reply page: `.` and `..` first (cookies 1
-    /// and 2), then entries in cookie order, until `add` reports the page full.
-    fn fill_dir(
-        &self,
-        dir: u64,
-        offset: u64,
-        add: impl FnMut(u64, u64, FileKind, &[u8]) -> bool,
-    ) -> Result<(), FsError> {
-        self.fs.list_dir(dir, offset, add).map(|_| ())
     }
 }

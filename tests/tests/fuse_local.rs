@@ -182,3 +182,59 @@ fn a_full_cache_disk_slows_reads_down_but_never_fails_them() {
     assert!(log.contains("cannot write to the disk cache"), "the full disk is reported:\n{log}");
     assert_eq!(log.matches("cannot write to the disk cache").count(), 1, "once, not per read:\n{log}");
 }
+
+/// Names read through one `DIR*` stream (the kernel's opendir to releasedir): a listing of many
+/// pages returns every name once while names are added and removed behind it, and a rewind
+/// sees the directory as it is now, not what the stream had read ahead.
+#[test]
+fn a_directory_stream_lists_every_name_once_and_a_rewind_sees_changes() {
+    use std::collections::HashSet;
+    use std::ffi::{CStr, CString};
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::local();
+    let mount = vol.mount();
+    let dir = mount.path.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for n in 0..3000 {
+        std::fs::write(dir.join(format!("f{n:04}")), b"").unwrap();
+    }
+    let path = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain libc directory-stream calls on a stream this test owns and closes.
+    unsafe {
+        let stream = libc::opendir(path.as_ptr());
+        assert!(!stream.is_null());
+        let mut names = Vec::new();
+        let next = |names: &mut Vec<String>| {
+            let entry = libc::readdir(stream);
+            if entry.is_null() {
+                return false;
+            }
+            names.push(CStr::from_ptr((*entry).d_name.as_ptr()).to_string_lossy().into_owned());
+            true
+        };
+        for _ in 0..500 {
+            assert!(next(&mut names));
+        }
+        // Behind the stream's position: a name removed and one added; ahead of it, one removed.
+        std::fs::remove_file(dir.join("f0001")).unwrap();
+        std::fs::remove_file(dir.join("f2999")).unwrap();
+        std::fs::write(dir.join("late"), b"").unwrap();
+        while next(&mut names) {}
+        let once: HashSet<_> = names.iter().collect();
+        assert_eq!(once.len(), names.len(), "a name listed twice");
+        for n in 2..2999 {
+            assert!(once.contains(&format!("f{n:04}")), "f{n:04} missing");
+        }
+        libc::rewinddir(stream);
+        names.clear();
+        while next(&mut names) {}
+        let now: HashSet<_> = names.into_iter().collect();
+        assert!(now.contains("late") && !now.contains("f0001") && !now.contains("f2999"));
+        assert_eq!(now.len(), 3000 - 2 + 1 + 2, "every name, `.` and `..`");
+        libc::closedir(stream);
+    }
+    mount.unmount();
+    vol.assert_fsck_clean(false);
+}

@@ -27,10 +27,12 @@ use crate::read_data::ReadData;
 use crate::throttle::Throttle;
 
 mod changed_dirs;
+mod dir_handles;
 mod names;
 mod write_path;
 
 use changed_dirs::ChangedDirs;
+use dir_handles::{Cursor, DirHandles};
 use names::RecentNames;
 
 /// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
@@ -123,6 +125,7 @@ pub struct FileSystem {
     last_opened: Mutex<lru::LruCache<Ino, Version>>,
     names: RecentNames,
     changed_dirs: ChangedDirs,
+    dir_handles: DirHandles,
     locks: LockTable,
     throttle: Arc<Throttle>,
 }
@@ -172,6 +175,7 @@ impl FileSystem {
             last_opened: Mutex::new(lru::LruCache::new(REMEMBERED_OPENS.try_into().expect("non-zero"))),
             names: RecentNames::new(),
             changed_dirs: ChangedDirs::new(config.attr_cache),
+            dir_handles: DirHandles::default(),
             config,
         })
     }
@@ -431,11 +435,49 @@ impl FileSystem {
         &self,
         dir: Ino,
         offset: u64,
+        add: impl FnMut(Ino, u64, FileKind, &[u8]) -> bool,
+    ) -> FsResult<bool> {
+        self.list_dir_with(dir, offset, None, add)
+    }
+
+    /// Opens a directory for listing with [`Self::list_open_dir`] (FUSE's opendir).
+    pub fn open_dir(&self) -> u64 {
+        self.dir_handles.open()
+    }
+
+    pub fn release_dir(&self, fh: u64) {
+        self.dir_handles.release(fh)
+    }
+
+    /// [`Self::list_dir`] through an open directory `fh`, which keeps what it read past what
+    /// `add` took for the next call that resumes there. A listing from the start reads afresh
+    /// (rewinddir sees the directory as it is now).
+    pub fn list_open_dir(
+        &self,
+        fh: u64,
+        dir: Ino,
+        offset: u64,
+        add: impl FnMut(Ino, u64, FileKind, &[u8]) -> bool,
+    ) -> FsResult<bool> {
+        let cursor = self.dir_handles.get(fh);
+        let mut cursor = cursor.as_ref().map(|c| c.lock().unwrap());
+        self.list_dir_with(dir, offset, cursor.as_deref_mut(), add)
+    }
+
+    fn list_dir_with(
+        &self,
+        dir: Ino,
+        offset: u64,
+        mut cursor: Option<&mut Cursor>,
         mut add: impl FnMut(Ino, u64, FileKind, &[u8]) -> bool,
     ) -> FsResult<bool> {
-        // Metered per request to the store, by getattr and readdir.
-        const BATCH: usize = 512;
+        // Metered per request to the store, by getattr and readdir. An open directory keeps
+        // what its caller did not take, so it reads more at once: fewer, larger pages.
+        let batch_size = if cursor.is_some() { 4096 } else { 512 };
         if offset < 2 {
+            if let Some(cursor) = cursor.as_deref_mut() {
+                *cursor = Cursor::default();
+            }
             let attr = self.getattr(dir)?;
             if attr.kind != FileKind::Dir {
                 return Err(FsError::new(errno::ENOTDIR, "not a directory"));
@@ -449,10 +491,19 @@ impl FileSystem {
         }
         let mut after = offset.max(2);
         loop {
-            let batch = self.readdir(dir, after, BATCH)?;
-            let done = batch.len() < BATCH;
-            for entry in &batch {
+            let (batch, done) = match cursor.as_deref_mut() {
+                Some(c) if c.after == after && !c.ahead.is_empty() => (std::mem::take(&mut c.ahead), c.end),
+                _ => {
+                    let batch = self.readdir(dir, after, batch_size)?;
+                    let done = batch.len() < batch_size;
+                    (batch, done)
+                }
+            };
+            for (taken, entry) in batch.iter().enumerate() {
                 if add(entry.ino, entry.cookie, entry.kind, &entry.name) {
+                    if let Some(c) = cursor.as_deref_mut() {
+                        *c = Cursor { after, ahead: batch[taken..].to_vec(), end: done };
+                    }
                     return Ok(false);
                 }
                 after = entry.cookie;
