@@ -3,7 +3,7 @@
 //! store is asked for 512 at a time, so without this every reply read a page of its own (and
 //! on etcd 3.4 a page costs in proportion to what is left of the directory).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +15,7 @@ pub(super) struct Cursor {
     /// The cookie the entries in `ahead` follow.
     pub(super) after: u64,
     /// Entries read from the store and not taken yet, in cookie order.
-    pub(super) ahead: Vec<DirEntry>,
+    pub(super) ahead: VecDeque<DirEntry>,
     /// `ahead` runs to the end of the directory.
     pub(super) end: bool,
 }

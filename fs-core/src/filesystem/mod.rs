@@ -491,18 +491,19 @@ impl FileSystem {
         }
         let mut after = offset.max(2);
         loop {
-            let (batch, done) = match cursor.as_deref_mut() {
+            let (mut batch, done) = match cursor.as_deref_mut() {
                 Some(c) if c.after == after && !c.ahead.is_empty() => (std::mem::take(&mut c.ahead), c.end),
                 _ => {
                     let batch = self.readdir(dir, after, batch_size)?;
                     let done = batch.len() < batch_size;
-                    (batch, done)
+                    (batch.into(), done)
                 }
             };
-            for (taken, entry) in batch.iter().enumerate() {
+            while let Some(entry) = batch.pop_front() {
                 if add(entry.ino, entry.cookie, entry.kind, &entry.name) {
                     if let Some(c) = cursor.as_deref_mut() {
-                        *c = Cursor { after, ahead: batch[taken..].to_vec(), end: done };
+                        batch.push_front(entry);
+                        *c = Cursor { after, ahead: batch, end: done };
                     }
                     return Ok(false);
                 }
@@ -661,9 +662,19 @@ impl FileSystem {
     /// Opens a regular file and returns its handle number.
     #[instrument(level = "debug", skip(self))]
     pub fn open(&self, ino: Ino, append: bool) -> FsResult<u64> {
+        self.open_known(ino, append, None)
+    }
+
+    /// Opens `ino`, as `known` says it is when the store gave its attributes just now (a
+    /// create), else as the store says.
+    fn open_known(&self, ino: Ino, append: bool, known: Option<Attr>) -> FsResult<u64> {
         self.metadata_op(Op::Open, || {
             let _gate = self.open_gate(ino);
-            self.open_as(&self.meta.getattr(ino)?, append)
+            let attr = match known {
+                Some(attr) => attr,
+                None => self.meta.getattr(ino)?,
+            };
+            self.open_as(&attr, append)
         })
     }
 
@@ -723,10 +734,7 @@ impl FileSystem {
             other => other?,
         };
         // Opened as the store just answered: no second read of what it returned.
-        let fh = self.metadata_op(Op::Open, || {
-            let _gate = self.open_gate(attr.ino);
-            self.open_as(&attr, append)
-        })?;
+        let fh = self.open_known(attr.ino, append, Some(attr.clone()))?;
         Ok((attr, fh))
     }
 

@@ -2,9 +2,9 @@
 //! longer writes. Each step finds nothing to do on a store it has seen before.
 
 use super::{Engine, FIRST_COOKIE};
-use crate::error::MetaResult;
+use crate::error::{MetaError, MetaResult};
 use crate::keys;
-use crate::kv::Kv;
+use crate::kv::{Kv, TxError};
 
 impl<K: Kv> Engine<K> {
     /// Stores written before readdir cookies came from one counter (format 1, and format 2
@@ -28,18 +28,22 @@ impl<K: Kv> Engine<K> {
     /// [`Kv::single_writer`]); times keys on one (written by the engine before that, or loaded
     /// from a replicated store's dump) are folded into the records, all in one transaction.
     pub(super) fn fold_dir_times(&self) -> MetaResult<()> {
-        if !self.shared.kv.single_writer() || self.scan_all(&[keys::DIR_TIMES])?.is_empty() {
+        if !self.shared.kv.single_writer() || self.read(|t| t.scan_prefix(&[keys::DIR_TIMES], 1))?.is_empty()
+        {
             return Ok(());
         }
         self.mutate(|t| {
             for (key, raw) in t.scan_whole(&[keys::DIR_TIMES])? {
                 let changed = keys::decode_time(&raw)?;
                 let ino = keys::first_number(&key)?;
-                if t.get(&keys::numbered(keys::INODE, ino))?.is_some() {
-                    let mut dir = t.inode(ino)?;
-                    dir.mtime = dir.mtime.max(changed);
-                    dir.ctime = dir.ctime.max(changed);
-                    t.put_inode(&dir)?;
+                match t.inode(ino) {
+                    Ok(mut dir) => {
+                        dir.mtime = dir.mtime.max(changed);
+                        dir.ctime = dir.ctime.max(changed);
+                        t.put_inode(&dir)?;
+                    }
+                    Err(TxError::Abort(MetaError::NotFound)) => {}
+                    Err(e) => return Err(e),
                 }
                 t.delete(&key);
             }
