@@ -21,6 +21,7 @@ use crate::disk_cache::DiskCache;
 use crate::error::{FsError, FsResult};
 use crate::metrics::{CacheTier, EngineMetrics, ObjectRequest};
 use crate::segments::{SegmentHashes, SEGMENT_LEN};
+use crate::slices::{Layout, Source};
 
 pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
@@ -221,6 +222,22 @@ impl ChunkStore {
     #[instrument(level = "debug", skip_all, fields(chunk = %hex::encode(&hash[..6])))]
     pub async fn get(&self, hash: ChunkHash) -> FsResult<Bytes> {
         self.single_flight((hash, Part::Whole), || self.fetch(hash)).await
+    }
+
+    /// The bytes a block's layout names, those in chunks fetched (segments only where that is
+    /// less) and verified.
+    pub(crate) async fn read_layout(self: &Arc<Self>, layout: Layout) -> FsResult<Vec<u8>> {
+        let mut out = Vec::new();
+        for piece in layout.into_pieces() {
+            match piece.source {
+                Source::Zeros => out.resize(out.len() + piece.len as usize, 0),
+                Source::Bytes(bytes) => out.extend_from_slice(&bytes),
+                Source::Chunk { hash, chunk_len, offset } => {
+                    out.extend_from_slice(&self.get_range(hash, chunk_len, offset..offset + piece.len).await?)
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Bytes `range` of chunk `hash` (which is `chunk_len` long), verified, fetching only the

@@ -4,6 +4,7 @@
 mod access;
 mod block_cache;
 mod chunk_store;
+mod compaction;
 mod disk_cache;
 mod error;
 mod filesystem;
@@ -14,6 +15,7 @@ mod open_file;
 pub mod ownership;
 mod read_data;
 mod segments;
+mod slices;
 mod storage;
 mod throttle;
 

@@ -187,6 +187,17 @@ pub struct EngineMetrics {
     throttled_seconds: SecondsCounter,
     /// Bytes of the write-back buffer in use (the engine's `WriteBudget` counts in it).
     write_buffer: Gauge,
+    /// Bytes flushes uploaded as slices, and bytes compactions uploaded.
+    slice_bytes: Counter,
+    compaction_bytes: Counter,
+    compactions: Family<OutcomeLabel, Counter>,
+    /// Compactions committed, and those that gave up (the block changed meanwhile).
+    outcomes: [Counter; 2],
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 impl Default for EngineMetrics {
@@ -214,7 +225,14 @@ impl Default for EngineMetrics {
                 (object_requests.get_or_create_owned(&label), object_errors.get_or_create_owned(&label))
             })
             .collect();
+        let compactions = Family::<OutcomeLabel, Counter>::default();
+        let outcomes = ["applied", "abandoned"]
+            .map(|outcome| compactions.get_or_create_owned(&OutcomeLabel { outcome }));
         EngineMetrics {
+            slice_bytes: Counter::default(),
+            compaction_bytes: Counter::default(),
+            compactions,
+            outcomes,
             op_seconds: op_seconds.collect(),
             op_errors: op_errors.collect(),
             operations: Counter::default(),
@@ -276,10 +294,37 @@ impl EngineMetrics {
             self.throttled_seconds.clone(),
         );
         registry.register(
+            "client_slice_bytes",
+            "File data this client's flushes uploaded as slices over blocks (writes in place)",
+            self.slice_bytes.clone(),
+        );
+        registry.register(
+            "client_compaction_bytes",
+            "Bytes this client's compactions of blocks' slices uploaded",
+            self.compaction_bytes.clone(),
+        );
+        registry.register(
+            "client_compactions",
+            "Compactions of blocks' slices this client ran: applied, or abandoned because the \
+             block changed meanwhile",
+            self.compactions.clone(),
+        );
+        registry.register(
             "client_write_buffer_bytes",
             "Written data this client holds in memory, not yet uploaded (its write-back buffer)",
             self.write_buffer.clone(),
         );
+    }
+
+    /// A flush uploaded `bytes` as slices.
+    pub(crate) fn sliced(&self, bytes: u64) {
+        self.slice_bytes.inc_by(bytes);
+    }
+
+    /// A compaction uploaded `bytes`, and was committed or gave up.
+    pub(crate) fn compacted(&self, bytes: u64, applied: bool) {
+        self.compaction_bytes.inc_by(bytes);
+        self.outcomes[usize::from(!applied)].inc();
     }
 
     /// The gauge the write-back buffer counts its bytes in.
@@ -334,6 +379,9 @@ impl EngineMetrics {
             object_requests: self.requests.iter().map(|(requests, _)| requests.get()).sum(),
             object_errors: self.requests.iter().map(|(_, errors)| errors.get()).sum(),
             throttled_seconds: self.throttled_seconds.get(),
+            slice_bytes: self.slice_bytes.get(),
+            compaction_bytes: self.compaction_bytes.get(),
+            compactions: self.outcomes[0].get(),
         }
     }
 }
@@ -351,6 +399,10 @@ pub struct ClientTotals {
     pub object_requests: u64,
     pub object_errors: u64,
     pub throttled_seconds: f64,
+    pub slice_bytes: u64,
+    pub compaction_bytes: u64,
+    /// Compactions committed.
+    pub compactions: u64,
 }
 
 /// Where [`FileSystemFigures`] reads: the metadata store, once there is a file system in it.

@@ -7,19 +7,25 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use elasticfs_metadata::{BlockRef, ChunkHash, Ino, Timestamp};
+use elasticfs_metadata::{BlockRef, ChunkHash, Ino, Slice, Timestamp};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::task::JoinHandle;
 
 use crate::error::FsResult;
+use crate::slices::Patch;
 
 pub(crate) enum Dirty {
-    /// Written, not yet uploaded: the block's whole content (bytes past the end read as zeros).
-    Buffer(Vec<u8>),
-    /// Sealed and being uploaded; `data` serves reads until the upload is collected.
+    /// Written, not yet uploaded. With `over_committed`, the patch lies over the block's
+    /// committed content; without, it is the whole block (zeros in its gaps).
+    Buffer { patch: Patch, over_committed: bool },
+    /// A whole block sealed and being uploaded; `data` serves reads until the upload is
+    /// collected.
     Uploading { data: Bytes, task: JoinHandle<FsResult<ChunkHash>> },
-    /// Uploaded (or small enough to stay inline): waiting for the commit.
+    /// A whole block uploaded (or small enough to stay inline): waiting for the commit.
     Stored(BlockRef),
+    /// A patch over the committed block, uploaded as `slice`: waiting for the commit. The
+    /// patch serves reads (over the committed block) until then.
+    Sliced { slice: Slice, patch: Patch },
 }
 
 /// The mount's write-back buffer: bytes of [`Dirty::Buffer`]s across all open files, and
@@ -44,6 +50,9 @@ impl WriteBudget {
 pub(crate) struct FileState {
     /// Size including uncommitted writes.
     pub(crate) size: u64,
+    /// Size as of this client's last commit or open: blocks before it may have committed
+    /// content, which a write in place lays a patch over.
+    pub(crate) committed_size: u64,
     /// Changed blocks; a [`Dirty::Buffer`] enters and leaves only through [`Self::set`] and
     /// [`Self::take`], which count it against the write budget.
     dirty: BTreeMap<u64, Dirty>,
@@ -73,36 +82,34 @@ impl FileState {
 
     /// Bytes (capacity) of this file's buffers.
     fn buffered_bytes(&self) -> usize {
-        self.dirty.values().map(|d| if let Dirty::Buffer(data) = d { data.capacity() } else { 0 }).sum()
+        self.dirty.values().map(buffered).sum()
     }
 
     /// Removes block `index`'s entry.
     pub(crate) fn take(&mut self, index: u64) -> Option<Dirty> {
         let taken = self.dirty.remove(&index);
-        if let Some(Dirty::Buffer(data)) = &taken {
-            self.count(0, data.capacity());
+        if let Some(dirty) = &taken {
+            self.count(0, buffered(dirty));
         }
         taken
     }
 
     /// Sets block `index`'s entry.
     pub(crate) fn set(&mut self, index: u64, dirty: Dirty) {
-        if let Dirty::Buffer(data) = &dirty {
-            self.count(data.capacity(), 0);
-        }
-        if let Some(Dirty::Buffer(old)) = self.dirty.insert(index, dirty) {
-            self.count(0, old.capacity());
+        self.count(buffered(&dirty), 0);
+        if let Some(old) = self.dirty.insert(index, dirty) {
+            self.count(0, buffered(&old));
         }
     }
 
-    /// Changes buffer `index` in place with `change`, keeping the count.
-    pub(crate) fn change_buffer<T>(&mut self, index: u64, change: impl FnOnce(&mut Vec<u8>) -> T) -> T {
-        let Some(Dirty::Buffer(data)) = self.dirty.get_mut(&index) else {
+    /// Changes buffer `index`'s patch in place with `change`, keeping the count.
+    pub(crate) fn change_patch<T>(&mut self, index: u64, change: impl FnOnce(&mut Patch) -> T) -> T {
+        let Some(Dirty::Buffer { patch, .. }) = self.dirty.get_mut(&index) else {
             unreachable!("block {index} is buffered")
         };
-        let before = data.capacity();
-        let result = change(data);
-        let after = data.capacity();
+        let before = patch.capacity();
+        let result = change(patch);
+        let after = patch.capacity();
         self.count(after, before);
         result
     }
@@ -115,7 +122,15 @@ impl FileState {
 
     /// Blocks whose entry is a buffer.
     pub(crate) fn buffered_blocks(&self) -> Vec<u64> {
-        self.dirty.iter().filter(|(_, d)| matches!(d, Dirty::Buffer(_))).map(|(i, _)| *i).collect()
+        self.dirty.iter().filter(|(_, d)| matches!(d, Dirty::Buffer { .. })).map(|(i, _)| *i).collect()
+    }
+}
+
+/// Memory of an entry that the write budget counts: that of a buffer's patch.
+fn buffered(dirty: &Dirty) -> usize {
+    match dirty {
+        Dirty::Buffer { patch, .. } => patch.capacity(),
+        _ => 0,
     }
 }
 
@@ -137,6 +152,7 @@ impl OpenFile {
     pub(crate) fn new(ino: Ino, size: u64, budget: Arc<WriteBudget>) -> Self {
         let state = FileState {
             size,
+            committed_size: size,
             dirty: BTreeMap::new(),
             mtime: None,
             protected: Vec::new(),
@@ -152,6 +168,7 @@ impl OpenFile {
         let mut st = self.state.lock().unwrap();
         if !st.has_changes() {
             st.size = committed;
+            st.committed_size = committed;
         }
     }
 }

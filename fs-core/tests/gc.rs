@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use elasticfs_core::gc::{collect, GcOptions, GcReport};
 use elasticfs_core::metadata::{
-    BlockCommit, BlockRef, ChunkProtection, MetaError, MetaStore, SledStore, Superblock, ROOT_INO,
+    BlockChange, BlockCommit, BlockRef, ChunkProtection, MetaError, MetaStore, SledStore, Superblock,
+    ROOT_INO,
 };
 use elasticfs_core::{
     chunk_path, hash_of, open_object_store, ownership, Caller, ChunkStore, FileSystem, FsConfig, Ownership,
@@ -139,7 +140,7 @@ fn protection_and_condemnation_exclude_each_other() {
     let (attr, fh) = s.fs.create(ROOT_INO, b"x", 0o644, ROOT, true, false).unwrap();
     s.fs.release(fh).unwrap();
     let commit = |release: Vec<[u8; 32]>| BlockCommit {
-        blocks: vec![(0, BlockRef::Chunk { hash, len: BLOCK as u32 })],
+        blocks: vec![(0, BlockChange::Whole(BlockRef::Chunk { hash, len: BLOCK as u32 }))],
         min_size: BLOCK as u64,
         release,
         ..Default::default()

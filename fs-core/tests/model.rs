@@ -2,6 +2,8 @@
 //! few files; every read must agree (the way Mountpoint for S3 checks its file system). Small
 //! blocks and a small inline threshold make every sequence cross chunk and inline paths; a
 //! second run with blocks of several 64 KiB segments and no cache exercises ranged reads.
+//! Bursts of small writes each flushed lay slices over blocks, which compactions (forced, and
+//! the ones commits start in the background) fold back, at any point of a sequence.
 
 use std::sync::Arc;
 
@@ -16,12 +18,39 @@ const FILES: usize = 3;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { file: usize, offset: u64, len: usize, seed: u8 },
-    Truncate { file: usize, size: u64 },
-    Read { file: usize, offset: u64, len: u32 },
-    Flush { file: usize },
-    Reopen { file: usize },
-    Recreate { file: usize },
+    Write {
+        file: usize,
+        offset: u64,
+        len: usize,
+        seed: u8,
+    },
+    Truncate {
+        file: usize,
+        size: u64,
+    },
+    Read {
+        file: usize,
+        offset: u64,
+        len: u32,
+    },
+    Flush {
+        file: usize,
+    },
+    Reopen {
+        file: usize,
+    },
+    Recreate {
+        file: usize,
+    },
+    /// `writes` small writes into one block, each flushed: a slice each.
+    FlushedWrites {
+        file: usize,
+        block: u64,
+        writes: Vec<(u64, usize, u8)>,
+    },
+    Compact {
+        file: usize,
+    },
 }
 
 fn op(block: u64) -> impl Strategy<Value = Op> {
@@ -33,12 +62,16 @@ fn op(block: u64) -> impl Strategy<Value = Op> {
         3 => (file.clone(), 0..5 * block, 0..(3 * block as u32)).prop_map(|(file, offset, len)| Op::Read { file, offset, len }),
         1 => file.clone().prop_map(|file| Op::Flush { file }),
         1 => file.clone().prop_map(|file| Op::Reopen { file }),
-        1 => file.prop_map(|file| Op::Recreate { file }),
+        1 => file.clone().prop_map(|file| Op::Recreate { file }),
+        2 => (file.clone(), 0..4u64, prop::collection::vec((0..block, 1..300usize, any::<u8>()), 1..40))
+            .prop_map(|(file, block, writes)| Op::FlushedWrites { file, block, writes }),
+        1 => file.prop_map(|file| Op::Compact { file }),
     ]
 }
 
 struct Harness {
     fs: FileSystem,
+    block_size: u64,
     handles: Vec<u64>,
     model: Vec<Vec<u8>>,
     _dir: tempfile::TempDir,
@@ -66,22 +99,36 @@ impl Harness {
             let (_, fh) = fs.create(ROOT_INO, format!("f{i}").as_bytes(), 0o644, ROOT, true, false).unwrap();
             handles.push(fh);
         }
-        Harness { fs, handles, model: vec![Vec::new(); FILES], _dir: dir }
+        Harness { fs, block_size: block, handles, model: vec![Vec::new(); FILES], _dir: dir }
+    }
+
+    fn write(&mut self, file: usize, offset: u64, len: usize, seed: u8) {
+        let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8) | 1).collect();
+        assert_eq!(self.fs.write(self.handles[file], offset, &data).unwrap(), len);
+        let m = &mut self.model[file];
+        let end = offset as usize + len;
+        if len > 0 {
+            if m.len() < end {
+                m.resize(end, 0);
+            }
+            m[offset as usize..end].copy_from_slice(&data);
+        }
     }
 
     fn apply(&mut self, op: &Op) {
         match *op {
-            Op::Write { file, offset, len, seed } => {
-                let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8) | 1).collect();
-                assert_eq!(self.fs.write(self.handles[file], offset, &data).unwrap(), len);
-                let m = &mut self.model[file];
-                let end = offset as usize + len;
-                if len > 0 {
-                    if m.len() < end {
-                        m.resize(end, 0);
-                    }
-                    m[offset as usize..end].copy_from_slice(&data);
+            Op::Write { file, offset, len, seed } => self.write(file, offset, len, seed),
+            Op::FlushedWrites { file, block, ref writes } => {
+                let block_size = self.block_size;
+                for &(within, len, seed) in writes {
+                    let len = len.min((block_size - within) as usize);
+                    self.write(file, block * block_size + within, len, seed);
+                    self.fs.fsync(self.handles[file]).unwrap();
                 }
+            }
+            Op::Compact { file } => {
+                self.fs.flush(self.handles[file]).unwrap();
+                self.fs.compact(self.ino(file)).unwrap();
             }
             Op::Truncate { file, size } => {
                 let ino = self.ino(file);
@@ -94,7 +141,7 @@ impl Harness {
                 let m = &self.model[file];
                 let from = (offset as usize).min(m.len());
                 let to = (offset as usize + len as usize).min(m.len());
-                assert_eq!(got, &m[from..to], "read of f{file} at {offset}+{len}");
+                assert_same(&got, &m[from..to], &format!("read of f{file} at {offset}+{len}"));
             }
             Op::Flush { file } => self.fs.flush(self.handles[file]).unwrap(),
             Op::Reopen { file } => {
@@ -126,7 +173,8 @@ impl Harness {
         for (file, expected) in self.model.iter().enumerate() {
             let ino = self.ino(file);
             let fh = self.fs.open(ino, false).unwrap();
-            assert_eq!(&self.fs.read(fh, 0, expected.len() as u32 + 10).unwrap().into_vec(), expected);
+            let got = self.fs.read(fh, 0, expected.len() as u32 + 10).unwrap().into_vec();
+            assert_same(&got, expected, &format!("f{file} read whole after closing"));
             stored += self.fs.getattr(ino).unwrap().stored;
             self.fs.release(fh).unwrap();
         }
@@ -136,6 +184,14 @@ impl Harness {
         let audit = self.fs.meta().audit().unwrap();
         assert!(audit.is_clean(), "{:#?}", audit.findings);
     }
+}
+
+/// Fails naming the first byte that differs (not printing two whole files).
+fn assert_same(got: &[u8], expected: &[u8], what: &str) {
+    if let Some(at) = got.iter().zip(expected).position(|(g, e)| g != e) {
+        panic!("{what}: byte {at} is {} where {} was written", got[at], expected[at]);
+    }
+    assert_eq!(got.len(), expected.len(), "{what}: length");
 }
 
 proptest! {

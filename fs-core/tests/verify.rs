@@ -28,7 +28,7 @@ fn write_file(fs: &FileSystem, data: &[u8]) -> (Ino, ChunkHash) {
     fs.write(fh, 0, data).unwrap();
     fs.release(fh).unwrap();
     let block = fs.meta().blocks(attr.ino, 0, 1).unwrap().pop().unwrap().1;
-    let BlockRef::Chunk { hash, .. } = block else { panic!("expected a chunk") };
+    let Some(BlockRef::Chunk { hash, .. }) = block.base else { panic!("expected a chunk") };
     (attr.ino, hash)
 }
 

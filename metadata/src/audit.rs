@@ -18,6 +18,8 @@ pub struct Audit {
     /// Blocks of live files, and the distinct chunks they refer to.
     pub blocks: u64,
     pub chunks: u64,
+    /// Slices laid over those blocks (compaction folds them back in).
+    pub slices: u64,
     /// The first [`Audit::MAX_FINDINGS`] findings.
     pub findings: Vec<Finding>,
     /// Findings beyond those listed.

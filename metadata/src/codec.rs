@@ -42,7 +42,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
         Reader(buf)
     }
-    fn take(&mut self, n: usize) -> MetaResult<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> MetaResult<&'a [u8]> {
         if self.0.len() < n {
             return Err(MetaError::Store("truncated metadata record".into()));
         }

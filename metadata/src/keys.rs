@@ -9,7 +9,7 @@
 //! | `i`    | ino (u64 BE)                     | [`crate::Attr`] record                       |
 //! | `d`    | parent (u64 BE) ++ name          | [`Dentry`]: child ino, kind, cookie          |
 //! | `c`    | parent (u64 BE) ++ cookie (u64 BE) | [`Listed`]: child ino, kind, name          |
-//! | `b`    | ino (u64 BE) ++ block index (u64 BE) | [`crate::BlockRef`] record               |
+//! | `b`    | ino (u64 BE) ++ block index (u64 BE) | [`crate::Block`]: base and slices        |
 //! | `l`    | ino (u64 BE)                     | symlink target                               |
 //! | `m`    | ino (u64 BE)                     | directories: when entries last changed (see below) |
 //! | `x`    | ino (u64 BE) ++ name             | extended attribute value                     |
@@ -27,7 +27,9 @@
 //!
 //! **Ranges and their owners.** A file's blocks and an inode's extended attributes have an
 //! owner record that every change to them also writes: the inode. A transaction that reads it
-//! therefore conflicts with any change to the range, deletions included. A directory's listing
+//! therefore conflicts with any change to the range, deletions included. (A compaction
+//! rewrites one block record without the inode; it neither adds nor removes keys, changes no
+//! length, and a range read of the blocks conflicts with it as with any modified key.) A directory's listing
 //! has no such owner (creates do not write the directory); the one decision taken on it,
 //! emptiness, is broken only by an insert, and drivers guard scanned ranges against inserts
 //! (see [`crate::kv::EtcdKv`]).

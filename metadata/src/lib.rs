@@ -7,6 +7,7 @@
 //! NFS or object storage: a block entry names a chunk by its hash and length, nothing more.
 
 pub mod audit;
+mod block;
 mod codec;
 mod durability;
 mod engine;
@@ -20,14 +21,16 @@ mod store;
 pub mod throughput;
 mod types;
 
+pub use block::{Block, BlockChange, BlockRef, Compaction, Slice};
 pub use engine::{Engine, MemStore, SledStore};
 pub use error::{MetaError, MetaResult};
 pub use locks::{LockKind, LockRecord, LockRequest};
 pub use session::{ClientInfo, SessionId, SessionRecord};
 pub use store::{
-    BlockCommit, ChunkProtection, Created, MetaStore, NewNode, Rename, RenameMode, Unlinked, XattrMode,
+    BlockCommit, ChunkProtection, Committed, Created, MetaStore, NewNode, Rename, RenameMode, Unlinked,
+    XattrMode,
 };
 pub use types::{
-    Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
-    FORMAT_VERSION, MAX_NAME_LEN, ROOT_INO,
+    Attr, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage, FORMAT_VERSION,
+    MAX_NAME_LEN, ROOT_INO,
 };

@@ -1,13 +1,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::Audit;
+use crate::block::{Block, BlockChange, Compaction};
 use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::SessionRecord;
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
-use crate::types::{
-    Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
-};
+use crate::types::{Attr, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage};
 
 /// How `rename` treats an existing destination (renameat2 flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,8 +84,8 @@ pub struct BlockCommit {
     /// Set the size to exactly this first, dropping every block that lies wholly beyond it.
     /// The caller supplies the trimmed last block in `blocks` when the new size cuts one.
     pub truncate: Option<u64>,
-    /// Blocks to (re)place, by block index.
-    pub blocks: Vec<(u64, BlockRef)>,
+    /// Changes to blocks, by block index.
+    pub blocks: Vec<(u64, BlockChange)>,
     /// After the commit the file is at least this long (the end of the writes).
     pub min_size: u64,
     /// Time of the change: mtime and ctime are set to it.
@@ -94,6 +93,15 @@ pub struct BlockCommit {
     /// Chunks this session protected for the change (see [`MetaStore::protect_chunk`]), used
     /// or not: released once the commit holds its references.
     pub release: Vec<ChunkHash>,
+}
+
+/// What [`MetaStore::commit_blocks`] left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    pub attr: Attr,
+    /// The blocks the commit laid slices on, as they are now (for the caller to see whether
+    /// they want compacting).
+    pub layered: Vec<(u64, Block)>,
 }
 
 /// What [`MetaStore::protect_chunk`] found.
@@ -157,8 +165,12 @@ pub trait MetaStore: Send + Sync + 'static {
     fn setattr(&self, ino: Ino, changes: &SetAttr) -> MetaResult<Attr>;
 
     /// The blocks with index in `first..first + count` that exist (holes are absent).
-    fn blocks(&self, ino: Ino, first: u64, count: u64) -> MetaResult<Vec<(u64, BlockRef)>>;
-    fn commit_blocks(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Attr>;
+    fn blocks(&self, ino: Ino, first: u64, count: u64) -> MetaResult<Vec<(u64, Block)>>;
+    fn commit_blocks(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Committed>;
+    /// Replaces a block by its compaction, if the block is still what the compaction read
+    /// (slices laid on it since are kept on top). Returns whether it was applied; either way
+    /// the compaction's protections are released.
+    fn compact_block(&self, compaction: &Compaction) -> MetaResult<bool>;
 
     /// Removes an inode that has no names left (see [`Unlinked::orphaned`]).
     fn purge(&self, ino: Ino) -> MetaResult<()>;

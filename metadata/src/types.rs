@@ -14,7 +14,8 @@ pub const ROOT_INO: Ino = 1;
 /// Longest file name, in bytes, as on Linux.
 pub const MAX_NAME_LEN: usize = 255;
 /// The on-disk format this build writes. A store with a higher version is refused.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3 added slices to block records (see [`crate::Block`]).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A chunk's name: the blake3 hash of its bytes.
 pub type ChunkHash = [u8; 32];
@@ -242,52 +243,6 @@ pub struct SetAttr {
     pub atime: Option<Timestamp>,
     pub mtime: Option<Timestamp>,
     pub ctime: Option<Timestamp>,
-}
-
-/// One logical block of a file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BlockRef {
-    /// Small files and tails live in the metadata itself: no object at all.
-    Inline(Vec<u8>),
-    /// A chunk object named by the blake3 hash of its `len` bytes.
-    Chunk { hash: ChunkHash, len: u32 },
-}
-
-impl BlockRef {
-    pub fn len(&self) -> u64 {
-        match self {
-            BlockRef::Inline(data) => data.len() as u64,
-            BlockRef::Chunk { len, .. } => *len as u64,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        match self {
-            BlockRef::Inline(data) => {
-                let mut w = Writer::with_capacity(1 + data.len());
-                w.u8(1).bytes(data);
-                w.0
-            }
-            BlockRef::Chunk { hash, len } => {
-                let mut w = Writer::with_capacity(37);
-                w.u8(2).bytes(hash).u32(*len);
-                w.0
-            }
-        }
-    }
-
-    pub(crate) fn decode(buf: &[u8]) -> MetaResult<Self> {
-        let mut r = Reader::new(buf);
-        match r.u8()? {
-            1 => Ok(BlockRef::Inline(r.rest().to_vec())),
-            2 => Ok(BlockRef::Chunk { hash: r.array()?, len: r.u32()? }),
-            t => Err(MetaError::Store(format!("unknown block record type {t}"))),
-        }
-    }
 }
 
 /// One directory entry as `readdir` returns it.

@@ -92,11 +92,12 @@ fn report_audit(audit: &Audit) {
         println!("… and {} more findings", audit.more_findings);
     }
     println!(
-        "metadata: {} inodes and {} bytes in {} blocks over {} distinct chunks; the counters say {} inodes \
-         and {} bytes: {}",
+        "metadata: {} inodes and {} bytes in {} blocks ({} slices laid over them) over {} distinct chunks; \
+         the counters say {} inodes and {} bytes: {}",
         audit.counted.inodes,
         audit.counted.bytes,
         audit.blocks,
+        audit.slices,
         audit.chunks,
         audit.counters.inodes,
         audit.counters.bytes,

@@ -117,6 +117,9 @@ fn client_json(c: &ClientTotals) -> serde_json::Value {
         "object_store_requests": c.object_requests,
         "object_store_errors": c.object_errors,
         "throttled_seconds": c.throttled_seconds,
+        "slice_bytes": c.slice_bytes,
+        "compaction_bytes": c.compaction_bytes,
+        "compactions": c.compactions,
     })
 }
 
@@ -240,6 +243,12 @@ pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
                 n("disk_cache_misses"),
                 n("object_store_requests"),
                 n("object_store_errors")
+            );
+            println!(
+                "                writes in place: {} uploaded as slices; {} compactions uploaded {}",
+                human_bytes(n("slice_bytes")),
+                n("compactions"),
+                human_bytes(n("compaction_bytes"))
             );
         }
         None if status_file(&access.url)?.is_none() => {}

@@ -598,3 +598,33 @@ pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// fio, installed by the test command; under CI its absence fails the run.
+pub fn fio_available() -> bool {
+    let ok = Command::new("fio").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but fio is missing");
+        eprintln!("skipping: fio is missing");
+    }
+    ok
+}
+
+/// fio's 4 KiB random writes to `file`, checksummed (crc32c) so that a later `--verify_only`
+/// run with the same arguments checks every block; `args` add the size, fsyncs and the like.
+pub fn fio(file: &Path, args: &[&str]) -> String {
+    run_ok(
+        Command::new("fio")
+            .args(["--name=randwrite", "--rw=randwrite", "--bs=4k", "--verify=crc32c", "--randseed=7"])
+            // No verify state file in the working directory: the same seed finds the same blocks.
+            .arg("--verify_state_save=0")
+            .arg(format!("--filename={}", file.display()))
+            .args(args),
+    )
+}
+
+/// The count of objects nothing references, from fsck's report.
+pub fn leaked_objects(report: &str) -> u64 {
+    let line = report.lines().find(|l| l.starts_with("bucket: ")).expect("fsck reports the bucket");
+    let after = line.split("; ").nth(1).expect("bucket: N objects, SIZE; M objects (…)");
+    after.split(' ').next().unwrap().parse().unwrap()
+}

@@ -88,7 +88,7 @@ fn fsck_finds_a_wrong_counter_and_missing_and_corrupt_chunks() {
     let clean = vol.fsck(true);
     assert!(clean.contains("3 referenced chunks: 0 missing, 0 corrupt"), "{clean}");
     assert!(
-        clean.contains("metadata: 2 inodes and 3145728 bytes in 3 blocks over 3 distinct chunks"),
+        clean.contains("metadata: 2 inodes and 3145728 bytes in 3 blocks (0 slices laid over them) over 3 distinct chunks"),
         "{clean}"
     );
     assert!(clean.contains(": consistent"), "{clean}");

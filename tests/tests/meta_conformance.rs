@@ -9,8 +9,9 @@ use std::time::Duration;
 use elasticfs_metadata::kv::{EtcdKv, EtcdOptions};
 use elasticfs_metadata::remote::{ClientOptions, RemoteStore, Retry};
 use elasticfs_metadata::{
-    BlockCommit, BlockRef, ClientInfo, Engine, FileKind, LockKind, LockRequest, MemStore, MetaError,
-    MetaResult, MetaStore, NewNode, Rename, RenameMode, SledStore, Superblock, Unlinked, XattrMode, ROOT_INO,
+    Block, BlockChange, BlockCommit, BlockRef, ClientInfo, Compaction, Engine, FileKind, LockKind,
+    LockRequest, MemStore, MetaError, MetaResult, MetaStore, NewNode, Rename, RenameMode, SledStore, Slice,
+    Superblock, Unlinked, XattrMode, ROOT_INO,
 };
 use elasticfs_tests::etcd::{etcd_available, EtcdCluster};
 use elasticfs_tests::MetaService;
@@ -29,7 +30,7 @@ struct Subject {
 
 type Case = fn(&Subject);
 
-const CASES: [(&str, Case); 11] = [
+const CASES: [(&str, Case); 12] = [
     ("rename cycles and link counts", rename_refuses_cycles_and_keeps_link_counts),
     ("rename modes", rename_replace_noreplace_and_exchange),
     ("unlink of a closed file", unlink_removes_a_closed_file_in_the_same_transaction),
@@ -41,6 +42,7 @@ const CASES: [(&str, Case); 11] = [
     ("durability", everything_acknowledged_is_there_when_reopened),
     ("directory times", a_directory_s_times_follow_its_entries_and_setattr),
     ("attributes in a batch", attributes_come_in_a_batch_and_a_gone_inode_is_none),
+    ("slices and compaction", slices_lie_over_blocks_until_a_compaction_replaces_them),
 ];
 
 fn superblock() -> Superblock {
@@ -318,20 +320,20 @@ fn large_files_commit_truncate_and_go_in_steps(subject: &Subject) {
     for h in &hashes {
         s.protect_chunk(h).unwrap();
     }
-    let blocks: Vec<(u64, BlockRef)> = hashes
+    let blocks: Vec<(u64, BlockChange)> = hashes
         .iter()
         .enumerate()
-        .map(|(i, h)| (i as u64, BlockRef::Chunk { hash: *h, len: bs as u32 }))
+        .map(|(i, h)| (i as u64, BlockChange::Whole(BlockRef::Chunk { hash: *h, len: bs as u32 })))
         .collect();
     let commit = BlockCommit { blocks, min_size: 100 * bs, release: hashes.clone(), ..Default::default() };
-    let attr = s.commit_blocks(f, &commit).unwrap();
+    let attr = s.commit_blocks(f, &commit).unwrap().attr;
     assert_eq!((attr.size, attr.stored), (100 * bs, 100 * bs));
     assert_eq!(s.usage().unwrap().bytes, 100 * bs);
     assert_eq!(s.referenced_chunks().unwrap().len(), 100);
     assert!(s.audit().unwrap().is_clean());
 
     let truncate = BlockCommit { truncate: Some(10 * bs + 5), ..Default::default() };
-    let attr = s.commit_blocks(f, &truncate).unwrap();
+    let attr = s.commit_blocks(f, &truncate).unwrap().attr;
     assert_eq!((attr.size, attr.stored), (10 * bs + 5, 11 * bs));
     assert_eq!(s.blocks(f, 0, 1000).unwrap().len(), 11);
     assert_eq!(s.unreferenced_chunks().unwrap().len(), 89);
@@ -341,6 +343,104 @@ fn large_files_commit_truncate_and_go_in_steps(subject: &Subject) {
     assert_eq!(s.getattr(f), Err(MetaError::NotFound));
     assert_eq!(s.usage().unwrap().bytes, 0);
     assert!(s.referenced_chunks().unwrap().is_empty());
+}
+
+/// A chunk protected for this session, named after `seed`.
+fn protected_chunk(s: &dyn MetaStore, seed: u32) -> [u8; 32] {
+    let hash = *blake3::hash(&seed.to_le_bytes()).as_bytes();
+    s.protect_chunk(&hash).unwrap();
+    hash
+}
+
+fn slice(hash: [u8; 32], extents: Vec<(u32, u32)>) -> Slice {
+    let chunk_len = extents.iter().map(|e| e.1).sum();
+    Slice { hash, chunk_len, chunk_offset: 0, extents, level: 0 }
+}
+
+/// Slices laid on a block by commits, then compactions: one that still matches applies (and
+/// keeps a slice laid since on top), one that does not is refused; references, stored bytes
+/// and the audit stay exact throughout.
+fn slices_lie_over_blocks_until_a_compaction_replaces_them(subject: &Subject) {
+    let s = subject.store.as_ref();
+    let f = mkfile(s, ROOT_INO, "f");
+    let base = protected_chunk(s, 1);
+    let whole = BlockChange::Whole(BlockRef::Chunk { hash: base, len: 1000 });
+    let commit =
+        BlockCommit { blocks: vec![(0, whole)], min_size: 1000, release: vec![base], ..Default::default() };
+    assert!(s.commit_blocks(f, &commit).unwrap().layered.is_empty(), "a whole block is no layer");
+
+    // Two slices in one commit's chunk, over blocks 0 and 1 (a hole so far).
+    let packed = protected_chunk(s, 2);
+    let over = |extents: Vec<(u32, u32)>, offset: u32| Slice {
+        hash: packed,
+        chunk_len: 300,
+        chunk_offset: offset,
+        extents,
+        level: 0,
+    };
+    let commit = BlockCommit {
+        blocks: vec![
+            (0, BlockChange::Overlay(over(vec![(10, 100), (900, 200)], 0))),
+            (1, BlockChange::Overlay(over(vec![(0, 0)], 300))),
+        ],
+        release: vec![packed],
+        ..Default::default()
+    };
+    assert!(matches!(s.commit_blocks(f, &commit), Err(MetaError::Invalid(_))), "an empty extent is refused");
+    let commit = BlockCommit {
+        blocks: vec![(0, BlockChange::Overlay(over(vec![(10, 100), (900, 200)], 0)))],
+        min_size: 1100,
+        release: vec![packed],
+        ..Default::default()
+    };
+    let committed = s.commit_blocks(f, &commit).unwrap();
+    assert_eq!((committed.attr.size, committed.attr.stored), (1100, 1100), "the slice made the block longer");
+    let (index, layered) = &committed.layered[0];
+    assert_eq!((*index, layered.slices.len(), layered.len()), (0, 1, 1100));
+    assert_eq!(s.blocks(f, 0, 1).unwrap()[0].1, *layered);
+    assert_eq!(s.referenced_chunks().unwrap().len(), 2);
+    assert!(s.audit().unwrap().is_clean());
+
+    // A compaction of what was read, while another slice lands on top meanwhile.
+    let was = layered.clone();
+    let later = protected_chunk(s, 3);
+    let commit = BlockCommit {
+        blocks: vec![(0, BlockChange::Overlay(slice(later, vec![(0, 5)])))],
+        release: vec![later],
+        ..Default::default()
+    };
+    s.commit_blocks(f, &commit).unwrap();
+    let merged = protected_chunk(s, 4);
+    let now = Block { base: Some(BlockRef::Chunk { hash: merged, len: 1100 }), slices: Vec::new() };
+    let compaction = Compaction { ino: f, index: 0, was: was.clone(), now, release: vec![merged] };
+    assert!(s.compact_block(&compaction).unwrap());
+    let block = s.blocks(f, 0, 1).unwrap().remove(0).1;
+    assert_eq!(block.base, Some(BlockRef::Chunk { hash: merged, len: 1100 }));
+    assert_eq!(block.slices, vec![slice(later, vec![(0, 5)])], "the later slice stays on top");
+    let referenced: Vec<_> = s.referenced_chunks().unwrap().into_iter().map(|(h, _)| h).collect();
+    assert!(referenced.contains(&merged) && referenced.contains(&later) && referenced.len() == 2);
+    assert_eq!(s.unreferenced_chunks().unwrap().len(), 2, "the base and the packed chunk it replaced");
+    assert!(s.audit().unwrap().is_clean());
+
+    // The same compaction again: the block is no longer what it read.
+    let stale = protected_chunk(s, 5);
+    let now = Block { base: Some(BlockRef::Chunk { hash: stale, len: 1100 }), slices: Vec::new() };
+    let compaction = Compaction { ino: f, index: 0, was, now, release: vec![stale] };
+    assert!(!s.compact_block(&compaction).unwrap());
+    assert_eq!(s.blocks(f, 0, 1).unwrap()[0].1, block, "unchanged");
+    let changes_length = Compaction {
+        now: Block { base: Some(BlockRef::Inline(vec![1; 10])), slices: Vec::new() },
+        was: block.clone(),
+        ..compaction
+    };
+    assert!(matches!(s.compact_block(&changes_length), Err(MetaError::Invalid(_))));
+    assert_eq!(s.getattr(f).unwrap().stored, 1100);
+    assert!(s.audit().unwrap().is_clean());
+
+    // Removing the file drops every reference, slices' included.
+    assert!(s.unlink(ROOT_INO, b"f", Some(f)).unwrap().purged);
+    assert!(s.referenced_chunks().unwrap().is_empty());
+    assert_eq!(s.usage().unwrap().bytes, 0);
 }
 
 fn extended_attributes_live_and_die_with_their_inode(subject: &Subject) {

@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use elasticfs_metadata::throughput::IoKind;
 use elasticfs_metadata::{
-    Attr, BlockRef, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest, MetaError, MetaStore,
-    NewNode, Rename, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
+    Attr, Block, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest, MetaError, MetaStore, NewNode,
+    Rename, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
 };
 use futures::future::try_join_all;
 use tokio::sync::Semaphore;
@@ -19,11 +18,13 @@ use tracing::{instrument, warn};
 use crate::access::{without_privileges, Identity};
 use crate::block_cache::Part;
 use crate::chunk_store::ChunkStore;
+use crate::compaction::Compactor;
 use crate::error::{errno, FsError, FsResult};
 use crate::locks::LockTable;
 use crate::metrics::{EngineMetrics, Op};
 use crate::open_file::{Dirty, OpenFile, Readahead, WriteBudget};
 use crate::read_data::ReadData;
+use crate::slices::{Layout, Source};
 use crate::throttle::Throttle;
 
 mod changed_dirs;
@@ -128,6 +129,7 @@ pub struct FileSystem {
     dir_handles: DirHandles,
     locks: LockTable,
     throttle: Arc<Throttle>,
+    compactor: Arc<Compactor>,
 }
 
 /// What tells one state of a file's content from another.
@@ -158,11 +160,20 @@ impl FileSystem {
             }
         });
         let write_budget = WriteBudget::new(config.write_buffer_bytes, chunks.metrics().write_buffer());
+        let chunks = Arc::new(chunks);
+        let compactor = Compactor::new(
+            meta.clone(),
+            chunks.clone(),
+            throttle.clone(),
+            runtime.handle().clone(),
+            sb.inline_threshold as u64,
+        );
         Ok(FileSystem {
+            compactor,
             locks: LockTable::new(meta.clone()),
             throttle,
             meta,
-            chunks: Arc::new(chunks),
+            chunks,
             runtime,
             block_size: sb.block_size as u64,
             inline_threshold: sb.inline_threshold as u64,
@@ -818,35 +829,57 @@ impl FileSystem {
             let bs = self.block_size;
             // Under the file's lock: what each block of the range is made of. Uncommitted bytes
             // are copied for just the part of the block the read covers.
-            let (end, sources) = {
+            let (end, layouts) = {
                 let st = file.state.lock().unwrap();
                 let end = st.size.min(offset.saturating_add(len as u64));
                 if offset >= end {
                     return Ok(ReadData::default());
                 }
                 let (first, last) = (offset / bs, (end - 1) / bs);
-                let mut committed: HashMap<u64, BlockRef> = HashMap::new();
-                if (first..=last).any(|i| !st.dirty().contains_key(&i)) {
+                let needs_committed = |index: &u64| match st.dirty().get(index) {
+                    None | Some(Dirty::Sliced { .. }) => true,
+                    Some(Dirty::Buffer { over_committed, .. }) => *over_committed,
+                    Some(_) => false,
+                };
+                let mut committed: HashMap<u64, Block> = HashMap::new();
+                if (first..=last).any(|i| needs_committed(&i)) {
                     committed.extend(self.meta.blocks(file.ino, first, last - first + 1)?);
                 }
-                let mut sources = Vec::with_capacity((last - first + 1) as usize);
+                let mut layouts = Vec::with_capacity((last - first + 1) as usize);
                 for index in first..=last {
                     let block_start = index * bs;
                     let within =
                         offset.max(block_start) - block_start..end.min(block_start + bs) - block_start;
-                    let source = match st.dirty().get(&index) {
-                        Some(Dirty::Buffer(data)) => {
-                            Source::Bytes(Bytes::copy_from_slice(clip(data, &within)))
+                    let under = |committed: &mut HashMap<u64, Block>| match committed.remove(&index) {
+                        Some(block) => Layout::of(&block, within.clone()),
+                        None => Layout::zeros(within.clone()),
+                    };
+                    let layout = match st.dirty().get(&index) {
+                        Some(Dirty::Buffer { patch, over_committed }) => {
+                            let mut layout = if *over_committed {
+                                under(&mut committed)
+                            } else {
+                                Layout::zeros(within.clone())
+                            };
+                            layout.paint_patch(patch);
+                            layout
+                        }
+                        Some(Dirty::Sliced { patch, .. }) => {
+                            let mut layout = under(&mut committed);
+                            layout.paint_patch(patch);
+                            layout
                         }
                         Some(Dirty::Uploading { data, .. }) => {
-                            Source::Bytes(data.slice(clip_range(data, &within)))
+                            let mut layout = Layout::zeros(within.clone());
+                            layout.paint_bytes(data.clone());
+                            layout
                         }
-                        Some(Dirty::Stored(block)) => Source::Block(block.clone()),
-                        None => committed.remove(&index).map_or(Source::Hole, Source::Block),
+                        Some(Dirty::Stored(base)) => Layout::of(&Block::whole(base.clone()), within.clone()),
+                        None => under(&mut committed),
                     };
-                    sources.push((block_start + within.start, within, source));
+                    layouts.push((block_start, layout));
                 }
-                (end, sources)
+                (end, layouts)
             };
             let random = {
                 let mut readahead = handle.readahead.lock().unwrap();
@@ -856,36 +889,35 @@ impl FileSystem {
                 }
                 readahead.is_random()
             };
-            let pieces = self.block_on(try_join_all(sources.into_iter().map(|(at, within, source)| {
+            let pieces = layouts.into_iter().flat_map(|(block_start, layout)| {
+                layout.into_pieces().into_iter().map(move |p| (block_start, p))
+            });
+            let pieces = self.block_on(try_join_all(pieces.map(|(block_start, piece)| {
                 let chunks = self.chunks.clone();
                 async move {
-                    let data = match source {
-                        Source::Hole => Bytes::new(),
-                        Source::Bytes(data) => data,
-                        Source::Block(BlockRef::Inline(data)) => Bytes::copy_from_slice(clip(&data, &within)),
-                        // A random read fetches only the segments it touches; a sequential one the
-                        // whole block, which readahead is fetching anyway.
-                        Source::Block(BlockRef::Chunk { hash, len }) if random => {
-                            let end = within.end.min(len as u64);
-                            chunks.get_range(hash, len as u64, within.start.min(end)..end).await?
+                    let data = match piece.source {
+                        Source::Zeros => None,
+                        Source::Bytes(data) => Some(data),
+                        // A random read fetches only the segments it touches; a sequential one
+                        // the whole chunk, which readahead is fetching anyway.
+                        Source::Chunk { hash, chunk_len, offset } if random => {
+                            Some(chunks.get_range(hash, chunk_len, offset..offset + piece.len).await?)
                         }
-                        Source::Block(BlockRef::Chunk { hash, .. }) => {
+                        Source::Chunk { hash, offset, .. } => {
                             let data = chunks.get(hash).await?;
-                            data.slice(clip_range(&data, &within))
+                            Some(data.slice(clip_range(&data, &(offset..offset + piece.len))))
                         }
                     };
-                    Ok::<_, FsError>((at, data))
+                    Ok::<_, FsError>((block_start + piece.at, piece.len, data))
                 }
             })))?;
-            // Whatever a piece does not cover (holes, the end of a short block) reads as zeros.
             let mut out = ReadData::default();
-            let mut at_end = offset;
-            for (at, data) in pieces {
-                out.push_zeros((at - at_end) as usize);
-                at_end = at + data.len() as u64;
-                out.push(data);
+            for (_, len, data) in pieces {
+                match data {
+                    Some(data) => out.push(data),
+                    None => out.push_zeros(len as usize),
+                }
             }
-            out.push_zeros((end - at_end) as usize);
             self.metrics().read(out.len() as u64);
             Ok(out)
         })
@@ -898,7 +930,7 @@ impl FileSystem {
             Err(e) => return warn!(ino, "readahead skipped: {e}"),
         };
         for (_, block) in blocks {
-            if let BlockRef::Chunk { hash, .. } = block {
+            for &hash in block.chunks() {
                 if self.chunks.cache().get(&(hash, Part::Whole)).is_none() {
                     let chunks = self.chunks.clone();
                     self.runtime.spawn(async move {
@@ -908,12 +940,6 @@ impl FileSystem {
             }
         }
     }
-}
-
-enum Source {
-    Hole,
-    Bytes(Bytes),
-    Block(BlockRef),
 }
 
 impl Drop for FileSystem {
@@ -928,8 +954,4 @@ impl Drop for FileSystem {
 fn clip_range(data: &[u8], range: &std::ops::Range<u64>) -> std::ops::Range<usize> {
     let end = (range.end as usize).min(data.len());
     (range.start as usize).min(end)..end
-}
-
-fn clip<'a>(data: &'a [u8], range: &std::ops::Range<u64>) -> &'a [u8] {
-    &data[clip_range(data, range)]
 }

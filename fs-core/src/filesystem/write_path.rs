@@ -5,14 +5,33 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use elasticfs_metadata::throughput::IoKind;
-use elasticfs_metadata::{Attr, BlockCommit, BlockRef, ChunkHash, FileKind, Ino, MetaError, Timestamp};
+use elasticfs_metadata::{
+    Attr, Block, BlockChange, BlockCommit, BlockRef, ChunkHash, Committed, FileKind, Ino, MetaError, Slice,
+    Timestamp,
+};
 use tokio::task::JoinHandle;
-use tracing::instrument;
+use tracing::{instrument, warn};
 
 use super::{FileSystem, MAX_FILE_SIZE};
 use crate::error::{errno, FsError, FsResult};
 use crate::metrics::Op;
 use crate::open_file::{Dirty, FileState, OpenFile};
+use crate::slices::{Layout, Patch};
+
+/// Patches of several blocks packed into one chunk.
+struct Pack {
+    /// Each block, and where its patch's bytes start in `data`.
+    blocks: Vec<(u64, u32)>,
+    data: Vec<u8>,
+}
+
+/// How a buffered block is stored at a flush.
+enum Storable {
+    /// As a whole block: inline if `small`, else as a chunk.
+    Whole { small: bool },
+    /// As a slice over the committed block.
+    Patch,
+}
 
 impl FileSystem {
     #[instrument(level = "debug", skip(self, data), fields(len = data.len()))]
@@ -36,40 +55,34 @@ impl FileSystem {
             // A block is uploaded as soon as a sequential stream of writes fills it. Blocks
             // written in place stay buffered until a flush, or until the buffer needs room.
             let sequential = offset == st.write_end;
-            let inline_threshold = self.inline_threshold as usize;
             let (mut pos, mut rest) = (offset, data);
             while !rest.is_empty() {
                 let index = pos / bs;
-                let within = (pos % bs) as usize;
-                let n = rest.len().min(bs as usize - within);
-                let size = st.size;
-                self.make_buffer(file.ino, &mut st, index, size)?;
-                let full = st.change_buffer(index, |buffer| {
-                    if buffer.len() < within + n {
-                        if within + n > inline_threshold {
-                            // Past the inline size the block will most likely fill: one
-                            // allocation of the whole block instead of a doubling series of copies.
-                            buffer.reserve_exact(bs as usize - buffer.len());
-                        }
-                        buffer.resize(within + n, 0);
-                    }
-                    buffer[within..within + n].copy_from_slice(&rest[..n]);
-                    buffer.len() as u64 == bs
+                let within = pos % bs;
+                let n = rest.len().min((bs - within) as usize);
+                self.make_buffer(&mut st, index)?;
+                // Past the inline size the block will most likely fill: one allocation of the
+                // whole block instead of a doubling series of copies.
+                let reserve = (within + n as u64 > self.inline_threshold).then_some(bs);
+                let full = st.change_patch(index, |patch| {
+                    patch.write(within, &rest[..n], reserve);
+                    patch.covers(bs)
                 });
                 // Filled up to its end by this stream (a later piece of one write follows the
                 // piece before it).
-                if full && within + n == bs as usize && (sequential || pos > offset) {
+                if full && within + n as u64 == bs && (sequential || pos > offset) {
                     self.seal(&mut st, index);
                 }
                 pos += n as u64;
                 rest = &rest[n..];
             }
             st.write_end = end;
-            if self.write_budget.over() {
-                self.make_room(file, &mut st, (end - 1) / bs);
-            }
             st.size = st.size.max(end);
             st.mtime = Some(Timestamp::now());
+            // After the size and time: making room commits them with the bytes.
+            if self.write_budget.over() {
+                self.make_room(file, &mut st)?;
+            }
             self.metrics().written(data.len() as u64);
             Ok(data.len())
         })
@@ -99,47 +112,42 @@ impl FileSystem {
         })
     }
 
-    /// Makes block `index`'s entry a buffer holding the block's current content: this client's
-    /// uncommitted bytes, or what is committed.
-    fn make_buffer(&self, ino: Ino, st: &mut FileState, index: u64, size: u64) -> FsResult<()> {
-        let base = match st.dirty().get(&index) {
-            Some(Dirty::Buffer(_)) => return Ok(()),
-            Some(Dirty::Uploading { .. }) => {
-                let Some(Dirty::Uploading { data, task }) = st.take(index) else { unreachable!() };
-                // Rewriting a block on its way to the store: the upload is let finish, and its
-                // chunk is released by the next commit like every other upload of this file (no
-                // reference keeps it, so garbage collection takes it). Nothing is left behind
-                // that the metadata does not account for.
+    /// Makes block `index`'s entry a buffer: of this client's uncommitted bytes of the block,
+    /// or an empty patch (over the committed block if there may be one).
+    fn make_buffer(&self, st: &mut FileState, index: u64) -> FsResult<()> {
+        let buffer = match st.take(index) {
+            Some(buffer @ Dirty::Buffer { .. }) => buffer,
+            // Rewriting a block on its way to the store: the upload is let finish, and its
+            // chunk is released by the next commit like every other upload of this file (no
+            // reference keeps it, so garbage collection takes it). Nothing is left behind that
+            // the metadata does not account for.
+            Some(Dirty::Uploading { data, task }) => {
                 if let Ok(hash) = self.join_upload(task) {
                     st.protected.push(hash);
                 }
-                data.to_vec()
+                Dirty::Buffer { patch: Patch::whole(data.to_vec()), over_committed: false }
             }
-            Some(Dirty::Stored(block)) => self.load_block(block)?,
-            // A block beyond the end has no committed content.
-            None if index * self.block_size >= size => Vec::new(),
-            None => match self.meta.blocks(ino, index, 1)?.pop() {
-                Some((_, block)) => self.load_block(&block)?,
-                None => Vec::new(),
+            Some(Dirty::Stored(base)) => {
+                let data = self.load_block(&Block::whole(base))?;
+                Dirty::Buffer { patch: Patch::whole(data), over_committed: false }
+            }
+            Some(Dirty::Sliced { patch, .. }) => Dirty::Buffer { patch, over_committed: true },
+            None => Dirty::Buffer {
+                patch: Patch::default(),
+                over_committed: index * self.block_size < st.committed_size,
             },
         };
-        st.set(index, Dirty::Buffer(base));
+        st.set(index, buffer);
         Ok(())
     }
 
-    /// Uploads buffered blocks until the write buffer is within its budget again: this file's
-    /// first (but `keep`, the block just written), then those of other open files that are not
-    /// busy. Buffers small enough to stay inline are left: they are small.
-    fn make_room(&self, file: &OpenFile, st: &mut FileState, keep: u64) {
-        let large = |st: &FileState, index: u64| matches!(st.dirty().get(&index), Some(Dirty::Buffer(d)) if d.len() as u64 > self.inline_threshold);
-        for index in st.buffered_blocks() {
-            if !self.write_budget.over() {
-                return;
-            }
-            if index != keep && large(st, index) {
-                self.seal(st, index);
-            }
-        }
+    /// Brings the write buffer within its budget again: flushes this file (uploads and
+    /// commits what it has buffered), then other open files that are not busy. Committing
+    /// rather than only uploading means a block written again afterwards gets a new patch over
+    /// what was committed, instead of taking its uploaded bytes back into the buffer (and
+    /// uploading them again at the next spill).
+    fn make_room(&self, file: &OpenFile, st: &mut FileState) -> FsResult<()> {
+        self.flush_state(file.ino, st)?;
         let others: Vec<Arc<OpenFile>> = self
             .open_files
             .lock()
@@ -149,33 +157,85 @@ impl FileSystem {
             .filter(|f| f.ino != file.ino)
             .collect();
         for other in others {
-            let Ok(mut theirs) = other.state.try_lock() else { continue };
-            for index in theirs.buffered_blocks() {
-                if !self.write_budget.over() {
-                    return;
-                }
-                if large(&theirs, index) {
-                    self.seal(&mut theirs, index);
-                }
+            if !self.write_budget.over() {
+                break;
             }
+            let Ok(mut theirs) = other.state.try_lock() else { continue };
+            // Another file's trouble is not this write's: it finds out at its own flush.
+            if let Err(e) = self.flush_state(other.ino, &mut theirs) {
+                warn!(ino = other.ino, "making room in the write buffer: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// How buffered block `index` will be stored.
+    fn storable(&self, st: &FileState, index: u64) -> Storable {
+        let Some(Dirty::Buffer { patch, over_committed }) = st.dirty().get(&index) else {
+            unreachable!("block {index} is buffered")
+        };
+        if *over_committed && !patch.covers(self.block_size) {
+            Storable::Patch
+        } else {
+            Storable::Whole { small: patch.end() <= self.inline_threshold }
         }
     }
 
-    fn load_block(&self, block: &BlockRef) -> FsResult<Vec<u8>> {
-        match block {
-            BlockRef::Inline(data) => Ok(data.clone()),
-            BlockRef::Chunk { hash, .. } => Ok(self.block_on(self.chunks.get(*hash))?.to_vec()),
+    /// Uploads the patches of buffered blocks `indices` as slices, packed into chunks of up to
+    /// a block each (a flush of 16 small writes is one upload), and leaves them waiting for
+    /// the commit.
+    fn upload_slices(&self, ino: Ino, st: &mut FileState, indices: &[u64]) -> FsResult<()> {
+        if indices.is_empty() {
+            return Ok(());
         }
+        let mut packs: Vec<Pack> = Vec::new();
+        for &index in indices {
+            let Some(Dirty::Buffer { patch, .. }) = st.dirty().get(&index) else { continue };
+            let fits = packs.last().is_some_and(|p| (p.data.len() + patch.bytes()) as u64 <= self.block_size);
+            if !fits {
+                packs.push(Pack { blocks: Vec::new(), data: Vec::with_capacity(patch.bytes()) });
+            }
+            let pack = packs.last_mut().expect("just pushed");
+            pack.blocks.push((index, pack.data.len() as u32));
+            for (_, bytes) in patch.extents() {
+                pack.data.extend_from_slice(bytes);
+            }
+        }
+        self.metrics().sliced(packs.iter().map(|p| p.data.len() as u64).sum());
+        let chunks = &self.chunks;
+        let uploads = packs.into_iter().map(|Pack { blocks, data }| async move {
+            let chunk_len = data.len() as u32;
+            let hash = chunks.put(Bytes::from(data)).await?;
+            Ok::<_, FsError>((blocks, hash, chunk_len))
+        });
+        let uploaded = self.block_on(futures::future::try_join_all(uploads));
+        let uploaded =
+            uploaded.inspect_err(|e| warn!(ino, "uploading slices failed (kept buffered): {e}"))?;
+        for (blocks, hash, chunk_len) in uploaded {
+            st.protected.push(hash);
+            for (index, chunk_offset) in blocks {
+                let Some(Dirty::Buffer { patch, .. }) = st.take(index) else { unreachable!("packed above") };
+                let extents = patch.extents().map(|(at, bytes)| (at as u32, bytes.len() as u32)).collect();
+                let slice = Slice { hash, chunk_len, chunk_offset, extents, level: 0 };
+                st.set(index, Dirty::Sliced { slice, patch });
+            }
+        }
+        Ok(())
+    }
+
+    /// A committed block's bytes.
+    fn load_block(&self, block: &Block) -> FsResult<Vec<u8>> {
+        self.block_on(self.chunks.read_layout(Layout::of(block, 0..block.len())))
     }
 
     /// Starts uploading block `index` in the background. Waits for an upload slot first, which
     /// is what bounds the memory of a fast writer.
     fn seal(&self, st: &mut FileState, index: u64) {
-        if !matches!(st.dirty().get(&index), Some(Dirty::Buffer(_))) {
+        if !matches!(st.dirty().get(&index), Some(Dirty::Buffer { .. })) {
             return;
         }
-        let Some(Dirty::Buffer(data)) = st.take(index) else { unreachable!() };
-        let data = Bytes::from(data);
+        let Some(Dirty::Buffer { patch, .. }) = st.take(index) else { unreachable!() };
+        let data = Bytes::from(patch.into_whole());
         let permit =
             self.block_on(self.upload_slots.clone().acquire_owned()).expect("semaphore never closed");
         let chunks = self.chunks.clone();
@@ -213,7 +273,7 @@ impl FileSystem {
                 None
             }
             Err(e) => {
-                st.set(index, Dirty::Buffer(data.to_vec()));
+                st.set(index, Dirty::Buffer { patch: Patch::whole(data.to_vec()), over_committed: false });
                 Some(e)
             }
         }
@@ -227,9 +287,15 @@ impl FileSystem {
     /// with. A chunk the metadata no longer finds protected (this client's session lapsed) is
     /// protected again if its object is still stored.
     fn commit(&self, ino: Ino, mut commit: BlockCommit) -> FsResult<Attr> {
+        let committed = self.commit_layered(ino, &mut commit)?;
+        self.compactor.after_commit(ino, committed.layered);
+        Ok(committed.attr)
+    }
+
+    fn commit_layered(&self, ino: Ino, commit: &mut BlockCommit) -> FsResult<Committed> {
         // Each retry protects one more chunk: at most one per block.
         for _ in 0..=commit.blocks.len() {
-            match self.meta.commit_blocks(ino, &commit) {
+            match self.meta.commit_blocks(ino, commit) {
                 Err(MetaError::ChunkUnprotected(hash)) => {
                     self.block_on(self.chunks.reprotect(hash))?;
                     commit.release.push(hash);
@@ -240,27 +306,59 @@ impl FileSystem {
         Err(FsError::io("a commit kept naming chunks the metadata did not find protected"))
     }
 
+    /// Compacts every block of file `ino` that wants it, now (see [`crate::compaction`]).
+    /// Returns how many blocks were compacted.
+    pub fn compact(&self, ino: Ino) -> FsResult<u64> {
+        const PAGE: u64 = 1024;
+        let attr = self.meta.getattr(ino)?;
+        if attr.kind != FileKind::File {
+            return Ok(0);
+        }
+        let mut compacted = 0;
+        for first in (0..attr.size.div_ceil(self.block_size)).step_by(PAGE as usize) {
+            for (index, block) in self.meta.blocks(ino, first, PAGE)? {
+                if crate::compaction::plan(&block).is_some() && self.compactor.compact(ino, index, block)? {
+                    compacted += 1;
+                }
+            }
+        }
+        Ok(compacted)
+    }
+
     /// Uploads whatever is pending, waits for every upload, then commits the block map and size
     /// in one metadata transaction: objects first, metadata second.
     pub(super) fn flush_file(&self, file: &OpenFile) -> FsResult<()> {
-        let mut st = file.state.lock().unwrap();
+        self.flush_state(file.ino, &mut file.state.lock().unwrap())
+    }
+
+    /// [`Self::flush_file`], with the file's state already locked.
+    fn flush_state(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
         if !st.has_changes() {
             return Ok(());
         }
+        let mut patches = Vec::new();
         for index in st.buffered_blocks() {
-            let small = matches!(st.dirty().get(&index), Some(Dirty::Buffer(d)) if d.len() as u64 <= self.inline_threshold);
-            if small {
-                if let Some(Dirty::Buffer(data)) = st.take(index) {
-                    st.set(index, Dirty::Stored(BlockRef::Inline(data)));
+            match self.storable(st, index) {
+                Storable::Whole { small: true } => {
+                    let Some(Dirty::Buffer { patch, .. }) = st.take(index) else { unreachable!() };
+                    st.set(index, Dirty::Stored(BlockRef::Inline(patch.into_whole())));
                 }
-            } else {
-                self.seal(&mut st, index);
+                Storable::Whole { small: false } => self.seal(st, index),
+                Storable::Patch => match self.small_merged(ino, st, index)? {
+                    // A small block stays inline, patched in the metadata: no upload at all.
+                    Some(data) => {
+                        st.take(index);
+                        st.set(index, Dirty::Stored(BlockRef::Inline(data)));
+                    }
+                    None => patches.push(index),
+                },
             }
         }
+        self.upload_slices(ino, st, &patches)?;
         let uploading: Vec<u64> = st.dirty().keys().copied().collect();
         let mut failure = None;
         for index in uploading {
-            if let Some(e) = self.finish_upload(&mut st, index) {
+            if let Some(e) = self.finish_upload(st, index) {
                 failure.get_or_insert(e);
             }
         }
@@ -271,18 +369,37 @@ impl FileSystem {
             .dirty()
             .iter()
             .map(|(i, d)| match d {
-                Dirty::Stored(block) => (*i, block.clone()),
+                Dirty::Stored(base) => (*i, BlockChange::Whole(base.clone())),
+                Dirty::Sliced { slice, .. } => (*i, BlockChange::Overlay(slice.clone())),
                 _ => unreachable!("every block was stored above"),
             })
             .collect();
         let release = st.protected.clone();
         let commit = BlockCommit { truncate: None, blocks, min_size: st.size, mtime: st.mtime, release };
-        let attr = self.commit(file.ino, commit)?;
+        let attr = self.commit(ino, commit)?;
         st.protected.clear();
         st.clear();
         st.mtime = None;
         st.size = attr.size;
+        st.committed_size = attr.size;
         Ok(())
+    }
+
+    /// Buffered block `index` patched over its committed content, if the result is small
+    /// enough to stay inline and the committed block is inline too (or absent).
+    fn small_merged(&self, ino: Ino, st: &FileState, index: u64) -> FsResult<Option<Vec<u8>>> {
+        let Some(Dirty::Buffer { patch, .. }) = st.dirty().get(&index) else { unreachable!() };
+        if patch.end() > self.inline_threshold {
+            return Ok(None);
+        }
+        let committed = self.meta.blocks(ino, index, 1)?.pop().map(|(_, block)| block).unwrap_or_default();
+        let inline = committed.slices.is_empty() && !matches!(committed.base, Some(BlockRef::Chunk { .. }));
+        if !inline || committed.len() > self.inline_threshold {
+            return Ok(None);
+        }
+        let mut layout = Layout::of(&committed, 0..committed.len().max(patch.end()));
+        layout.paint_patch(patch);
+        Ok(Some(self.block_on(self.chunks.read_layout(layout))?))
     }
 
     /// Stores one block's content the way a flush would: inline if small, else as a chunk.
@@ -329,13 +446,14 @@ impl FileSystem {
                     if let BlockRef::Chunk { hash, .. } = &block {
                         commit.release.push(*hash);
                     }
-                    commit.blocks.push((index, block));
+                    commit.blocks.push((index, BlockChange::Whole(block)));
                 }
             }
         }
         let attr = self.commit(ino, commit)?;
         if let Some(st) = guard.as_mut() {
             st.size = attr.size;
+            st.committed_size = attr.size;
         }
         Ok(attr)
     }

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::txn::Txn;
 use super::Engine;
 use crate::audit::{Audit, Finding};
+use crate::block::Block;
 use crate::error::MetaResult;
 use crate::keys::{self, Counter, Dentry, Listed};
 use crate::kv::{Kv, Pair, TxResult};
-use crate::types::{Attr, BlockRef, ChunkHash, FileKind, Ino, Usage, ROOT_INO};
+use crate::types::{Attr, ChunkHash, FileKind, Ino, Usage, ROOT_INO};
 
 /// What the records say about one inode.
 struct Seen {
@@ -96,11 +97,12 @@ fn audit_in(t: &mut Txn, block_size: u64) -> TxResult<Audit> {
             *past_end.entry(ino).or_default() += 1;
             continue;
         }
-        let block = BlockRef::decode(&value)?;
+        let block = Block::decode(&value)?;
         seen.stored += block.len();
         audit.blocks += 1;
-        if let BlockRef::Chunk { hash, .. } = block {
-            *refs.entry(hash).or_default() += 1;
+        audit.slices += block.slices.len() as u64;
+        for hash in block.chunks() {
+            *refs.entry(*hash).or_default() += 1;
         }
     }
     for (ino, count) in stray {
@@ -190,6 +192,7 @@ fn audit_in(t: &mut Txn, block_size: u64) -> TxResult<Audit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::{BlockChange, BlockRef, Slice};
     use crate::store::{BlockCommit, MetaStore, NewNode};
     use crate::types::Superblock;
     use crate::SledStore;
@@ -213,9 +216,23 @@ mod tests {
             [(f, true), (s.create(&NewNode::new(d, b"copy", FileKind::File, 0o644)).unwrap().ino, false)]
         {
             s.protect_chunk(&hash).unwrap();
-            let mut blocks = vec![(0, BlockRef::Chunk { hash, len: 65536 })];
+            let mut blocks = vec![(0, BlockChange::Whole(BlockRef::Chunk { hash, len: 65536 }))];
             if tail {
-                blocks.push((1, BlockRef::Inline(vec![1; 10])));
+                blocks.push((1, BlockChange::Whole(BlockRef::Inline(vec![1; 10]))));
+                // A slice over the shared block, whose chunk holds the file's own bytes.
+                let own = [7; 32];
+                s.protect_chunk(&own).unwrap();
+                let slice =
+                    Slice { hash: own, chunk_len: 100, chunk_offset: 0, extents: vec![(10, 100)], level: 0 };
+                s.commit_blocks(
+                    ino,
+                    &BlockCommit {
+                        blocks: vec![(0, BlockChange::Overlay(slice))],
+                        release: vec![own],
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
             }
             let min_size = if tail { 65546 } else { 65536 };
             s.commit_blocks(
@@ -254,8 +271,8 @@ mod tests {
         t.insert(keys::numbered(keys::INODE, f), attr.encode()).unwrap();
         let symlink = s.lookup(ROOT_INO, b"l").unwrap().ino;
         t.remove(keys::numbered(keys::INODE, symlink)).unwrap();
-        t.insert(keys::pair(keys::BLOCK, 999, 0), BlockRef::Inline(vec![1]).encode()).unwrap();
-        t.insert(keys::pair(keys::BLOCK, f, 9), BlockRef::Inline(vec![1]).encode()).unwrap();
+        t.insert(keys::pair(keys::BLOCK, 999, 0), Block::whole(BlockRef::Inline(vec![1])).encode()).unwrap();
+        t.insert(keys::pair(keys::BLOCK, f, 9), Block::whole(BlockRef::Inline(vec![1])).encode()).unwrap();
 
         let audit = s.audit().unwrap();
         let want = [

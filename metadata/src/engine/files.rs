@@ -7,11 +7,12 @@
 
 use super::txn::Txn;
 use super::Engine;
+use crate::block::{BlockChange, Compaction};
 use crate::error::{MetaError, MetaResult};
 use crate::keys::{self, Counter};
 use crate::kv::{fail, Kv, TxResult};
-use crate::store::BlockCommit;
-use crate::types::{Attr, BlockRef, ChunkHash, FileKind, Ino};
+use crate::store::{BlockCommit, Committed};
+use crate::types::{Attr, ChunkHash, FileKind, Ino};
 
 impl Txn<'_> {
     fn file(&mut self, ino: Ino) -> TxResult<Attr> {
@@ -24,16 +25,17 @@ impl Txn<'_> {
 }
 
 impl<K: Kv> Engine<K> {
-    pub(super) fn commit_blocks_in(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Attr> {
+    pub(super) fn commit_blocks_in(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Committed> {
         let page = self.page();
         if let Some(size) = commit.truncate {
             self.truncate_down_to_one_page(ino, size)?;
         }
-        let pages: Vec<&[(u64, BlockRef)]> =
+        let pages: Vec<&[(u64, BlockChange)]> =
             if commit.blocks.is_empty() { vec![&[]] } else { commit.blocks.chunks(page).collect() };
         let mut unreleased = commit.release.clone();
         let block_size = self.shared.superblock.block_size as u64;
         let mut attr = None;
+        let mut layered = Vec::new();
         for (n, blocks) in pages.iter().enumerate() {
             let last = n + 1 == pages.len();
             // Intents go with the page that references their chunks; the rest with the last.
@@ -46,7 +48,7 @@ impl<K: Kv> Engine<K> {
                 commit.min_size.min(end)
             };
             let truncate = if n == 0 { commit.truncate } else { None };
-            attr = Some(self.mutate(|t| {
+            let (page_attr, page_layered) = self.mutate(|t| {
                 let mut likely = vec![Txn::inode_key(ino), t.share_key(Counter::Bytes)];
                 likely.extend(blocks.iter().map(|(i, _)| keys::pair(keys::BLOCK, ino, *i)));
                 t.prefetch(&likely)?;
@@ -62,8 +64,11 @@ impl<K: Kv> Engine<K> {
                     delta += dropped;
                     attr.size = size;
                 }
-                for (index, block) in blocks.iter() {
-                    delta += t.set_block(ino, *index, Some(block))?;
+                let mut layered = Vec::new();
+                for (index, change) in blocks.iter() {
+                    let (changed, now) = t.change_block(ino, *index, change)?;
+                    delta += changed;
+                    layered.extend(now.map(|block| (*index, block)));
                 }
                 for hash in &release {
                     t.release_intent(hash)?;
@@ -76,10 +81,36 @@ impl<K: Kv> Engine<K> {
                 }
                 t.put_inode(&attr)?;
                 t.add_counter(Counter::Bytes, delta)?;
-                Ok(attr)
-            })?);
+                Ok((attr, layered))
+            })?;
+            attr = Some(page_attr);
+            layered.extend(page_layered);
         }
-        Ok(attr.expect("at least one page"))
+        Ok(Committed { attr: attr.expect("at least one page"), layered })
+    }
+
+    pub(super) fn compact_block_in(&self, c: &Compaction) -> MetaResult<bool> {
+        if c.now.len() != c.was.len() {
+            return Err(MetaError::Invalid("a compaction must keep the block's length".into()));
+        }
+        self.mutate(|t| {
+            let applied = match t.block(c.ino, c.index)? {
+                Some(current) if current.base == c.was.base && current.slices.starts_with(&c.was.slices) => {
+                    let mut now = c.now.clone();
+                    now.slices.extend_from_slice(&current.slices[c.was.slices.len()..]);
+                    // Lengths are equal (checked above), so the inode's stored bytes stay.
+                    t.replace_block(c.ino, c.index, Some(&current), Some(&now))?;
+                    true
+                }
+                // Changed meanwhile (a new base, a truncate, a removal): the compaction's work
+                // is left to garbage collection.
+                _ => false,
+            };
+            for hash in &c.release {
+                t.release_intent(hash)?;
+            }
+            Ok(applied)
+        })
     }
 
     /// Brings the file down, a page of blocks at a time from its end, until what a truncate
@@ -150,13 +181,15 @@ impl<K: Kv> Engine<K> {
 }
 
 /// Takes from `unreleased` one intent for each chunk that `blocks` reference.
-fn take_used(unreleased: &mut Vec<ChunkHash>, blocks: &[(u64, BlockRef)]) -> Vec<ChunkHash> {
+fn take_used(unreleased: &mut Vec<ChunkHash>, blocks: &[(u64, BlockChange)]) -> Vec<ChunkHash> {
     let mut taken = Vec::new();
-    for (_, block) in blocks {
-        if let BlockRef::Chunk { hash, .. } = block {
-            if let Some(at) = unreleased.iter().position(|h| h == hash) {
-                taken.push(unreleased.swap_remove(at));
-            }
+    for (_, change) in blocks {
+        let hash = match change {
+            BlockChange::Whole(base) => base.chunk(),
+            BlockChange::Overlay(slice) => Some(&slice.hash),
+        };
+        if let Some(at) = hash.and_then(|hash| unreleased.iter().position(|h| h == hash)) {
+            taken.push(unreleased.swap_remove(at));
         }
     }
     taken

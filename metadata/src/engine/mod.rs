@@ -22,16 +22,19 @@ use std::time::Duration;
 use tracing::instrument;
 
 use crate::audit::Audit;
+use crate::block::{Block, Compaction};
 use crate::error::{MetaError, MetaResult};
 use crate::keys::{self, Counter, Listed};
 use crate::kv::{fail, Kv, KvTxn, MemKv, Pair, SledKv, TxError, TxResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::{SessionId, SessionRecord};
-use crate::store::{BlockCommit, ChunkProtection, Created, MetaStore, NewNode, Rename, Unlinked, XattrMode};
+use crate::store::{
+    BlockCommit, ChunkProtection, Committed, Created, MetaStore, NewNode, Rename, Unlinked, XattrMode,
+};
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{
-    Attr, BlockRef, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage,
-    FORMAT_VERSION, MAX_NAME_LEN, ROOT_INO,
+    Attr, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage, FORMAT_VERSION,
+    MAX_NAME_LEN, ROOT_INO,
 };
 use txn::Txn;
 
@@ -154,6 +157,7 @@ impl<K: Kv> Engine<K> {
             )));
         }
         let engine = Engine { shared: Arc::new(Shared::new(kv, superblock)), session: NO_SESSION };
+        engine.upgrade_format()?;
         engine.start_cookie_counter()?;
         engine.fold_dir_times()?;
         Ok(engine)
@@ -659,21 +663,26 @@ impl<K: Kv> MetaStore for Engine<K> {
         })
     }
 
-    fn blocks(&self, ino: Ino, first: u64, count: u64) -> MetaResult<Vec<(u64, BlockRef)>> {
+    fn blocks(&self, ino: Ino, first: u64, count: u64) -> MetaResult<Vec<(u64, Block)>> {
         let start = keys::pair(keys::BLOCK, ino, first);
         let end = keys::pair(keys::BLOCK, ino, first.saturating_add(count));
         self.read(|t| {
             let mut out = Vec::new();
             for (key, value) in t.scan(&start, &end, count.min(usize::MAX as u64) as usize)? {
-                out.push((keys::second_number(&key)?, BlockRef::decode(&value)?));
+                out.push((keys::second_number(&key)?, Block::decode(&value)?));
             }
             Ok(out)
         })
     }
 
     #[instrument(level = "debug", skip(self, commit), fields(blocks = commit.blocks.len()))]
-    fn commit_blocks(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Attr> {
+    fn commit_blocks(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Committed> {
         self.commit_blocks_in(ino, commit)
+    }
+
+    #[instrument(level = "debug", skip(self, compaction), fields(ino = compaction.ino, index = compaction.index))]
+    fn compact_block(&self, compaction: &Compaction) -> MetaResult<bool> {
+        self.compact_block_in(compaction)
     }
 
     #[instrument(level = "debug", skip(self))]

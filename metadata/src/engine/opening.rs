@@ -5,8 +5,24 @@ use super::{Engine, FIRST_COOKIE};
 use crate::error::{MetaError, MetaResult};
 use crate::keys;
 use crate::kv::{Kv, TxError};
+use crate::types::FORMAT_VERSION;
 
 impl<K: Kv> Engine<K> {
+    /// Marks a store of an earlier format as this one's before anything new is written to it:
+    /// an older elasticfs that opens it afterwards refuses it by name rather than meeting
+    /// records it cannot read (format 3 added slices to blocks; nothing else changes).
+    pub(super) fn upgrade_format(&self) -> MetaResult<()> {
+        if self.shared.superblock.format_version >= FORMAT_VERSION {
+            return Ok(());
+        }
+        self.mutate(|t| {
+            let mut superblock = t.superblock()?;
+            superblock.format_version = superblock.format_version.max(FORMAT_VERSION);
+            t.put(keys::SUPERBLOCK, &serde_json::to_vec(&superblock).map_err(MetaError::store)?);
+            Ok(())
+        })
+    }
+
     /// Stores written before readdir cookies came from one counter (format 1, and format 2
     /// before record version 2 of inodes) numbered each directory's entries from 3: the
     /// counter starts past the highest cookie in use.

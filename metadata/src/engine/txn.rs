@@ -2,12 +2,17 @@
 //! [`KvTxn`], so that the namespace operations read as the rules they enforce rather than as
 //! byte juggling.
 
+use crate::block::{Block, BlockChange};
 use crate::error::MetaError;
 use crate::keys::{self, Counter, Dentry, Listed};
 use crate::kv::{fail, KvTxn, Pair, TxResult};
 use crate::session::SessionId;
 use crate::store::Unlinked;
-use crate::types::{Attr, BlockRef, ChunkHash, FileKind, Ino, Timestamp};
+use crate::types::{Attr, ChunkHash, FileKind, Ino, Timestamp};
+
+/// Slices one block may have: past this a commit that lays one more is refused (fs-core
+/// compacts a block long before; this bounds the record).
+pub(crate) const MAX_SLICES: usize = 256;
 
 pub(super) struct Txn<'a> {
     pub(super) kv: &'a mut dyn KvTxn,
@@ -186,36 +191,79 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Places (or with `None` removes) one block and keeps chunk references in step. Returns the
-    /// change in stored bytes.
-    pub(super) fn set_block(&mut self, ino: Ino, index: u64, block: Option<&BlockRef>) -> TxResult<i64> {
+    /// Block `index` of `ino`, if it has a record.
+    pub(super) fn block(&mut self, ino: Ino, index: u64) -> TxResult<Option<Block>> {
+        match self.get(&keys::pair(keys::BLOCK, ino, index))? {
+            Some(raw) => Ok(Some(Block::decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `change` to block `index`. Returns the change in stored bytes, and the block as
+    /// it is now if the change laid a slice on it.
+    pub(super) fn change_block(
+        &mut self,
+        ino: Ino,
+        index: u64,
+        change: &BlockChange,
+    ) -> TxResult<(i64, Option<Block>)> {
+        let old = self.block(ino, index)?;
+        let new = match change {
+            BlockChange::Whole(base) => Block::whole(base.clone()),
+            BlockChange::Overlay(slice) => {
+                if !slice.is_well_formed() {
+                    return fail(MetaError::Invalid(
+                        "a slice's extents are out of order or outside its chunk".into(),
+                    ));
+                }
+                let mut block = old.clone().unwrap_or_default();
+                if block.slices.len() >= MAX_SLICES {
+                    return fail(MetaError::Invalid(
+                        format!("block {index} of inode {ino} has {MAX_SLICES} slices: compact it first")
+                            .into(),
+                    ));
+                }
+                block.slices.push(slice.clone());
+                block
+            }
+        };
+        let delta = self.replace_block(ino, index, old.as_ref(), Some(&new))?;
+        let layered = matches!(change, BlockChange::Overlay(_)).then_some(new);
+        Ok((delta, layered))
+    }
+
+    /// Replaces block `index`'s record `old` (as read) with `new` (`None` removes it), keeping
+    /// chunk references in step. Returns the change in stored bytes.
+    pub(super) fn replace_block(
+        &mut self,
+        ino: Ino,
+        index: u64,
+        old: Option<&Block>,
+        new: Option<&Block>,
+    ) -> TxResult<i64> {
         let key = keys::pair(keys::BLOCK, ino, index);
-        let old = self.get(&key)?;
-        match block {
+        match new {
             Some(b) => self.put(&key, &b.encode()),
             None if old.is_some() => self.delete(&key),
             None => {}
         }
-        let mut delta = 0i64;
-        if let Some(old) = old {
-            let old = BlockRef::decode(&old)?;
-            delta -= self.unref_block(&old)?;
-        }
-        if let Some(new) = block {
-            if let BlockRef::Chunk { hash, .. } = new {
-                self.chunk_ref(hash, 1)?;
+        // Only the references that differ: a slice laid on a block with many leaves the
+        // others' counts alone.
+        let mut refs: Vec<(ChunkHash, i64)> = Vec::new();
+        let mut count = |hash: &ChunkHash, delta: i64| match refs.iter_mut().find(|(h, _)| h == hash) {
+            Some((_, d)) => *d += delta,
+            None => refs.push((*hash, delta)),
+        };
+        new.iter().flat_map(|b| b.chunks()).for_each(|h| count(h, 1));
+        old.iter().flat_map(|b| b.chunks()).for_each(|h| count(h, -1));
+        // Gains first: a chunk moving from one reference to another never touches zero.
+        refs.sort_by_key(|(_, delta)| std::cmp::Reverse(*delta));
+        for (hash, delta) in refs {
+            if delta != 0 {
+                self.chunk_ref(&hash, delta)?;
             }
-            delta += new.len() as i64;
         }
-        Ok(delta)
-    }
-
-    /// Drops a removed block's chunk reference; returns its length.
-    fn unref_block(&mut self, block: &BlockRef) -> TxResult<i64> {
-        if let BlockRef::Chunk { hash, .. } = block {
-            self.chunk_ref(hash, -1)?;
-        }
-        Ok(block.len() as i64)
+        Ok(new.map_or(0, Block::len) as i64 - old.map_or(0, Block::len) as i64)
     }
 
     /// Removes up to `limit` blocks of `ino` with index `first` or more. Returns the change in
@@ -227,8 +275,8 @@ impl Txn<'_> {
         let more = found.len() > limit;
         let mut delta = 0;
         for (key, value) in found.into_iter().take(limit) {
-            self.delete(&key);
-            delta -= self.unref_block(&BlockRef::decode(&value)?)?;
+            let index = keys::second_number(&key)?;
+            delta += self.replace_block(ino, index, Some(&Block::decode(&value)?), None)?;
         }
         Ok((delta, more))
     }

@@ -23,12 +23,15 @@ use tracing::{info, warn};
 use super::tls::TlsClient;
 use super::wire::{self, Hello, Request, SessionRequest, Welcome};
 use crate::audit::Audit;
+use crate::block::{Block, Compaction};
 use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
 use crate::session::{ClientInfo, SessionId, SessionRecord};
-use crate::store::{BlockCommit, ChunkProtection, Created, MetaStore, NewNode, Rename, Unlinked, XattrMode};
+use crate::store::{
+    BlockCommit, ChunkProtection, Committed, Created, MetaStore, NewNode, Rename, Unlinked, XattrMode,
+};
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
-use crate::types::{Attr, BlockRef, ChunkHash, DirEntry, Ino, SetAttr, Superblock, Timestamp, Usage};
+use crate::types::{Attr, ChunkHash, DirEntry, Ino, SetAttr, Superblock, Timestamp, Usage};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A call with no reply for this long is taken to have met a hung connection: the connection
@@ -474,12 +477,16 @@ impl MetaStore for RemoteStore {
         self.call(&Request::SetAttr(ino, changes.clone()))
     }
 
-    fn blocks(&self, ino: Ino, first: u64, count: u64) -> MetaResult<Vec<(u64, BlockRef)>> {
+    fn blocks(&self, ino: Ino, first: u64, count: u64) -> MetaResult<Vec<(u64, Block)>> {
         self.call(&Request::Blocks(ino, first, count))
     }
 
-    fn commit_blocks(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Attr> {
+    fn commit_blocks(&self, ino: Ino, commit: &BlockCommit) -> MetaResult<Committed> {
         self.call(&Request::CommitBlocks(ino, commit.clone()))
+    }
+
+    fn compact_block(&self, compaction: &Compaction) -> MetaResult<bool> {
+        self.call(&Request::CompactBlock(compaction.clone()))
     }
 
     fn purge(&self, ino: Ino) -> MetaResult<()> {

@@ -295,6 +295,7 @@ impl MetaServer {
             Request::SetAttr(ino, changes) => encode(store.setattr(ino, &changes)),
             Request::Blocks(ino, first, count) => encode(store.blocks(ino, first, count)),
             Request::CommitBlocks(ino, commit) => encode(store.commit_blocks(ino, &commit)),
+            Request::CompactBlock(compaction) => encode(store.compact_block(&compaction)),
             Request::Purge(ino) => encode(store.purge(ino)),
             Request::Orphans => encode(store.orphans()),
             Request::SetXattr(ino, name, value, mode) => encode(store.set_xattr(ino, &name, &value, mode)),

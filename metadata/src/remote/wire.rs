@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::block::Compaction;
 use crate::locks::LockRequest;
 use crate::session::{ClientInfo, SessionId};
 use crate::store::{BlockCommit, NewNode, Rename, XattrMode};
@@ -22,7 +23,7 @@ use crate::types::{ChunkHash, Ino, SetAttr, Superblock, Timestamp};
 
 pub const MAGIC: [u8; 4] = *b"EFSM";
 /// Bumped whenever a message changes shape; a client and a service must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest request frame a server accepts (inline data is at most 1 MiB per block).
 pub const MAX_REQUEST_FRAME: usize = 16 << 20;
 /// Largest reply frame a client accepts (chunk lists of a large file system are long).
@@ -82,6 +83,7 @@ pub enum Request {
     SetAttr(Ino, SetAttr),
     Blocks(Ino, u64, u64),
     CommitBlocks(Ino, BlockCommit),
+    CompactBlock(Compaction),
     Purge(Ino),
     Orphans,
     SetXattr(Ino, Vec<u8>, Vec<u8>, XattrMode),
