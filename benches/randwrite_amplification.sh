@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What fsbench's rand-write-4k workload costs an elasticfs mount besides time: bytes uploaded per
-# byte written, and the mount's peak resident memory. The same fio jobs as fsbench (the file
+# byte written (and how much of it compaction uploaded), and the mount's peak resident memory. The same fio jobs as fsbench (the file
 # laid out first, 4 KiB random writes over it with one fsync at the end, then an fsync after
 # every 16 writes for a fixed time), on an embedded store whose chunks are in a local directory,
 # so that the bucket's growth is what was uploaded (fio's data does not deduplicate).
@@ -50,4 +50,12 @@ echo "fsync16: $out"
 written=$(echo "$out" | sed 's/.*IOPS, \([0-9]*\) bytes/\1/')
 after=$(stored)
 echo "  bucket grew $(mib $((after - before))) MiB for $(mib "$written") MiB written: $(echo "scale=0; ($after - $before) / $written" | bc)x"
+# The mount publishes its counters in status.json every few seconds: give it time to.
+sleep 6
+"$BIN" status --meta "sled://$WORK/meta" --json | python3 -c "
+import json, sys
+c = json.load(sys.stdin)['mount']['client']
+mib = lambda n: f'{n / 1048576:.1f} MiB'
+print(f\"whole run: {mib(c['written_bytes'])} written; {mib(c['slice_bytes'])} uploaded as slices, \"
+      f\"{mib(c['compaction_bytes'])} by {c['compactions']} compactions\")"
 echo "peak RSS of the mount: $(grep VmHWM "/proc/$PID/status" | awk '{print $2 / 1024 " MiB"}')"

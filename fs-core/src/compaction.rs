@@ -6,13 +6,13 @@
 //! into one slice of the next level (which holds the union of their extents, the newest bytes
 //! winning); when that makes [`FANOUT`] of the next level, those merge too, in the same pass.
 //! A block's levels never increase from oldest to newest, so the slices merged are always the
-//! newest run. When the slices carry half as many bytes as the block, or there are
-//! [`HARD_LIMIT`] of them, everything is merged into a new base and the slices go.
+//! newest run. When the slices carry as many bytes as the block, or there are [`HARD_LIMIT`]
+//! of them, everything is merged into a new base and the slices go.
 //!
 //! What it costs: every byte written is uploaded once by its flush, once more per level it
-//! climbs (two levels take 4 KiB writes to 1 MiB slices), and the merge into a base uploads
-//! the block, at most twice the bytes the slices carried. With 4 MiB blocks and 4 KiB writes
-//! that is at most five times the bytes written, and less where writes overlap.
+//! climbs (4 KiB writes reach 1 MiB slices in two levels, and a 4 MiB block's slices reach its
+//! size before a third), and the merge into a base uploads the block, at most the bytes the
+//! slices carried: at most four times the bytes written, less where writes overlap.
 //!
 //! Safety: a compaction reads the block, uploads what replaces it (protected from garbage
 //! collection like any upload), and commits only if the block is still what it read, apart
@@ -56,7 +56,7 @@ pub(crate) fn plan(block: &Block) -> Option<Plan> {
     if block.slices.is_empty() {
         return None;
     }
-    if block.slices.len() >= HARD_LIMIT || block.slice_bytes() * 2 >= block.len() {
+    if block.slices.len() >= HARD_LIMIT || block.slice_bytes() >= block.len() {
         return Some(Plan::Whole);
     }
     // Cascade up the levels from the newest end: `carried` is the merged slice a lower level
@@ -240,10 +240,12 @@ mod tests {
     }
 
     #[test]
-    fn slices_carrying_half_the_block_go_into_a_new_base() {
+    fn slices_carrying_as_much_as_the_block_go_into_a_new_base() {
         let mut block = block_of(&[0]);
         block.base = Some(BlockRef::Inline(vec![0; 8000]));
-        assert_eq!(plan(&block), Some(Plan::Whole));
+        assert_eq!(plan(&block), None, "4,096 bytes of slices over a block of 8,000");
+        block.base = Some(BlockRef::Inline(vec![0; 3000]));
+        assert_eq!(plan(&block), Some(Plan::Whole), "4,096 bytes of slices over a block of 4,096");
         let many = block_of(&(0..HARD_LIMIT).map(|i| (i % 3) as u8).rev().collect::<Vec<_>>());
         assert_eq!(plan(&many), Some(Plan::Whole));
     }

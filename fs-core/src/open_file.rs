@@ -23,9 +23,9 @@ pub(crate) enum Dirty {
     Uploading { data: Bytes, task: JoinHandle<FsResult<ChunkHash>> },
     /// A whole block uploaded (or small enough to stay inline): waiting for the commit.
     Stored(BlockRef),
-    /// A patch over the committed block, uploaded as `slice`: waiting for the commit. The
-    /// patch serves reads (over the committed block) until then.
-    Sliced { slice: Slice, patch: Patch },
+    /// A patch over the committed block, uploaded as this slice: waiting for the commit.
+    /// Reads lay it over the committed block meanwhile.
+    Sliced(Slice),
 }
 
 /// The mount's write-back buffer: bytes of [`Dirty::Buffer`]s across all open files, and

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use bytes::Bytes;
-use elasticfs_metadata::{Block, BlockRef, ChunkHash};
+use elasticfs_metadata::{Block, BlockRef, ChunkHash, Slice};
 
 /// Where the bytes of one [`Piece`] come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,14 +90,19 @@ impl Layout {
             None => {}
         }
         for slice in &block.slices {
-            let mut offset = slice.chunk_offset as u64;
-            for &(at, len) in &slice.extents {
-                let source = Source::Chunk { hash: slice.hash, chunk_len: slice.chunk_len as u64, offset };
-                layout.paint(Piece { at: at as u64, len: len as u64, source });
-                offset += len as u64;
-            }
+            layout.paint_slice(slice);
         }
         layout
+    }
+
+    /// Lays a slice's extents over what is there.
+    pub(crate) fn paint_slice(&mut self, slice: &Slice) {
+        let mut offset = slice.chunk_offset as u64;
+        for &(at, len) in &slice.extents {
+            let source = Source::Chunk { hash: slice.hash, chunk_len: slice.chunk_len as u64, offset };
+            self.paint(Piece { at: at as u64, len: len as u64, source });
+            offset += len as u64;
+        }
     }
 
     /// Lays `piece` over what is there (only its part within the range counts).
@@ -270,7 +275,6 @@ impl Patch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use elasticfs_metadata::Slice;
     use proptest::prelude::*;
 
     /// The bytes a layout names, with chunks given by `chunk`.

@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod locks;
+pub mod model;
 pub mod nfs;
 pub mod posix_suite;
 

@@ -837,7 +837,7 @@ impl FileSystem {
                 }
                 let (first, last) = (offset / bs, (end - 1) / bs);
                 let needs_committed = |index: &u64| match st.dirty().get(index) {
-                    None | Some(Dirty::Sliced { .. }) => true,
+                    None | Some(Dirty::Sliced(_)) => true,
                     Some(Dirty::Buffer { over_committed, .. }) => *over_committed,
                     Some(_) => false,
                 };
@@ -864,9 +864,9 @@ impl FileSystem {
                             layout.paint_patch(patch);
                             layout
                         }
-                        Some(Dirty::Sliced { patch, .. }) => {
+                        Some(Dirty::Sliced(slice)) => {
                             let mut layout = under(&mut committed);
-                            layout.paint_patch(patch);
+                            layout.paint_slice(slice);
                             layout
                         }
                         Some(Dirty::Uploading { data, .. }) => {

@@ -20,9 +20,31 @@ use crate::slices::{Layout, Patch};
 
 /// Patches of several blocks packed into one chunk.
 struct Pack {
-    /// Each block, and where its patch's bytes start in `data`.
-    blocks: Vec<(u64, u32)>,
-    data: Vec<u8>,
+    blocks: Vec<Packed>,
+    data: Bytes,
+}
+
+/// One block's patch in a [`Pack`].
+struct Packed {
+    index: u64,
+    /// Where its bytes start in the pack.
+    offset: u32,
+    extents: Vec<(u32, u32)>,
+}
+
+impl Pack {
+    /// The patches back (an upload failed).
+    fn into_patches(self) -> impl Iterator<Item = (u64, Patch)> {
+        self.blocks.into_iter().map(move |Packed { index, offset, extents }| {
+            let mut patch = Patch::default();
+            let mut at = offset as usize;
+            for (start, len) in extents {
+                patch.write(start as u64, &self.data[at..at + len as usize], None);
+                at += len as usize;
+            }
+            (index, patch)
+        })
+    }
 }
 
 /// How a buffered block is stored at a flush.
@@ -131,7 +153,17 @@ impl FileSystem {
                 let data = self.load_block(&Block::whole(base))?;
                 Dirty::Buffer { patch: Patch::whole(data), over_committed: false }
             }
-            Some(Dirty::Sliced { patch, .. }) => Dirty::Buffer { patch, over_committed: true },
+            // Uploaded, but the commit did not take it (it failed): its bytes back into a patch.
+            Some(Dirty::Sliced(slice)) => {
+                let mut layout = Layout::zeros(0..slice.end());
+                layout.paint_slice(&slice);
+                let data = self.block_on(self.chunks.read_layout(layout))?;
+                let mut patch = Patch::default();
+                for &(at, len) in &slice.extents {
+                    patch.write(at as u64, &data[at as usize..(at + len) as usize], None);
+                }
+                Dirty::Buffer { patch, over_committed: true }
+            }
             None => Dirty::Buffer {
                 patch: Patch::default(),
                 over_committed: index * self.block_size < st.committed_size,
@@ -183,44 +215,75 @@ impl FileSystem {
 
     /// Uploads the patches of buffered blocks `indices` as slices, packed into chunks of up to
     /// a block each (a flush of 16 small writes is one upload), and leaves them waiting for
-    /// the commit.
+    /// the commit. Packs go up a few at a time, each patch leaving the buffer as it is packed,
+    /// so that the memory packing takes is a few blocks, not a second copy of the buffer.
     fn upload_slices(&self, ino: Ino, st: &mut FileState, indices: &[u64]) -> FsResult<()> {
-        if indices.is_empty() {
-            return Ok(());
-        }
-        let mut packs: Vec<Pack> = Vec::new();
-        for &index in indices {
-            let Some(Dirty::Buffer { patch, .. }) = st.dirty().get(&index) else { continue };
-            let fits = packs.last().is_some_and(|p| (p.data.len() + patch.bytes()) as u64 <= self.block_size);
-            if !fits {
-                packs.push(Pack { blocks: Vec::new(), data: Vec::with_capacity(patch.bytes()) });
+        let mut indices = indices.iter().copied().peekable();
+        let at_once = self.config.max_uploads.max(1);
+        loop {
+            let packs: Vec<Pack> =
+                std::iter::from_fn(|| self.next_pack(st, &mut indices)).take(at_once).collect();
+            if packs.is_empty() {
+                return Ok(());
             }
-            let pack = packs.last_mut().expect("just pushed");
-            pack.blocks.push((index, pack.data.len() as u32));
+            let uploads: Vec<_> = packs.iter().map(|pack| self.chunks.put(pack.data.clone())).collect();
+            let uploaded = self.block_on(futures::future::join_all(uploads));
+            let mut failure = None;
+            for (pack, uploaded) in packs.into_iter().zip(uploaded) {
+                match uploaded {
+                    Ok(hash) => {
+                        self.metrics().sliced(pack.data.len() as u64);
+                        st.protected.push(hash);
+                        let chunk_len = pack.data.len() as u32;
+                        for Packed { index, offset, extents } in pack.blocks {
+                            let slice = Slice { hash, chunk_len, chunk_offset: offset, extents, level: 0 };
+                            st.set(index, Dirty::Sliced(slice));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(ino, "uploading slices failed (kept buffered): {e}");
+                        for (index, patch) in pack.into_patches() {
+                            st.set(index, Dirty::Buffer { patch, over_committed: true });
+                        }
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Takes the next buffered patches of `indices` out of the buffer, into one pack of up to
+    /// a block (or one patch, if it is larger).
+    fn next_pack(
+        &self,
+        st: &mut FileState,
+        indices: &mut std::iter::Peekable<impl Iterator<Item = u64>>,
+    ) -> Option<Pack> {
+        let (mut blocks, mut data) = (Vec::new(), Vec::new());
+        while let Some(&index) = indices.peek() {
+            let bytes = match st.dirty().get(&index) {
+                Some(Dirty::Buffer { patch, .. }) => patch.bytes(),
+                _ => {
+                    indices.next();
+                    continue;
+                }
+            };
+            if !blocks.is_empty() && (data.len() + bytes) as u64 > self.block_size {
+                break;
+            }
+            indices.next();
+            let Some(Dirty::Buffer { patch, .. }) = st.take(index) else { unreachable!("buffered") };
+            let offset = data.len() as u32;
+            let extents = patch.extents().map(|(at, bytes)| (at as u32, bytes.len() as u32)).collect();
             for (_, bytes) in patch.extents() {
-                pack.data.extend_from_slice(bytes);
+                data.extend_from_slice(bytes);
             }
+            blocks.push(Packed { index, offset, extents });
         }
-        self.metrics().sliced(packs.iter().map(|p| p.data.len() as u64).sum());
-        let chunks = &self.chunks;
-        let uploads = packs.into_iter().map(|Pack { blocks, data }| async move {
-            let chunk_len = data.len() as u32;
-            let hash = chunks.put(Bytes::from(data)).await?;
-            Ok::<_, FsError>((blocks, hash, chunk_len))
-        });
-        let uploaded = self.block_on(futures::future::try_join_all(uploads));
-        let uploaded =
-            uploaded.inspect_err(|e| warn!(ino, "uploading slices failed (kept buffered): {e}"))?;
-        for (blocks, hash, chunk_len) in uploaded {
-            st.protected.push(hash);
-            for (index, chunk_offset) in blocks {
-                let Some(Dirty::Buffer { patch, .. }) = st.take(index) else { unreachable!("packed above") };
-                let extents = patch.extents().map(|(at, bytes)| (at as u32, bytes.len() as u32)).collect();
-                let slice = Slice { hash, chunk_len, chunk_offset, extents, level: 0 };
-                st.set(index, Dirty::Sliced { slice, patch });
-            }
-        }
-        Ok(())
+        (!blocks.is_empty()).then(|| Pack { blocks, data: Bytes::from(data) })
     }
 
     /// A committed block's bytes.
@@ -370,7 +433,7 @@ impl FileSystem {
             .iter()
             .map(|(i, d)| match d {
                 Dirty::Stored(base) => (*i, BlockChange::Whole(base.clone())),
-                Dirty::Sliced { slice, .. } => (*i, BlockChange::Overlay(slice.clone())),
+                Dirty::Sliced(slice) => (*i, BlockChange::Overlay(slice.clone())),
                 _ => unreachable!("every block was stored above"),
             })
             .collect();

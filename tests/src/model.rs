@@ -1,23 +1,27 @@
-//! Random operation sequences run against the engine and against a plain in-memory model of a
-//! few files; every read must agree (the way Mountpoint for S3 checks its file system). Small
-//! blocks and a small inline threshold make every sequence cross chunk and inline paths; a
-//! second run with blocks of several 64 KiB segments and no cache exercises ranged reads.
-//! Bursts of small writes each flushed lay slices over blocks, which compactions (forced, and
-//! the ones commits start in the background) fold back, at any point of a sequence.
+//! A reference model of a few files for property tests of the engine (the way Mountpoint for
+//! S3 checks its file system): random operation sequences run against a [`FileSystem`] and
+//! against plain byte vectors, and every read must agree. Bursts of small writes each flushed
+//! lay slices over blocks, which compactions (forced, and the ones commits start in the
+//! background) fold back, at any point of a sequence. `tests/model.rs` runs it on sled and on
+//! etcd.
 
 use std::sync::Arc;
 
-use elasticfs_core::metadata::{MetaStore, SledStore, Superblock, ROOT_INO};
+use elasticfs_core::metadata::{MetaStore, Superblock, ROOT_INO};
 use elasticfs_core::{open_object_store, Caller, ChunkStore, FileSystem, FsConfig, SetAttrRequest};
 use proptest::prelude::*;
 
-const BLOCK: u64 = 4096;
-/// Four verifiable segments per block.
-const SEGMENTED_BLOCK: u64 = 256 << 10;
 const FILES: usize = 3;
+/// The inline threshold of a model's file system: small, so that sequences cross it.
+const INLINE: u32 = 1024;
+
+/// The superblock a model's store is formatted with.
+pub fn superblock(block: u64) -> Superblock {
+    Superblock::new("model", block as u32, INLINE, "memory://")
+}
 
 #[derive(Clone, Debug)]
-enum Op {
+pub enum Op {
     Write {
         file: usize,
         offset: u64,
@@ -53,7 +57,8 @@ enum Op {
     },
 }
 
-fn op(block: u64) -> impl Strategy<Value = Op> {
+/// Any operation, on files of a few blocks of `block` bytes.
+pub fn op(block: u64) -> impl Strategy<Value = Op> {
     let file = 0..FILES;
     prop_oneof![
         4 => (file.clone(), 0..4 * block, 0..(2 * block as usize), any::<u8>())
@@ -69,22 +74,19 @@ fn op(block: u64) -> impl Strategy<Value = Op> {
     ]
 }
 
-struct Harness {
-    fs: FileSystem,
+pub struct Harness {
+    pub fs: FileSystem,
     block_size: u64,
     handles: Vec<u64>,
     model: Vec<Vec<u8>>,
-    _dir: tempfile::TempDir,
 }
 
 const ROOT: Caller = Caller { uid: 0, gid: 0 };
 
 impl Harness {
-    fn new(block: u64, cache_bytes: usize, write_buffer_bytes: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let sb = Superblock::new("model", block as u32, 1024, "memory://");
-        let meta: Arc<dyn MetaStore> =
-            Arc::new(SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap());
+    /// A file system over `meta` (formatted with [`superblock`]`(block)`), chunks in memory.
+    pub fn new(meta: Arc<dyn MetaStore>, cache_bytes: usize, write_buffer_bytes: usize) -> Self {
+        let block = meta.superblock().block_size as u64;
         let chunks = ChunkStore::new(open_object_store("memory://").unwrap(), cache_bytes);
         let config = FsConfig {
             cache_bytes,
@@ -99,7 +101,7 @@ impl Harness {
             let (_, fh) = fs.create(ROOT_INO, format!("f{i}").as_bytes(), 0o644, ROOT, true, false).unwrap();
             handles.push(fh);
         }
-        Harness { fs, block_size: block, handles, model: vec![Vec::new(); FILES], _dir: dir }
+        Harness { fs, block_size: block, handles, model: vec![Vec::new(); FILES] }
     }
 
     fn write(&mut self, file: usize, offset: u64, len: usize, seed: u8) {
@@ -115,7 +117,7 @@ impl Harness {
         }
     }
 
-    fn apply(&mut self, op: &Op) {
+    pub fn apply(&mut self, op: &Op) {
         match *op {
             Op::Write { file, offset, len, seed } => self.write(file, offset, len, seed),
             Op::FlushedWrites { file, block, ref writes } => {
@@ -160,12 +162,12 @@ impl Harness {
         }
     }
 
-    fn ino(&self, file: usize) -> u64 {
+    pub fn ino(&self, file: usize) -> u64 {
         self.fs.lookup(ROOT_INO, format!("f{file}").as_bytes()).unwrap().ino
     }
 
     /// After all handles close, what the metadata holds is exactly the model, and consistent.
-    fn check_committed(mut self) {
+    pub fn check_committed(mut self) {
         for fh in std::mem::take(&mut self.handles) {
             self.fs.release(fh).unwrap();
         }
@@ -192,40 +194,4 @@ fn assert_same(got: &[u8], expected: &[u8], what: &str) {
         panic!("{what}: byte {at} is {} where {} was written", got[at], expected[at]);
     }
     assert_eq!(got.len(), expected.len(), "{what}: length");
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-    #[test]
-    fn engine_matches_the_model(ops in prop::collection::vec(op(BLOCK), 1..40), buffer_blocks in 1..8usize) {
-        // A write buffer of a few blocks: writes keep making room by uploading others' blocks.
-        let mut h = Harness::new(BLOCK, 1 << 20, buffer_blocks * BLOCK as usize);
-        for op in &ops {
-            h.apply(op);
-        }
-        h.check_committed();
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    #[test]
-    fn ranged_reads_match_the_model(ops in prop::collection::vec(op(SEGMENTED_BLOCK), 1..24)) {
-        let mut h = Harness::new(SEGMENTED_BLOCK, 0, 1 << 20);
-        for op in &ops {
-            h.apply(op);
-        }
-        h.check_committed();
-    }
-}
-
-#[test]
-fn holes_read_as_zeros_and_cost_nothing() {
-    let mut h = Harness::new(BLOCK, 1 << 20, 1 << 20);
-    h.apply(&Op::Write { file: 0, offset: 10 * BLOCK, len: 10, seed: 1 });
-    h.apply(&Op::Read { file: 0, offset: 0, len: (11 * BLOCK) as u32 });
-    h.apply(&Op::Flush { file: 0 });
-    assert_eq!(h.fs.getattr(h.ino(0)).unwrap().stored, 10);
 }
