@@ -124,31 +124,43 @@ impl Compactor {
     /// thread.
     pub(crate) fn after_commit(self: &Arc<Self>, ino: Ino, layered: Vec<(u64, Block)>) {
         for (index, block) in layered {
-            if plan(&block).is_none() {
-                continue;
-            }
             if block.slices.len() >= HARD_LIMIT {
                 // Bounded work for the writer: the commit that follows needs room.
                 if let Err(e) = self.compact(ino, index, block) {
                     warn!(ino, index, "compacting a block with {HARD_LIMIT} slices failed: {e}");
                 }
-                continue;
+            } else {
+                self.start(ino, index, &block);
             }
-            {
-                let mut running = self.running.lock().unwrap();
-                if running.len() >= RUNNING_AT_MOST || !running.insert((ino, index)) {
-                    // Busy, or already under way: the next commit on this block asks again.
-                    continue;
-                }
-            }
-            let compactor = self.clone();
-            self.runtime.spawn_blocking(move || {
-                if let Err(e) = compactor.compact(ino, index, block) {
-                    warn!(ino, index, "compacting a block failed (it stays as it is): {e}");
-                }
-                compactor.running.lock().unwrap().remove(&(ino, index));
-            });
         }
+    }
+
+    /// Starts compacting, in the background, the blocks of `ino` a read found that want it.
+    pub(crate) fn consider<'a>(self: &Arc<Self>, ino: Ino, blocks: impl Iterator<Item = (u64, &'a Block)>) {
+        for (index, block) in blocks {
+            self.start(ino, index, block);
+        }
+    }
+
+    /// Compacts block `index` in the background if it wants it and nothing compacts it yet.
+    fn start(self: &Arc<Self>, ino: Ino, index: u64, block: &Block) {
+        if plan(block).is_none() {
+            return;
+        }
+        {
+            let mut running = self.running.lock().unwrap();
+            if running.len() >= RUNNING_AT_MOST || !running.insert((ino, index)) {
+                // Busy, or already under way: the next commit or read of this block asks again.
+                return;
+            }
+        }
+        let (compactor, block) = (self.clone(), block.clone());
+        self.runtime.spawn_blocking(move || {
+            if let Err(e) = compactor.compact(ino, index, block) {
+                warn!(ino, index, "compacting a block failed (it stays as it is): {e}");
+            }
+            compactor.running.lock().unwrap().remove(&(ino, index));
+        });
     }
 
     /// Compacts block `index` of `ino`, which the caller read as `block`. Returns whether the

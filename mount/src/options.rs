@@ -77,8 +77,14 @@ impl MountOptions {
                 v.with_context(|| format!("mount option {key:?} needs a value ({key}=...)"))
             };
             match key {
-                "ro" => opts.read_only = true,
-                "rw" => opts.read_only = false,
+                "ro" => {
+                    opts.read_only = true;
+                    opts.engine.compact_found = false;
+                }
+                "rw" => {
+                    opts.read_only = false;
+                    opts.engine.compact_found = true;
+                }
                 "allow_other" | "allow_root" => opts.allow_other = true,
                 "fsname" => opts.fsname = need(value)?.to_string(),
                 "threads" => opts.threads = need(value)?.parse().context("threads= takes a number")?,
@@ -188,6 +194,7 @@ mod tests {
     fn parses_known_options_and_refuses_unknown_ones_by_name() {
         let o = MountOptions::parse(["ro,cache-size=64M,_netdev", "attr-cache=500ms,threads=2"]).unwrap();
         assert!(o.read_only);
+        assert!(!o.engine.compact_found, "a read-only mount does not compact what it reads");
         assert_eq!(o.engine.cache_bytes, 64 << 20);
         assert_eq!(o.engine.attr_cache, Duration::from_millis(500));
         assert_eq!(o.threads, 2);

@@ -60,6 +60,9 @@ pub struct FsConfig {
     /// How long the frontend lets its clients cache attributes (FUSE's `attr-cache`): a
     /// directory's attributes from this client's own change answer a getattr for that long.
     pub attr_cache: Duration,
+    /// Whether a read that finds a block whose slices want compacting starts compacting it
+    /// (off for a read-only mount, which should not write).
+    pub compact_found: bool,
 }
 
 impl Default for FsConfig {
@@ -70,6 +73,7 @@ impl Default for FsConfig {
             max_readahead_blocks: 8,
             write_buffer_bytes: 256 << 20,
             attr_cache: Duration::from_secs(1),
+            compact_found: true,
         }
     }
 }
@@ -844,6 +848,10 @@ impl FileSystem {
                 let mut committed: HashMap<u64, Block> = HashMap::new();
                 if (first..=last).any(|i| needs_committed(&i)) {
                     committed.extend(self.meta.blocks(file.ino, first, last - first + 1)?);
+                    if self.config.compact_found {
+                        // Any client that finds slices piled up folds them (another may have laid them).
+                        self.compactor.consider(file.ino, committed.iter().map(|(i, b)| (*i, b)));
+                    }
                 }
                 let mut layouts = Vec::with_capacity((last - first + 1) as usize);
                 for index in first..=last {

@@ -137,8 +137,11 @@ impl FileSystem {
     /// Makes block `index`'s entry a buffer: of this client's uncommitted bytes of the block,
     /// or an empty patch (over the committed block if there may be one).
     fn make_buffer(&self, st: &mut FileState, index: u64) -> FsResult<()> {
+        if matches!(st.dirty().get(&index), Some(Dirty::Buffer { .. })) {
+            return Ok(());
+        }
         let buffer = match st.take(index) {
-            Some(buffer @ Dirty::Buffer { .. }) => buffer,
+            Some(Dirty::Buffer { .. }) => unreachable!("returned above"),
             // Rewriting a block on its way to the store: the upload is let finish, and its
             // chunk is released by the next commit like every other upload of this file (no
             // reference keeps it, so garbage collection takes it). Nothing is left behind that
