@@ -10,6 +10,7 @@ pub mod posix_suite;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 /// The `elasticfs` binary built beside this test (`cargo build --workspace --bins` first).
 pub fn elasticfs_bin() -> PathBuf {
@@ -406,6 +407,40 @@ pub struct S3Server {
     pub port: u16,
     pub root: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    puts: Arc<PutGate>,
+}
+
+/// Holds uploads (PUT requests) back on a test's word, so that a test can stop a client in the
+/// middle of one.
+#[derive(Default)]
+struct PutGate {
+    /// `None`: every PUT passes; `Some(n)`: n more pass, the rest wait.
+    allowed: std::sync::Mutex<Option<usize>>,
+    waiting: std::sync::atomic::AtomicUsize,
+    released: tokio::sync::Notify,
+}
+
+impl PutGate {
+    async fn pass(&self) {
+        loop {
+            // Registered before the check, so that a release in between is not missed.
+            let released = self.released.notified();
+            {
+                let mut allowed = self.allowed.lock().unwrap();
+                match allowed.as_mut() {
+                    None => return,
+                    Some(0) => {}
+                    Some(n) => {
+                        *n -= 1;
+                        return;
+                    }
+                }
+            }
+            self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            released.await;
+            self.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 pub const S3_ACCESS_KEY: &str = "elasticfs-test";
@@ -421,6 +456,8 @@ impl S3Server {
         let port = listener.local_addr().unwrap().port();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let data_dir = root.path().to_path_buf();
+        let puts = Arc::new(PutGate::default());
+        let gate = puts.clone();
         std::thread::spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -436,14 +473,41 @@ impl S3Server {
                         accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
                         _ = &mut rx => break,
                     };
-                    let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
+                    let (service, gate) = (service.clone(), gate.clone());
+                    let gated = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (service, gate) = (service.clone(), gate.clone());
+                        async move {
+                            if req.method() == hyper::Method::PUT {
+                                gate.pass().await;
+                            }
+                            hyper::service::Service::call(&service, req).await
+                        }
+                    });
+                    let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), gated).into_owned();
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
                 }
             });
         });
-        S3Server { port, root, shutdown: Some(tx) }
+        S3Server { port, root, shutdown: Some(tx), puts }
+    }
+
+    /// From now on lets `allowed` more uploads through and holds the rest until
+    /// [`S3Server::release_puts`].
+    pub fn hold_puts_after(&self, allowed: usize) {
+        *self.puts.allowed.lock().unwrap() = Some(allowed);
+    }
+
+    /// Uploads being held.
+    pub fn held_puts(&self) -> usize {
+        self.puts.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets every upload through again, those held included.
+    pub fn release_puts(&self) {
+        *self.puts.allowed.lock().unwrap() = None;
+        self.puts.released.notify_waiters();
     }
 
     pub fn bucket_url(&self) -> String {

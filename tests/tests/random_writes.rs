@@ -1,7 +1,8 @@
 //! Writes in place with fsyncs between them (what databases and images do): each fsync
 //! uploads about what was written, as slices, and compaction folds them back at a bounded
-//! cost; nothing fsynced is lost to a crash at any point; another mount reads each fsynced
-//! state byte-exact while compactions run.
+//! cost; nothing fsynced is lost to a crash at any point (the test S3 server holds an upload
+//! back to stop the mount in the middle of an fsync's, or of a compaction's); another mount
+//! reads each fsynced state byte-exact while compactions run.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -148,26 +149,35 @@ impl Writer {
     fn run(&mut self, path: &Path, fsyncs: usize) -> usize {
         let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) else { return 0 };
         for done in 0..fsyncs {
-            for _ in 0..16 {
-                self.state ^= self.state << 13;
-                self.state ^= self.state >> 7;
-                self.state ^= self.state << 17;
-                let piece = (self.state % self.pieces as u64) as usize;
-                let seed = self.next_seed;
-                self.next_seed += 1;
-                self.since.push((piece, seed));
-                if f.write_all_at(&pattern(seed, PIECE), (piece * PIECE) as u64).is_err() {
-                    return done;
-                }
-            }
-            if f.sync_all().is_err() {
+            if self.write(&f, 16, self.pieces).is_err() || self.fsync(&f).is_err() {
                 return done;
-            }
-            for (piece, seed) in self.since.drain(..) {
-                self.durable[piece] = seed;
             }
         }
         fsyncs
+    }
+
+    /// `count` writes of a piece, each at random among the first `within` pieces.
+    fn write(&mut self, f: &std::fs::File, count: usize, within: usize) -> std::io::Result<()> {
+        for _ in 0..count {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let piece = (self.state % within as u64) as usize;
+            let seed = self.next_seed;
+            self.next_seed += 1;
+            self.since.push((piece, seed));
+            f.write_all_at(&pattern(seed, PIECE), (piece * PIECE) as u64)?;
+        }
+        Ok(())
+    }
+
+    /// An fsync; what it covered is durable once it returns.
+    fn fsync(&mut self, f: &std::fs::File) -> std::io::Result<()> {
+        f.sync_all()?;
+        for (piece, seed) in self.since.drain(..) {
+            self.durable[piece] = seed;
+        }
+        Ok(())
     }
 
     /// Every piece holds what it held at the last fsync, or something written since.
@@ -261,4 +271,78 @@ fn another_mount_reads_each_fsynced_state_while_compactions_run() {
     writer.unmount();
     reader.unmount();
     vol.assert_fsck_clean(true);
+}
+
+/// A mount whose uploads are held by its S3 server, for the two tests below.
+fn held_volume() -> (S3Server, Volume) {
+    let s3 = S3Server::start();
+    let vol = Volume::s3(&s3);
+    (s3, vol)
+}
+
+/// Kills `mount` (which `writer` was writing through), lets uploads through again, remounts
+/// and checks that every piece holds what its last fsync left or what was written since.
+fn kill_and_check(s3: &S3Server, vol: &Volume, mount: elasticfs_tests::Mount, writer: &mut Writer) {
+    let root = mount.path.clone();
+    mount.kill();
+    detach(&root);
+    s3.release_puts();
+    let again = vol.mount_at(&root);
+    writer.check(&root.join("db"));
+    again.unmount();
+    assert_collected_clean(vol);
+}
+
+#[test]
+fn sigkill_in_the_middle_of_an_fsync_that_uploads_slices_loses_nothing_fsynced() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, vol) = held_volume();
+    let mount = vol.mount();
+    let path = mount.path.join("db");
+    let mut writer = Writer::lay_out(&path, (4 << 20) / PIECE);
+    assert_eq!(writer.run(&path, 20), 20);
+    // The next fsync's upload of its slices is held: the fsync waits in the middle.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write(&f, 16, writer.pieces).unwrap();
+    s3.hold_puts_after(0);
+    let fsync = std::thread::spawn(move || f.sync_all().is_ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s3.held_puts() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the fsync never uploaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!fsync.is_finished(), "the fsync returned with its upload held");
+    kill_and_check(&s3, &vol, mount, &mut writer);
+    assert!(!fsync.join().unwrap(), "an fsync whose mount died reports an error");
+}
+
+#[test]
+fn sigkill_in_the_middle_of_a_compaction_loses_nothing_fsynced() {
+    if !fuse_available() {
+        return;
+    }
+    let (s3, vol) = held_volume();
+    let mount = vol.mount();
+    let path = mount.path.join("db");
+    let mut writer = Writer::lay_out(&path, (4 << 20) / PIECE);
+    // Fifteen fsyncs of one write each into the first block: fifteen slices on it.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let first_block = (1 << 20) / PIECE;
+    for _ in 0..15 {
+        writer.write(&f, 1, first_block).unwrap();
+        writer.fsync(&f).unwrap();
+    }
+    // The sixteenth's slice is let through; the compaction it starts uploads next, and waits.
+    s3.hold_puts_after(1);
+    writer.write(&f, 1, first_block).unwrap();
+    writer.fsync(&f).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s3.held_puts() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no compaction started after 16 slices");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(f);
+    kill_and_check(&s3, &vol, mount, &mut writer);
 }
