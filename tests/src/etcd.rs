@@ -104,6 +104,18 @@ impl EtcdCluster {
         all.join(",")
     }
 
+    /// How a client in this process reaches file system `name` on this cluster (giving up
+    /// after 20 s without a member).
+    pub fn options(&self, name: &str) -> elasticfs_metadata::kv::EtcdOptions {
+        elasticfs_metadata::kv::EtcdOptions {
+            endpoints: self.endpoints().split(',').map(String::from).collect(),
+            name: name.into(),
+            tls_ca: None,
+            user: None,
+            give_up_after: Some(Duration::from_secs(20)),
+        }
+    }
+
     /// The `--meta` URL of file system `name` on this cluster.
     pub fn url(&self, name: &str) -> String {
         format!("etcd://{}/{name}", self.endpoints())

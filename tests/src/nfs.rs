@@ -291,3 +291,10 @@ pub async fn readdirplus_names(
         }
     }
 }
+
+/// The whole of file `name` in the export's root, read as root through a new client.
+pub async fn read_back(port: u16, name: &str) -> Vec<u8> {
+    let (mut nfs, root) = client(port, 0, 0).await;
+    let file = lookup(&mut nfs, &root, name).await.unwrap();
+    read_all(&mut nfs, &file, 1 << 20).await.unwrap()
+}

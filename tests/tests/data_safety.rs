@@ -203,11 +203,8 @@ async fn random_writes_through_the_gateway_upload_each_block_once_per_commit() {
     assert!(stored <= 2 * FILE, "{stored} bytes stored for a {FILE}-byte file written at random");
 
     gw.restart();
-    let (mut nfs, root) = client(gw.port, 0, 0).await;
-    let file = lookup(&mut nfs, &root, "db").await.unwrap();
-    let back = read_all(&mut nfs, &file, 1 << 20).await.unwrap();
+    let back = read_back(gw.port, "db").await;
     assert!(back == model, "the file read back differs from what was written");
-    drop(nfs);
     gw.stop();
     vol.assert_fsck_clean(true);
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use elasticfs_metadata::kv::{EtcdKv, EtcdOptions};
+use elasticfs_metadata::kv::EtcdKv;
 use elasticfs_metadata::remote::{ClientOptions, RemoteStore, Retry};
 use elasticfs_metadata::{
     Block, BlockChange, BlockCommit, BlockRef, ClientInfo, Compaction, Engine, FileKind, LockKind,
@@ -88,16 +88,6 @@ fn conformance_on_sled() {
     });
 }
 
-fn etcd_options(cluster: &EtcdCluster, name: &str) -> EtcdOptions {
-    EtcdOptions {
-        endpoints: cluster.endpoints().split(',').map(String::from).collect(),
-        name: name.into(),
-        tls_ca: None,
-        user: None,
-        give_up_after: Some(Duration::from_secs(20)),
-    }
-}
-
 #[test]
 fn conformance_on_etcd() {
     if !etcd_available() {
@@ -107,7 +97,7 @@ fn conformance_on_etcd() {
     run_all(|n| {
         let name = format!("conformance{n}");
         let connect = {
-            let options = etcd_options(&cluster, &name);
+            let options = cluster.options(&name);
             move || EtcdKv::connect(options.clone()).unwrap()
         };
         let store = Engine::format_kv(connect(), &superblock(), 0, 0).unwrap();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use elasticfs_core::metadata::kv::{EtcdKv, EtcdOptions};
+use elasticfs_core::metadata::kv::EtcdKv;
 use elasticfs_core::metadata::{Engine, MetaStore, SledStore};
 use elasticfs_tests::etcd::{etcd_available, EtcdCluster};
 use elasticfs_tests::model::{op, superblock, Harness, Op};
@@ -63,13 +63,7 @@ fn engine_on_etcd_matches_the_model() {
     let result = runner.run(&strategy, |(ops, buffer_blocks)| {
         // Each case (and each shrinking step) on a file system of its own in the cluster.
         let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let options = EtcdOptions {
-            endpoints: cluster.endpoints().split(',').map(String::from).collect(),
-            name: format!("model{case}"),
-            tls_ca: None,
-            user: None,
-            give_up_after: Some(std::time::Duration::from_secs(20)),
-        };
+        let options = cluster.options(&format!("model{case}"));
         let meta: Arc<dyn MetaStore> =
             Arc::new(Engine::format_kv(EtcdKv::connect(options).unwrap(), &superblock(BLOCK), 0, 0).unwrap());
         let mut h = Harness::new(meta, 1 << 20, buffer_blocks * BLOCK as usize);

@@ -108,11 +108,8 @@ async fn fsynced_random_writes_through_the_gateway_upload_about_what_was_written
     assert!(stored <= layout + UPLOAD_BOUND * FILE, "{stored} bytes stored (layout {layout})");
 
     gw.restart();
-    let (mut nfs, root) = client(gw.port, 0, 0).await;
-    let file = lookup(&mut nfs, &root, "db").await.unwrap();
-    let back = read_all(&mut nfs, &file, 1 << 20).await.unwrap();
+    let back = read_back(gw.port, "db").await;
     assert!(back == model, "the file read back differs from what was written");
-    drop(nfs);
     gw.stop();
     assert_collected_clean(&vol);
 }
@@ -273,11 +270,24 @@ fn another_mount_reads_each_fsynced_state_while_compactions_run() {
     vol.assert_fsck_clean(true);
 }
 
-/// A mount whose uploads are held by its S3 server, for the two tests below.
-fn held_volume() -> (S3Server, Volume) {
+/// A file of 4 MiB laid out through a mount whose S3 server can hold its uploads back, for the
+/// two tests below.
+fn held_mount() -> (S3Server, Volume, elasticfs_tests::Mount, std::path::PathBuf, Writer) {
     let s3 = S3Server::start();
     let vol = Volume::s3(&s3);
-    (s3, vol)
+    let mount = vol.mount();
+    let path = mount.path.join("db");
+    let writer = Writer::lay_out(&path, (4 << 20) / PIECE);
+    (s3, vol, mount, path, writer)
+}
+
+/// Waits until `s3` holds an upload back, failing with `otherwise` after 20 s.
+fn wait_for_a_held_upload(s3: &S3Server, otherwise: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s3.held_puts() == 0 {
+        assert!(std::time::Instant::now() < deadline, "{otherwise}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Kills `mount` (which `writer` was writing through), lets uploads through again, remounts
@@ -298,21 +308,14 @@ fn sigkill_in_the_middle_of_an_fsync_that_uploads_slices_loses_nothing_fsynced()
     if !fuse_available() {
         return;
     }
-    let (s3, vol) = held_volume();
-    let mount = vol.mount();
-    let path = mount.path.join("db");
-    let mut writer = Writer::lay_out(&path, (4 << 20) / PIECE);
+    let (s3, vol, mount, path, mut writer) = held_mount();
     assert_eq!(writer.run(&path, 20), 20);
     // The next fsync's upload of its slices is held: the fsync waits in the middle.
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     writer.write(&f, 16, writer.pieces).unwrap();
     s3.hold_puts_after(0);
     let fsync = std::thread::spawn(move || f.sync_all().is_ok());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while s3.held_puts() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the fsync never uploaded");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_a_held_upload(&s3, "the fsync never uploaded");
     assert!(!fsync.is_finished(), "the fsync returned with its upload held");
     kill_and_check(&s3, &vol, mount, &mut writer);
     assert!(!fsync.join().unwrap(), "an fsync whose mount died reports an error");
@@ -323,10 +326,7 @@ fn sigkill_in_the_middle_of_a_compaction_loses_nothing_fsynced() {
     if !fuse_available() {
         return;
     }
-    let (s3, vol) = held_volume();
-    let mount = vol.mount();
-    let path = mount.path.join("db");
-    let mut writer = Writer::lay_out(&path, (4 << 20) / PIECE);
+    let (s3, vol, mount, path, mut writer) = held_mount();
     // Fifteen fsyncs of one write each into the first block: fifteen slices on it.
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     let first_block = (1 << 20) / PIECE;
@@ -338,11 +338,7 @@ fn sigkill_in_the_middle_of_a_compaction_loses_nothing_fsynced() {
     s3.hold_puts_after(1);
     writer.write(&f, 1, first_block).unwrap();
     writer.fsync(&f).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while s3.held_puts() == 0 {
-        assert!(std::time::Instant::now() < deadline, "no compaction started after 16 slices");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_a_held_upload(&s3, "no compaction started after 16 slices");
     drop(f);
     kill_and_check(&s3, &vol, mount, &mut writer);
 }
