@@ -1,5 +1,7 @@
 //! The one file system API both frontends use. Methods block the calling thread (a FUSE worker
 //! or an NFS task's blocking section); object-store I/O runs on the engine's own runtime.
+//! Attributes and names are here; the read path (`read_path.rs`), the write path
+//! (`write_path.rs`) and the handle table (`handles.rs`) are modules of their own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,28 +10,28 @@ use std::time::{Duration, Instant};
 
 use elasticfs_metadata::throughput::IoKind;
 use elasticfs_metadata::{
-    Attr, Block, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest, MetaError, MetaStore, NewNode,
-    Rename, RenameMode, SetAttr, Timestamp, Usage, XattrMode,
+    Attr, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest, MetaStore, NewNode, Rename, RenameMode,
+    SetAttr, Timestamp, Usage, XattrMode,
 };
-use futures::future::try_join_all;
 use tokio::sync::Semaphore;
 use tracing::{instrument, warn};
 
 use crate::access::{without_privileges, Identity};
-use crate::block_cache::Part;
 use crate::chunk_store::ChunkStore;
 use crate::compaction::Compactor;
 use crate::error::{errno, FsError, FsResult};
 use crate::locks::LockTable;
 use crate::metrics::{EngineMetrics, Op};
-use crate::open_file::{Dirty, OpenFile, Readahead, WriteBudget};
-use crate::read_data::ReadData;
-use crate::slices::{Layout, Source};
+use crate::open_file::WriteBudget;
 use crate::throttle::Throttle;
 
 mod changed_dirs;
 mod dir_handles;
+mod handles;
+
+use handles::{Handle, OpenEntry};
 mod names;
+mod read_path;
 mod write_path;
 
 use changed_dirs::ChangedDirs;
@@ -94,23 +96,6 @@ pub struct SetAttrRequest {
     pub size: Option<u64>,
     pub atime: Option<Timestamp>,
     pub mtime: Option<Timestamp>,
-}
-
-struct Handle {
-    file: Arc<OpenFile>,
-    append: bool,
-    /// The file is as it was at this client's previous open: the kernel's cached pages of it
-    /// are still right.
-    unchanged: bool,
-    readahead: Mutex<Readahead>,
-}
-
-struct OpenEntry {
-    handles: usize,
-    file: Arc<OpenFile>,
-    /// This client removed the file's last name while it was open: the last close removes
-    /// the file.
-    orphaned: bool,
 }
 
 pub struct FileSystem {
@@ -658,296 +643,6 @@ impl FileSystem {
             Ok(self.meta.remove_xattr(ino, name)?)
         })
     }
-
-    // ----- handles ----------------------------------------------------------------------------
-
-    fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
-        self.open_files.lock().unwrap().get(&ino).map(|e| e.file.clone())
-    }
-
-    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.handles
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| FsError::new(errno::EBADF, "unknown handle"))
-    }
-
-    /// Opens a regular file and returns its handle number.
-    #[instrument(level = "debug", skip(self))]
-    pub fn open(&self, ino: Ino, append: bool) -> FsResult<u64> {
-        self.open_known(ino, append, None)
-    }
-
-    /// Opens `ino`, as `known` says it is when the store gave its attributes just now (a
-    /// create), else as the store says.
-    fn open_known(&self, ino: Ino, append: bool, known: Option<Attr>) -> FsResult<u64> {
-        self.metadata_op(Op::Open, || {
-            let _gate = self.open_gate(ino);
-            let attr = match known {
-                Some(attr) => attr,
-                None => self.meta.getattr(ino)?,
-            };
-            self.open_as(&attr, append)
-        })
-    }
-
-    /// Opens the file whose attributes the store gave just now. Call with its open gate held.
-    fn open_as(&self, attr: &Attr, append: bool) -> FsResult<u64> {
-        let ino = attr.ino;
-        let file = {
-            let mut open = self.open_files.lock().unwrap();
-            let entry = open.entry(ino).or_insert_with(|| OpenEntry {
-                handles: 0,
-                file: Arc::new(OpenFile::new(ino, attr.size, self.write_budget.clone())),
-                orphaned: false,
-            });
-            entry.handles += 1;
-            entry.file.clone()
-        };
-        // Close-to-open.
-        file.adopt_committed_size(attr.size);
-        file.may_have_set_id_bits.store(attr.perm & SET_ID_BITS != 0, Ordering::Relaxed);
-        let version = (attr.mtime, attr.ctime, attr.size);
-        let unchanged = self.last_opened.lock().unwrap().put(ino, version) == Some(version);
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { file, append, unchanged, readahead: Mutex::new(Readahead::default()) };
-        self.handles.lock().unwrap().insert(fh, Arc::new(handle));
-        Ok(fh)
-    }
-
-    /// Whether the file of handle `fh` is unchanged since this client last opened it, so that a
-    /// frontend's page cache of it may be kept (close-to-open: a change by anyone since then
-    /// changes its times or size, and the cache is dropped).
-    pub fn unchanged_since_last_open(&self, fh: u64) -> bool {
-        self.handle(fh).is_ok_and(|h| h.unchanged)
-    }
-
-    /// Makes handle `fh` read the file as `attr` (its [`Self::getattr`] of just now) says: the
-    /// committed size becomes the handle's, unless this client has changes of its own (then
-    /// `attr` already shows them). For a frontend that keeps handles open across its clients'
-    /// opens and closes, as the NFS gateway does.
-    pub fn revalidate(&self, fh: u64, attr: &Attr) -> FsResult<()> {
-        self.handle(fh)?.file.adopt_committed_size(attr.size);
-        Ok(())
-    }
-
-    /// Creates and opens a regular file. Without `exclusive`, an existing file is opened.
-    #[instrument(level = "debug", skip(self, name))]
-    pub fn create(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        perm: u16,
-        caller: Caller,
-        exclusive: bool,
-        append: bool,
-    ) -> FsResult<(Attr, u64)> {
-        let attr = match self.mknod(parent, name, FileKind::File, perm, 0, caller) {
-            Err(e) if e.errno == MetaError::Exists.errno() && !exclusive => self.lookup(parent, name)?,
-            other => other?,
-        };
-        // Opened as the store just answered: no second read of what it returned.
-        let fh = self.open_known(attr.ino, append, Some(attr.clone()))?;
-        Ok((attr, fh))
-    }
-
-    /// Commits this handle's file: after it returns, every write made before is durable.
-    #[instrument(level = "debug", skip(self))]
-    pub fn flush(&self, fh: u64) -> FsResult<()> {
-        self.run(Op::Flush, || {
-            let handle = self.handle(fh)?;
-            self.flush_file(&handle.file)
-        })
-    }
-
-    pub fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh)
-    }
-
-    /// Closes a handle; the last one of an unlinked file removes it.
-    #[instrument(level = "debug", skip(self))]
-    pub fn release(&self, fh: u64) -> FsResult<()> {
-        self.run(Op::Release, || {
-            let Some(handle) = self.handles.lock().unwrap().remove(&fh) else {
-                return Err(FsError::new(errno::EBADF, "unknown handle"));
-            };
-            let flushed = self.flush_file(&handle.file);
-            let ino = handle.file.ino;
-            let _gate = self.open_gate(ino);
-            let orphaned_last = {
-                let mut open = self.open_files.lock().unwrap();
-                let entry = open.get_mut(&ino).expect("an open handle has an open entry");
-                entry.handles -= 1;
-                let last = entry.handles == 0;
-                last && open.remove(&ino).is_some_and(|entry| entry.orphaned)
-            };
-            // A file another client unlinked was removed by that client (or is its orphan,
-            // removed at its last close or when its session ends).
-            if orphaned_last {
-                match self.meta.getattr(ino) {
-                    Ok(attr) if attr.nlink == 0 => self.meta.purge(ino)?,
-                    _ => {}
-                }
-            }
-            flushed
-        })
-    }
-
-    /// A clean stop (unmount, a gateway's SIGTERM): commits every open file, then ends this
-    /// client's session.
-    pub fn shutdown(&self) -> FsResult<()> {
-        self.flush_all()?;
-        Ok(self.meta.end_own_session()?)
-    }
-
-    /// Commits every open file (at unmount).
-    pub fn flush_all(&self) -> FsResult<()> {
-        let files: Vec<_> = self.open_files.lock().unwrap().values().map(|e| e.file.clone()).collect();
-        for file in files {
-            self.flush_file(&file)?;
-        }
-        Ok(())
-    }
-
-    fn purge_unless_open(&self, ino: Ino) -> FsResult<()> {
-        let _gate = self.open_gate(ino);
-        match self.open_files.lock().unwrap().get_mut(&ino) {
-            Some(open) => open.orphaned = true,
-            None => self.meta.purge(ino)?,
-        }
-        Ok(())
-    }
-
-    // ----- data -------------------------------------------------------------------------------
-
-    #[instrument(level = "debug", skip(self))]
-    pub fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<ReadData> {
-        self.run(Op::Read, || {
-            let handle = self.handle(fh)?;
-            let file = &handle.file;
-            // Metered as the bytes it returns: what lies past the end is not data read.
-            let size = file.state.lock().unwrap().size;
-            self.throttle.charge(IoKind::Read, size.saturating_sub(offset).min(len as u64));
-            let bs = self.block_size;
-            // Under the file's lock: what each block of the range is made of. Uncommitted bytes
-            // are copied for just the part of the block the read covers.
-            let (end, layouts) = {
-                let st = file.state.lock().unwrap();
-                let end = st.size.min(offset.saturating_add(len as u64));
-                if offset >= end {
-                    return Ok(ReadData::default());
-                }
-                let (first, last) = (offset / bs, (end - 1) / bs);
-                let needs_committed = |index: &u64| match st.dirty().get(index) {
-                    None | Some(Dirty::Sliced(_)) => true,
-                    Some(Dirty::Buffer { over_committed, .. }) => *over_committed,
-                    Some(_) => false,
-                };
-                let mut committed: HashMap<u64, Block> = HashMap::new();
-                if (first..=last).any(|i| needs_committed(&i)) {
-                    committed.extend(self.meta.blocks(file.ino, first, last - first + 1)?);
-                    if self.config.compact_found {
-                        // Any client that finds slices piled up folds them (another may have laid them).
-                        self.compactor.consider(file.ino, committed.iter().map(|(i, b)| (*i, b)));
-                    }
-                }
-                let mut layouts = Vec::with_capacity((last - first + 1) as usize);
-                for index in first..=last {
-                    let block_start = index * bs;
-                    let within =
-                        offset.max(block_start) - block_start..end.min(block_start + bs) - block_start;
-                    let under = |committed: &mut HashMap<u64, Block>| match committed.remove(&index) {
-                        Some(block) => Layout::of(&block, within.clone()),
-                        None => Layout::zeros(within.clone()),
-                    };
-                    let layout = match st.dirty().get(&index) {
-                        Some(Dirty::Buffer { patch, over_committed }) => {
-                            let mut layout = if *over_committed {
-                                under(&mut committed)
-                            } else {
-                                Layout::zeros(within.clone())
-                            };
-                            layout.paint_patch(patch);
-                            layout
-                        }
-                        Some(Dirty::Sliced(slice)) => {
-                            let mut layout = under(&mut committed);
-                            layout.paint_slice(slice);
-                            layout
-                        }
-                        Some(Dirty::Uploading { data, .. }) => {
-                            let mut layout = Layout::zeros(within.clone());
-                            layout.paint_bytes(data.clone());
-                            layout
-                        }
-                        Some(Dirty::Stored(base)) => Layout::of(&Block::whole(base.clone()), within.clone()),
-                        None => under(&mut committed),
-                    };
-                    layouts.push((block_start, layout));
-                }
-                (end, layouts)
-            };
-            let random = {
-                let mut readahead = handle.readahead.lock().unwrap();
-                let prefetch = readahead.on_read(offset, end - offset, bs, self.config.max_readahead_blocks);
-                if let Some((first, count)) = prefetch {
-                    self.prefetch(file.ino, first, count);
-                }
-                readahead.is_random()
-            };
-            let pieces = layouts.into_iter().flat_map(|(block_start, layout)| {
-                layout.into_pieces().into_iter().map(move |p| (block_start, p))
-            });
-            let pieces = self.block_on(try_join_all(pieces.map(|(block_start, piece)| {
-                let chunks = self.chunks.clone();
-                async move {
-                    let data = match piece.source {
-                        Source::Zeros => None,
-                        Source::Bytes(data) => Some(data),
-                        // A random read fetches only the segments it touches; a sequential one
-                        // the whole chunk, which readahead is fetching anyway.
-                        Source::Chunk { hash, chunk_len, offset } if random => {
-                            Some(chunks.get_range(hash, chunk_len, offset..offset + piece.len).await?)
-                        }
-                        Source::Chunk { hash, offset, .. } => {
-                            let data = chunks.get(hash).await?;
-                            Some(data.slice(clip_range(&data, &(offset..offset + piece.len))))
-                        }
-                    };
-                    Ok::<_, FsError>((block_start + piece.at, piece.len, data))
-                }
-            })))?;
-            let mut out = ReadData::default();
-            for (_, len, data) in pieces {
-                match data {
-                    Some(data) => out.push(data),
-                    None => out.push_zeros(len as usize),
-                }
-            }
-            self.metrics().read(out.len() as u64);
-            Ok(out)
-        })
-    }
-
-    /// Starts fetching committed blocks into the cache, without waiting for them.
-    fn prefetch(&self, ino: Ino, first: u64, count: u64) {
-        let blocks = match self.meta.blocks(ino, first, count) {
-            Ok(blocks) => blocks,
-            Err(e) => return warn!(ino, "readahead skipped: {e}"),
-        };
-        for (_, block) in blocks {
-            for &hash in block.chunks() {
-                if self.chunks.cache().get(&(hash, Part::Whole)).is_none() {
-                    let chunks = self.chunks.clone();
-                    self.runtime.spawn(async move {
-                        let _ = chunks.get(hash).await;
-                    });
-                }
-            }
-        }
-    }
 }
 
 impl Drop for FileSystem {
@@ -956,10 +651,4 @@ impl Drop for FileSystem {
             warn!("committing open files at shutdown failed: {e}");
         }
     }
-}
-
-/// The part of `range` (offsets within a block) that `data`, the block's stored bytes, covers.
-fn clip_range(data: &[u8], range: &std::ops::Range<u64>) -> std::ops::Range<usize> {
-    let end = (range.end as usize).min(data.len());
-    (range.start as usize).min(end)..end
 }
