@@ -342,3 +342,31 @@ fn sigkill_in_the_middle_of_a_compaction_loses_nothing_fsynced() {
     drop(f);
     kill_and_check(&s3, &vol, mount, &mut writer);
 }
+
+#[test]
+fn a_file_rewritten_whole_in_place_gets_whole_blocks_not_slices() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::local();
+    let mount = vol.mount();
+    let path = mount.path.join("f");
+    // Two and a half blocks, then every byte of it written again without truncating (as `dd
+    // conv=notrunc` or an editor saving in place does).
+    std::fs::write(&path, pattern(1, 5 << 19)).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&pattern(2, 5 << 19), 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // No slice was uploaded (to be compacted into a new block afterwards) for the last block,
+    // half full, which the rewrite covered too. The mount publishes its counters every 2 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    let client = &vol.status()["mount"]["client"];
+    assert_eq!(client["slice_bytes"].as_u64(), Some(0), "{client}");
+    mount.unmount();
+    let report = vol.fsck(true);
+    assert!(report.contains("in 3 blocks (0 slices laid over them)"), "{report}");
+    let mount = vol.mount();
+    assert!(std::fs::read(mount.path.join("f")).unwrap() == pattern(2, 5 << 19));
+    mount.unmount();
+}

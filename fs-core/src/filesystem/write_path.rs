@@ -209,7 +209,10 @@ impl FileSystem {
         let Some(Dirty::Buffer { patch, over_committed }) = st.dirty().get(&index) else {
             unreachable!("block {index} is buffered")
         };
-        if *over_committed && !patch.covers(self.block_size) {
+        // What the block can hold committed: no more than the file's committed size reaches
+        // into it. A patch over all of that (a file's last block rewritten) is the whole block.
+        let committed = st.committed_size.saturating_sub(index * self.block_size).min(self.block_size);
+        if *over_committed && !patch.covers(committed) {
             Storable::Patch
         } else {
             Storable::Whole { small: patch.end() <= self.inline_threshold }
