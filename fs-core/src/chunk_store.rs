@@ -124,19 +124,25 @@ impl ChunkStore {
     /// session (the commit that references it releases the protection); a chunk the metadata
     /// knows to be stored is not uploaded again. The caller must pass the returned hash in its
     /// commit's [`BlockCommit::release`](elasticfs_metadata::BlockCommit) list.
-    #[instrument(level = "debug", skip_all, fields(len = data.len()))]
     pub async fn put(&self, data: Bytes) -> FsResult<ChunkHash> {
+        Ok(self.store(data).await?.0)
+    }
+
+    /// [`Self::put`], saying also whether the bytes were sent (false: the store had them).
+    #[instrument(level = "debug", skip_all, fields(len = data.len()))]
+    pub(crate) async fn store(&self, data: Bytes) -> FsResult<(ChunkHash, bool)> {
         let segments = SegmentHashes::applies_to(data.len() as u64).then(|| SegmentHashes::compute(&data));
         let hash = match &segments {
             Some((_, hash)) => *hash,
             None => hash_of(&data),
         };
-        if self.protect(hash).await? != ChunkProtection::Stored {
+        let sent = self.protect(hash).await? != ChunkProtection::Stored;
+        if sent {
             let list = segments.map(|(segments, _)| Bytes::from(segments.encode()));
             self.upload_once(hash, data.clone(), list).await?;
         }
         self.cache.insert((hash, Part::Whole), data);
-        Ok(hash)
+        Ok((hash, sent))
     }
 
     /// Protects `hash` for this session, waiting out a garbage collection that is deleting an

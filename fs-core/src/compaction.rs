@@ -177,8 +177,8 @@ impl Compactor {
                 let base = if len <= self.inline_threshold {
                     BlockRef::Inline(data)
                 } else {
-                    uploaded = data.len() as u64;
-                    let hash = self.upload(data)?;
+                    let hash;
+                    (hash, uploaded) = self.upload(data)?;
                     release.push(hash);
                     BlockRef::Chunk { hash, len: len as u32 }
                 };
@@ -192,8 +192,8 @@ impl Compactor {
                     data.extend(self.bytes_of(Layout::of(&run, at as u64..at as u64 + len as u64))?);
                 }
                 let chunk_len = data.len() as u32;
-                uploaded = data.len() as u64;
-                let hash = self.upload(data)?;
+                let hash;
+                (hash, uploaded) = self.upload(data)?;
                 release.push(hash);
                 let mut slices = block.slices[..from].to_vec();
                 slices.push(Slice { hash, chunk_len, chunk_offset: 0, extents, level });
@@ -207,10 +207,13 @@ impl Compactor {
         Ok(applied)
     }
 
-    /// Stores `data` as a chunk, metered as a write.
-    fn upload(&self, data: Vec<u8>) -> FsResult<elasticfs_metadata::ChunkHash> {
-        self.throttle.charge(IoKind::Write, data.len() as u64);
-        self.runtime.block_on(self.chunks.put(Bytes::from(data)))
+    /// Stores `data` as a chunk, metered as a write. Returns its name and the bytes sent (none
+    /// if the store had them already).
+    fn upload(&self, data: Vec<u8>) -> FsResult<(elasticfs_metadata::ChunkHash, u64)> {
+        let len = data.len() as u64;
+        self.throttle.charge(IoKind::Write, len);
+        let (hash, sent) = self.runtime.block_on(self.chunks.store(Bytes::from(data)))?;
+        Ok((hash, if sent { len } else { 0 }))
     }
 
     /// The bytes a layout names, metered as a read of what comes from chunks.

@@ -316,12 +316,13 @@ impl EngineMetrics {
         );
     }
 
-    /// A flush uploaded `bytes` as slices.
+    /// A flush uploaded `bytes` as slices (a chunk the store had already is not counted).
     pub(crate) fn sliced(&self, bytes: u64) {
         self.slice_bytes.inc_by(bytes);
     }
 
-    /// A compaction uploaded `bytes`, and was committed or gave up.
+    /// A compaction uploaded `bytes` (none if the store had its chunk), and was committed or
+    /// gave up.
     pub(crate) fn compacted(&self, bytes: u64, applied: bool) {
         self.compaction_bytes.inc_by(bytes);
         self.outcomes[usize::from(!applied)].inc();

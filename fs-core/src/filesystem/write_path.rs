@@ -232,13 +232,15 @@ impl FileSystem {
             if packs.is_empty() {
                 return Ok(());
             }
-            let uploads: Vec<_> = packs.iter().map(|pack| self.chunks.put(pack.data.clone())).collect();
+            let uploads: Vec<_> = packs.iter().map(|pack| self.chunks.store(pack.data.clone())).collect();
             let uploaded = self.block_on(futures::future::join_all(uploads));
             let mut failure = None;
             for (pack, uploaded) in packs.into_iter().zip(uploaded) {
                 match uploaded {
-                    Ok(hash) => {
-                        self.metrics().sliced(pack.data.len() as u64);
+                    Ok((hash, sent)) => {
+                        if sent {
+                            self.metrics().sliced(pack.data.len() as u64);
+                        }
                         st.protected.push(hash);
                         let chunk_len = pack.data.len() as u32;
                         for Packed { index, offset, extents } in pack.blocks {
