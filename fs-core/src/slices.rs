@@ -77,11 +77,7 @@ impl Layout {
     pub(crate) fn of(block: &Block, range: Range<u64>) -> Self {
         let mut layout = Layout::zeros(range);
         match &block.base {
-            Some(BlockRef::Inline(data)) => layout.paint(Piece {
-                at: 0,
-                len: data.len() as u64,
-                source: Source::Bytes(Bytes::copy_from_slice(data)),
-            }),
+            Some(BlockRef::Inline(data)) => layout.paint_copy(0, data),
             Some(BlockRef::Chunk { hash, len }) => layout.paint(Piece {
                 at: 0,
                 len: *len as u64,
@@ -140,14 +136,20 @@ impl Layout {
         self.pieces = pieces;
     }
 
-    /// Lays a client's unflushed writes over what is there (copying only what is in range).
+    /// Lays a client's unflushed writes over what is there.
     pub(crate) fn paint_patch(&mut self, patch: &Patch) {
         for (at, data) in patch.extents() {
-            let (start, end) = (at.max(self.range.start), (at + data.len() as u64).min(self.range.end));
-            if start < end {
-                let bytes = Bytes::copy_from_slice(&data[(start - at) as usize..(end - at) as usize]);
-                self.paint(Piece { at: start, len: end - start, source: Source::Bytes(bytes) });
-            }
+            self.paint_copy(at, data);
+        }
+    }
+
+    /// Lays `data`, which starts at `at` in the block, over what is there, copying only what
+    /// is in range (a 4 KiB read of an inline block or of a large patch copies 4 KiB).
+    fn paint_copy(&mut self, at: u64, data: &[u8]) {
+        let (start, end) = (at.max(self.range.start), (at + data.len() as u64).min(self.range.end));
+        if start < end {
+            let bytes = Bytes::copy_from_slice(&data[(start - at) as usize..(end - at) as usize]);
+            self.paint(Piece { at: start, len: end - start, source: Source::Bytes(bytes) });
         }
     }
 

@@ -148,7 +148,7 @@ impl<K: Kv> Engine<K> {
         let raw = raw.ok_or_else(|| {
             MetaError::Format(format!("no file system at {where_}: run `elasticfs format` first"))
         })?;
-        let superblock: Superblock = serde_json::from_slice(&raw)
+        let mut superblock: Superblock = serde_json::from_slice(&raw)
             .map_err(|e| MetaError::Format(format!("the superblock at {where_} is unreadable: {e}")))?;
         if superblock.format_version > FORMAT_VERSION {
             return Err(MetaError::Format(format!(
@@ -156,8 +156,14 @@ impl<K: Kv> Engine<K> {
                 superblock.format_version, FORMAT_VERSION
             )));
         }
+        let upgrade = superblock.format_version < FORMAT_VERSION;
+        if upgrade {
+            superblock.format_version = FORMAT_VERSION;
+        }
         let engine = Engine { shared: Arc::new(Shared::new(kv, superblock)), session: NO_SESSION };
-        engine.upgrade_format()?;
+        if upgrade {
+            engine.upgrade_format()?;
+        }
         engine.start_cookie_counter()?;
         engine.fold_dir_times()?;
         Ok(engine)

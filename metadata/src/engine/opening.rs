@@ -10,11 +10,9 @@ use crate::types::FORMAT_VERSION;
 impl<K: Kv> Engine<K> {
     /// Marks a store of an earlier format as this one's before anything new is written to it:
     /// an older elasticfs that opens it afterwards refuses it by name rather than meeting
-    /// records it cannot read (format 3 added slices to blocks; nothing else changes).
+    /// records it cannot read (format 3 added slices to blocks; nothing else changes). The
+    /// caller opened the engine with the new version already in its superblock.
     pub(super) fn upgrade_format(&self) -> MetaResult<()> {
-        if self.shared.superblock.format_version >= FORMAT_VERSION {
-            return Ok(());
-        }
         self.mutate(|t| {
             let mut superblock = t.superblock()?;
             superblock.format_version = superblock.format_version.max(FORMAT_VERSION);
