@@ -418,10 +418,9 @@ impl<K: Kv> MetaStore for Engine<K> {
         if self.shared.kv.single_writer() {
             // The record is the whole answer (directory times included): one key, read on
             // its own, for the most frequent call of all.
-            return match self.shared.kv.get(&keys::numbered_array(keys::INODE, ino)).map_err(tx_error)? {
-                Some(raw) => Attr::decode(&raw),
-                None => Err(MetaError::NotFound),
-            };
+            let key = keys::numbered_array(keys::INODE, ino);
+            let decode = |raw: Option<&[u8]>| raw.map_or(Err(MetaError::NotFound), Attr::decode);
+            return self.shared.kv.get_with(&key, decode).map_err(tx_error);
         }
         self.read(|t| t.attr(ino))
     }

@@ -12,7 +12,9 @@ use crate::error::MetaResult;
 
 /// The map under a [`Local`] driver.
 pub(super) trait OrderedMap: Send + Sync + 'static {
-    fn get(&self, key: &[u8]) -> MetaResult<Option<Vec<u8>>>;
+    /// What `decode` makes of `key`'s value, read where it lies (no copy for a caller that
+    /// decodes).
+    fn get_with<T>(&self, key: &[u8], decode: impl FnOnce(Option<&[u8]>) -> MetaResult<T>) -> MetaResult<T>;
     /// Up to `limit` pairs with `start <= key < end`, in key order.
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> MetaResult<Vec<Pair>>;
     /// Applies every write at once: a reader sees all of them or none.
@@ -41,8 +43,12 @@ impl<M: OrderedMap> Local<M> {
         Ok(())
     }
 
-    pub(super) fn get(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-        Ok(self.map.get(key)?)
+    pub(super) fn get_with<T>(
+        &self,
+        key: &[u8],
+        decode: impl FnOnce(Option<&[u8]>) -> MetaResult<T>,
+    ) -> TxResult<T> {
+        Ok(self.map.get_with(key, decode)?)
     }
 
     pub(super) fn read(&self, body: Body) -> TxResult<()> {
@@ -64,7 +70,7 @@ impl<M: OrderedMap> KvTxn for LocalTxn<'_, M> {
     fn get(&mut self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
         match self.writes.get(key) {
             Some(written) => Ok(written),
-            None => Ok(self.map.get(key)?),
+            None => Ok(self.map.get_with(key, |value| Ok(value.map(<[u8]>::to_vec)))?),
         }
     }
 

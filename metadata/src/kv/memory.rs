@@ -26,8 +26,8 @@ impl Default for MemKv {
 }
 
 impl OrderedMap for Map {
-    fn get(&self, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
-        Ok(self.0.read().unwrap().get(key).cloned())
+    fn get_with<T>(&self, key: &[u8], decode: impl FnOnce(Option<&[u8]>) -> MetaResult<T>) -> MetaResult<T> {
+        decode(self.0.read().unwrap().get(key).map(Vec::as_slice))
     }
 
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> MetaResult<Vec<Pair>> {
@@ -57,8 +57,8 @@ impl Kv for MemKv {
         self.0.read(body)
     }
 
-    fn get(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-        self.0.get(key)
+    fn get_with<T>(&self, key: &[u8], decode: impl FnOnce(Option<&[u8]>) -> MetaResult<T>) -> TxResult<T> {
+        self.0.get_with(key, decode)
     }
 
     fn snapshot(&self, body: Body) -> TxResult<()> {

@@ -88,14 +88,19 @@ pub trait Kv: Send + Sync + 'static {
     fn transact(&self, body: Body) -> TxResult<()>;
     /// Runs `body` over the store without committing (its writes are discarded).
     fn read(&self, body: Body) -> TxResult<()>;
-    /// One key's value, read on its own (a local store spares the transaction around it).
-    fn get(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+    /// What `decode` makes of one key's value, read on its own (a local store spares the
+    /// transaction around it, and the copy of the value).
+    fn get_with<T>(
+        &self,
+        key: &[u8],
+        decode: impl FnOnce(Option<&[u8]>) -> crate::MetaResult<T>,
+    ) -> TxResult<T> {
         let mut value = None;
         self.read(&mut |t: &mut dyn KvTxn| {
             value = t.get(key)?;
             Ok(())
         })?;
-        Ok(value)
+        Ok(decode(value.as_deref())?)
     }
     /// Like [`Kv::read`], over one state of the whole store however long the body runs (the
     /// audit): commits wait, or the reads are pinned to one revision.

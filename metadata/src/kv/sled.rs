@@ -81,8 +81,8 @@ fn open_db(path: &Path) -> MetaResult<sled::Db> {
 }
 
 impl OrderedMap for SledMap {
-    fn get(&self, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
-        Ok(self.0.get(key)?.map(|v| v.to_vec()))
+    fn get_with<T>(&self, key: &[u8], decode: impl FnOnce(Option<&[u8]>) -> MetaResult<T>) -> MetaResult<T> {
+        decode(self.0.get(key)?.as_deref())
     }
 
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> MetaResult<Vec<Pair>> {
@@ -115,8 +115,8 @@ impl Kv for SledKv {
         self.local.read(body)
     }
 
-    fn get(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-        self.local.get(key)
+    fn get_with<T>(&self, key: &[u8], decode: impl FnOnce(Option<&[u8]>) -> MetaResult<T>) -> TxResult<T> {
+        self.local.get_with(key, decode)
     }
 
     fn snapshot(&self, body: Body) -> TxResult<()> {
