@@ -14,18 +14,78 @@ use tokio::task::JoinHandle;
 use crate::error::FsResult;
 use crate::slices::Patch;
 
+/// A block's entry in the buffer of writes not yet taken by a flush.
 pub(crate) enum Dirty {
-    /// Written, not yet uploaded. With `over_committed`, the patch lies over the block's
-    /// committed content; without, it is the whole block (zeros in its gaps).
+    /// Written, not yet uploaded. With `over_committed`, the patch lies over what is below it
+    /// (a flush's layer, then the committed block); without, it is the whole block (zeros in
+    /// its gaps).
     Buffer { patch: Patch, over_committed: bool },
     /// A whole block sealed and being uploaded; `data` serves reads until the upload is
     /// collected.
-    Uploading { data: Bytes, task: JoinHandle<FsResult<ChunkHash>> },
-    /// A whole block uploaded (or small enough to stay inline): waiting for the commit.
+    Uploading { data: Bytes, task: Upload },
+    /// A whole block uploaded: waiting for a flush.
     Stored(BlockRef),
-    /// A patch over the committed block, uploaded as this slice: waiting for the commit.
-    /// Reads lay it over the committed block meanwhile.
+}
+
+/// An upload in the background, giving the chunk's hash.
+pub(crate) type Upload = JoinHandle<FsResult<ChunkHash>>;
+
+/// A block's entry in a [`FlushLayer`].
+#[derive(Clone)]
+pub(crate) enum Pending {
+    /// A [`Dirty::Buffer`] not yet uploaded.
+    Patch { patch: Patch, over_committed: bool },
+    /// A sealed whole block whose upload the flush waits for.
+    Sealed(Bytes),
+    /// A whole block uploaded (or small enough to stay inline).
+    Stored(BlockRef),
+    /// A patch over the committed block, uploaded as this slice.
     Sliced(Slice),
+}
+
+/// What one flush commits: the buffer as the flush found it, taken out so that writes go on
+/// into a fresh buffer while it uploads and commits. Reads lay it between the committed
+/// blocks and the buffer. A failed flush leaves it (with what was uploaded) for the next.
+pub(crate) struct FlushLayer {
+    pub(crate) blocks: BTreeMap<u64, Pending>,
+    /// The file's size and time of last write when the layer was taken.
+    pub(crate) size: u64,
+    pub(crate) mtime: Option<Timestamp>,
+    /// Chunks uploaded for the file since its last commit, which the commit releases.
+    pub(crate) release: Vec<ChunkHash>,
+    budget: Arc<WriteBudget>,
+}
+
+impl FlushLayer {
+    pub(crate) fn new(
+        blocks: BTreeMap<u64, Pending>,
+        size: u64,
+        mtime: Option<Timestamp>,
+        release: Vec<ChunkHash>,
+        budget: Arc<WriteBudget>,
+    ) -> Self {
+        let layer = FlushLayer { blocks, size, mtime, release, budget };
+        layer.budget.used.inc_by(layer.buffered_bytes() as i64);
+        layer
+    }
+
+    /// A layer like this one, with `blocks` and `release` as a failed flush left them.
+    pub(crate) fn rebuilt(&self, blocks: BTreeMap<u64, Pending>, release: Vec<ChunkHash>) -> Self {
+        FlushLayer::new(blocks, self.size, self.mtime, release, self.budget.clone())
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.blocks
+            .values()
+            .map(|p| if let Pending::Patch { patch, .. } = p { patch.capacity() } else { 0 })
+            .sum()
+    }
+}
+
+impl Drop for FlushLayer {
+    fn drop(&mut self) {
+        self.budget.used.dec_by(self.buffered_bytes() as i64);
+    }
 }
 
 /// The mount's write-back buffer: bytes of [`Dirty::Buffer`]s across all open files, and
@@ -50,17 +110,30 @@ impl WriteBudget {
 pub(crate) struct FileState {
     /// Size including uncommitted writes.
     pub(crate) size: u64,
-    /// Size as of this client's last commit or open: blocks before it may have committed
-    /// content, which a write in place lays a patch over.
+    /// Size as of this client's last commit or open.
     pub(crate) committed_size: u64,
     /// Changed blocks; a [`Dirty::Buffer`] enters and leaves only through [`Self::set`] and
     /// [`Self::take`], which count it against the write budget.
     dirty: BTreeMap<u64, Dirty>,
+    /// What a flush is committing, or what a failed one left: below `dirty`.
+    pub(crate) flushing: Option<Arc<FlushLayer>>,
     /// Time of the last uncommitted write; `None` when there is nothing to commit.
     pub(crate) mtime: Option<Timestamp>,
+    /// Counts writes (and size changes): a flush that ends with the count it started with
+    /// knows the file has nothing more to commit.
+    pub(crate) changes: u64,
     /// Chunks uploaded for this file since its last commit, which protect them from garbage
     /// collection until the commit releases them (used by the commit or not).
     pub(crate) protected: Vec<ChunkHash>,
+    /// Uploads of blocks written again before a flush took them: the flush waits for them
+    /// and releases what they stored.
+    pub(crate) abandoned: Vec<Upload>,
+    /// Commits of the file's blocks by this client (or attempts), counted once each is
+    /// reflected here: a read that fetched the committed blocks without the lock checks that
+    /// none ended in between. (One under way needs no check: its layer stays in
+    /// [`Self::flushing`] until it ends, and laying it again over blocks that already have it
+    /// changes nothing.)
+    pub(crate) commits: u64,
     /// Where the last write ended: a write that starts there continues a sequential stream.
     pub(crate) write_end: u64,
     /// Where this file's buffers (their capacity) are counted.
@@ -69,7 +142,7 @@ pub(crate) struct FileState {
 
 impl FileState {
     pub(crate) fn has_changes(&self) -> bool {
-        self.mtime.is_some() || !self.dirty.is_empty()
+        self.mtime.is_some() || !self.dirty.is_empty() || self.flushing.is_some()
     }
 
     pub(crate) fn dirty(&self) -> &BTreeMap<u64, Dirty> {
@@ -114,15 +187,44 @@ impl FileState {
         result
     }
 
-    /// Forgets every entry (after a commit stored them all).
-    pub(crate) fn clear(&mut self) {
-        self.count(0, self.buffered_bytes());
-        self.dirty.clear();
+    /// Takes the buffer out as a [`FlushLayer`] (below which the one a failed flush left must
+    /// already be committed), with the uploads it must wait for.
+    pub(crate) fn take_layer(&mut self) -> (Arc<FlushLayer>, Vec<(u64, Upload)>) {
+        debug_assert!(self.flushing.is_none(), "the layer below is committed first");
+        let mut uploads = Vec::new();
+        let dirty = std::mem::take(&mut self.dirty);
+        self.count(0, dirty.values().map(buffered).sum());
+        let blocks = dirty
+            .into_iter()
+            .map(|(index, entry)| {
+                let pending = match entry {
+                    Dirty::Buffer { patch, over_committed } => Pending::Patch { patch, over_committed },
+                    Dirty::Uploading { data, task } => {
+                        uploads.push((index, task));
+                        Pending::Sealed(data)
+                    }
+                    Dirty::Stored(base) => Pending::Stored(base),
+                };
+                (index, pending)
+            })
+            .collect();
+        let release = std::mem::take(&mut self.protected);
+        let layer = Arc::new(FlushLayer::new(blocks, self.size, self.mtime, release, self.budget.clone()));
+        self.flushing = Some(layer.clone());
+        (layer, uploads)
     }
 
-    /// Blocks whose entry is a buffer.
-    pub(crate) fn buffered_blocks(&self) -> Vec<u64> {
-        self.dirty.iter().filter(|(_, d)| matches!(d, Dirty::Buffer { .. })).map(|(i, _)| *i).collect()
+    /// Where the buffer's last block ends (0 if it is empty).
+    pub(crate) fn dirty_end(&self, block_size: u64) -> u64 {
+        let end = |(index, entry): (&u64, &Dirty)| {
+            index * block_size
+                + match entry {
+                    Dirty::Buffer { patch, .. } => patch.end(),
+                    Dirty::Uploading { data, .. } => data.len() as u64,
+                    Dirty::Stored(base) => base.len(),
+                }
+        };
+        self.dirty.iter().next_back().map_or(0, end)
     }
 }
 
@@ -143,6 +245,9 @@ impl Drop for FileState {
 pub(crate) struct OpenFile {
     pub(crate) ino: Ino,
     pub(crate) state: Mutex<FileState>,
+    /// Held by a flush or a truncate from start to commit: they take turns, while reads,
+    /// writes and `stat` only ever take [`Self::state`], briefly.
+    pub(crate) flush: Mutex<()>,
     /// Whether the file may have a set-user-ID or set-group-ID bit, as of its last open or this
     /// client's last chmod of it: a write that must drop them looks at the attributes only then.
     pub(crate) may_have_set_id_bits: AtomicBool,
@@ -154,12 +259,21 @@ impl OpenFile {
             size,
             committed_size: size,
             dirty: BTreeMap::new(),
+            flushing: None,
             mtime: None,
+            changes: 0,
             protected: Vec::new(),
+            abandoned: Vec::new(),
+            commits: 0,
             write_end: 0,
             budget,
         };
-        OpenFile { ino, state: Mutex::new(state), may_have_set_id_bits: AtomicBool::new(true) }
+        OpenFile {
+            ino,
+            state: Mutex::new(state),
+            flush: Mutex::new(()),
+            may_have_set_id_bits: AtomicBool::new(true),
+        }
     }
 
     /// Takes the committed size as the file's size, unless this client has uncommitted changes
@@ -170,6 +284,15 @@ impl OpenFile {
             st.size = committed;
             st.committed_size = committed;
         }
+    }
+
+    /// Updates the state with the outcome of a commit of the file's blocks, with `then`, and
+    /// counts the commit (see [`FileState::commits`]).
+    pub(crate) fn after_commit<T>(&self, then: impl FnOnce(&mut FileState) -> T) -> T {
+        let mut st = self.state.lock().unwrap();
+        let result = then(&mut st);
+        st.commits += 1;
+        result
     }
 }
 

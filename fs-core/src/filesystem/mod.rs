@@ -1,7 +1,8 @@
 //! The one file system API both frontends use. Methods block the calling thread (a FUSE worker
 //! or an NFS task's blocking section); object-store I/O runs on the engine's own runtime.
 //! Attributes and names are here; the read path (`read_path.rs`), the write path
-//! (`write_path.rs`) and the handle table (`handles.rs`) are modules of their own.
+//! (`write_path.rs`), flushes and truncates (`flush.rs`) and the handle table (`handles.rs`)
+//! are modules of their own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use crate::throttle::Throttle;
 
 mod changed_dirs;
 mod dir_handles;
+mod flush;
 mod handles;
 
 use handles::{Handle, OpenEntry};

@@ -2,9 +2,12 @@
 //! the committed block's base and slices), fetched verified and concurrently, and readahead.
 
 use std::collections::HashMap;
+use std::ops::Range;
+
+use bytes::Bytes;
 
 use elasticfs_metadata::throughput::IoKind;
-use elasticfs_metadata::{Block, Ino};
+use elasticfs_metadata::{Block, BlockRef, Ino};
 use futures::future::try_join_all;
 use tracing::{instrument, warn};
 
@@ -12,7 +15,7 @@ use super::FileSystem;
 use crate::block_cache::Part;
 use crate::error::{FsError, FsResult};
 use crate::metrics::Op;
-use crate::open_file::Dirty;
+use crate::open_file::{Dirty, FileState, OpenFile, Pending};
 use crate::read_data::ReadData;
 use crate::slices::{Layout, Source};
 
@@ -26,72 +29,19 @@ impl FileSystem {
             let size = file.state.lock().unwrap().size;
             self.throttle.charge(IoKind::Read, size.saturating_sub(offset).min(len as u64));
             let bs = self.block_size;
-            // Under the file's lock: what each block of the range is made of. Uncommitted bytes
-            // are copied for just the part of the block the read covers.
-            let (end, layouts) = {
-                let st = file.state.lock().unwrap();
-                let end = st.size.min(offset.saturating_add(len as u64));
-                if offset >= end {
-                    return Ok(ReadData::default());
-                }
-                let (first, last) = (offset / bs, (end - 1) / bs);
-                let needs_committed = |index: &u64| match st.dirty().get(index) {
-                    None | Some(Dirty::Sliced(_)) => true,
-                    Some(Dirty::Buffer { over_committed, .. }) => *over_committed,
-                    Some(_) => false,
-                };
-                let mut committed: HashMap<u64, Block> = HashMap::new();
-                if (first..=last).any(|i| needs_committed(&i)) {
-                    committed.extend(self.meta.blocks(file.ino, first, last - first + 1)?);
-                    if self.config.compact_found {
-                        // Any client that finds slices piled up folds them (another may have laid them).
-                        self.compactor.consider(file.ino, committed.iter().map(|(i, b)| (*i, b)));
-                    }
-                }
-                let mut layouts = Vec::with_capacity((last - first + 1) as usize);
-                for index in first..=last {
-                    let block_start = index * bs;
-                    let within =
-                        offset.max(block_start) - block_start..end.min(block_start + bs) - block_start;
-                    let under = |committed: &mut HashMap<u64, Block>| match committed.remove(&index) {
-                        Some(block) => Layout::of(&block, within.clone()),
-                        None => Layout::zeros(within.clone()),
-                    };
-                    let layout = match st.dirty().get(&index) {
-                        Some(Dirty::Buffer { patch, over_committed }) => {
-                            let mut layout = if *over_committed {
-                                under(&mut committed)
-                            } else {
-                                Layout::zeros(within.clone())
-                            };
-                            layout.paint_patch(patch);
-                            layout
-                        }
-                        Some(Dirty::Sliced(slice)) => {
-                            let mut layout = under(&mut committed);
-                            layout.paint_slice(slice);
-                            layout
-                        }
-                        Some(Dirty::Uploading { data, .. }) => {
-                            let mut layout = Layout::zeros(within.clone());
-                            layout.paint_bytes(data.clone());
-                            layout
-                        }
-                        Some(Dirty::Stored(base)) => Layout::of(&Block::whole(base.clone()), within.clone()),
-                        None => under(&mut committed),
-                    };
-                    layouts.push((block_start, layout));
-                }
-                (end, layouts)
+            let (end, layouts) = match self.layouts(file, offset, len)? {
+                Some(found) => found,
+                None => return Ok(ReadData::default()),
             };
-            let random = {
+            let (prefetch, random) = {
                 let mut readahead = handle.readahead.lock().unwrap();
                 let prefetch = readahead.on_read(offset, end - offset, bs, self.config.max_readahead_blocks);
-                if let Some((first, count)) = prefetch {
-                    self.prefetch(file.ino, first, count);
-                }
-                readahead.is_random()
+                (prefetch, readahead.is_random())
             };
+            // With the handle's readahead state let go: prefetching reads the block map.
+            if let Some((first, count)) = prefetch {
+                self.prefetch(file.ino, first, count);
+            }
             let pieces = layouts.into_iter().flat_map(|(block_start, layout)| {
                 layout.into_pieces().into_iter().map(move |p| (block_start, p))
             });
@@ -126,6 +76,54 @@ impl FileSystem {
         })
     }
 
+    /// What each block of `len` bytes at `offset` is made of (this client's unflushed bytes
+    /// over a flush's layer over the committed block), with where the range ends; `None` past
+    /// the end of the file. The committed blocks are fetched without the file's lock; a commit
+    /// of the file by this client ending in the meantime (see [`FileState::commits`]) sends the
+    /// read round again. Unflushed bytes are copied for just the part of the block read.
+    fn layouts(&self, file: &OpenFile, offset: u64, len: u32) -> FsResult<Option<(u64, Vec<BlockLayout>)>> {
+        let bs = self.block_size;
+        loop {
+            let st = file.state.lock().unwrap();
+            let commits = st.commits;
+            let end = st.size.min(offset.saturating_add(len as u64));
+            if offset >= end {
+                return Ok(None);
+            }
+            let (first, last) = (offset / bs, (end - 1) / bs);
+            let fetch = (first..=last).any(|index| lies_over_committed(&st, index));
+            drop(st);
+            let mut committed: HashMap<u64, Block> = HashMap::new();
+            if fetch {
+                committed.extend(self.meta.blocks(file.ino, first, last - first + 1)?);
+                if self.config.compact_found {
+                    // Any client that finds slices piled up folds them (another may have laid them).
+                    self.compactor.consider(file.ino, committed.iter().map(|(i, b)| (*i, b)));
+                }
+            }
+            let st = file.state.lock().unwrap();
+            if st.commits != commits
+                || (!fetch && (first..=last).any(|index| lies_over_committed(&st, index)))
+            {
+                continue;
+            }
+            // Within the range fetched for, however far a write has taken the file since.
+            let end = end.min(st.size);
+            if offset >= end {
+                return Ok(None);
+            }
+            let layouts = (first..=(end - 1) / bs)
+                .map(|index| {
+                    let block_start = index * bs;
+                    let within =
+                        offset.max(block_start) - block_start..end.min(block_start + bs) - block_start;
+                    (block_start, layout_of(&st, index, within, committed.remove(&index)))
+                })
+                .collect();
+            return Ok(Some((end, layouts)));
+        }
+    }
+
     /// Starts fetching committed blocks into the cache, without waiting for them.
     fn prefetch(&self, ino: Ino, first: u64, count: u64) {
         let blocks = match self.meta.blocks(ino, first, count) {
@@ -149,4 +147,61 @@ impl FileSystem {
 fn clip_range(data: &[u8], range: &std::ops::Range<u64>) -> std::ops::Range<usize> {
     let end = (range.end as usize).min(data.len());
     (range.start as usize).min(end)..end
+}
+
+/// Where a block starts in the file, and what the part of it read is made of.
+type BlockLayout = (u64, Layout);
+
+/// Whether block `index` as this client reads it lies (in part) over its committed content.
+fn lies_over_committed(st: &FileState, index: u64) -> bool {
+    let over_layer = match st.flushing.as_ref().and_then(|layer| layer.blocks.get(&index)) {
+        None | Some(Pending::Sliced(_)) => true,
+        Some(Pending::Patch { over_committed, .. }) => *over_committed,
+        Some(Pending::Sealed(_) | Pending::Stored(_)) => false,
+    };
+    match st.dirty().get(&index) {
+        None => over_layer,
+        Some(Dirty::Buffer { over_committed, .. }) => *over_committed && over_layer,
+        Some(Dirty::Uploading { .. } | Dirty::Stored(_)) => false,
+    }
+}
+
+/// The part `within` of block `index`: `committed` (the block as the store has it), then a
+/// flush's layer, then the buffer, each laid over what is below or in place of it.
+fn layout_of(st: &FileState, index: u64, within: Range<u64>, committed: Option<Block>) -> Layout {
+    let below = || match &committed {
+        Some(block) => Layout::of(block, within.clone()),
+        None => Layout::zeros(within.clone()),
+    };
+    let whole = |base: &BlockRef| Layout::of(&Block::whole(base.clone()), within.clone());
+    let with_bytes = |data: &Bytes| {
+        let mut layout = Layout::zeros(within.clone());
+        layout.paint_bytes(data.clone());
+        layout
+    };
+    let layer = match st.flushing.as_ref().and_then(|layer| layer.blocks.get(&index)) {
+        None => below(),
+        Some(Pending::Patch { patch, over_committed }) => {
+            let mut layout = if *over_committed { below() } else { Layout::zeros(within.clone()) };
+            layout.paint_patch(patch);
+            layout
+        }
+        Some(Pending::Sealed(data)) => with_bytes(data),
+        Some(Pending::Stored(base)) => whole(base),
+        Some(Pending::Sliced(slice)) => {
+            let mut layout = below();
+            layout.paint_slice(slice);
+            layout
+        }
+    };
+    match st.dirty().get(&index) {
+        None => layer,
+        Some(Dirty::Buffer { patch, over_committed }) => {
+            let mut layout = if *over_committed { layer } else { Layout::zeros(within.clone()) };
+            layout.paint_patch(patch);
+            layout
+        }
+        Some(Dirty::Uploading { data, .. }) => with_bytes(data),
+        Some(Dirty::Stored(base)) => whole(base),
+    }
 }
