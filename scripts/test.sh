@@ -25,6 +25,8 @@ command -v openssl >/dev/null || apt_install openssl || require "openssl is miss
 command -v nfs-cp >/dev/null || apt_install libnfs-utils || require "nfs-cp (libnfs-utils) is missing"
 # fio writes files at random for the data-safety tests, with its own verification.
 command -v fio >/dev/null || apt_install fio || require "fio is missing"
+# strace shows that a durable metadata commit reaches the disk (what a SIGKILL cannot show).
+command -v strace >/dev/null || apt_install strace || require "strace is missing"
 
 # The metadata engine's etcd driver is tested on a real 3-member cluster (Debian's
 # etcd-server); building its gRPC client needs protoc.

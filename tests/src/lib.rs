@@ -666,10 +666,16 @@ pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
 
 /// fio, installed by the test command; under CI its absence fails the run.
 pub fn fio_available() -> bool {
-    let ok = Command::new("fio").arg("--version").output().is_ok_and(|o| o.status.success());
+    tool_available("fio", "--version")
+}
+
+/// Whether `tool` runs (asked for its version with `version_arg`); with CI=true a missing tool
+/// fails the test instead of skipping it.
+pub fn tool_available(tool: &str, version_arg: &str) -> bool {
+    let ok = Command::new(tool).arg(version_arg).output().is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but fio is missing");
-        eprintln!("skipping: fio is missing");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {tool} is missing");
+        eprintln!("skipping: {tool} is missing");
     }
     ok
 }

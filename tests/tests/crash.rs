@@ -1,5 +1,6 @@
 //! Kill the mount with SIGKILL in the middle of a write-and-fsync loop: every file whose fsync
-//! returned must be intact after a remount, and no chunk reference may dangle.
+//! returned must be intact after a remount, and no chunk reference may dangle. And what a
+//! SIGKILL cannot show, a power cut: a durable metadata commit ends in a sync of the log.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -7,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use elasticfs_tests::posix_suite::hash_file;
-use elasticfs_tests::{detach, fuse_available, pattern, Volume};
+use elasticfs_tests::{detach, fuse_available, pattern, tool_available, Volume};
 
 #[test]
 fn fsynced_files_survive_sigkill_of_the_mount() {
@@ -69,4 +70,45 @@ fn fsynced_files_survive_sigkill_of_the_mount() {
         "{inodes} inodes for {} files",
         acked.len()
     );
+}
+
+/// sled 0.34's own flush only writes the log's pages out (`sync_file_range`): the file's
+/// metadata and the disk's write cache may still hold an acknowledged change when the power
+/// goes. A `mkdir` acknowledged by a mount must have ended in an `fdatasync` of the log.
+#[test]
+fn an_acknowledged_mkdir_syncs_the_metadata_log_to_the_disk() {
+    if !fuse_available() || !tool_available("strace", "-V") {
+        return;
+    }
+    let vol = Volume::local();
+    let mount = vol.mount();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=fdatasync,fsync", "-o"])
+        .arg(&trace)
+        .args(["-p", &mount.pid().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // strace says on stderr when it has attached to every thread.
+    let mut said = std::io::BufReader::new(strace.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut said, &mut line).unwrap() > 0 && !line.contains("attached") {
+        line.clear();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::create_dir(mount.path.join("acknowledged")).unwrap();
+    // SIGINT detaches strace, which writes out what it saw.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().unwrap();
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let log = format!("{}/meta/db>", vol.dir.path().display());
+    assert!(
+        trace
+            .lines()
+            .any(|call| (call.contains("fdatasync(") || call.contains("fsync(")) && call.contains(&log)),
+        "no sync of the metadata log {log} in:\n{trace}"
+    );
+    mount.unmount();
 }

@@ -29,7 +29,11 @@ impl SledKv {
         let db = open_db(path)?;
         let tree = db.open_tree("kv")?;
         super::sled_upgrade::upgrade(&db, &tree)?;
-        Ok(SledKv { local: Local::new(SledMap(tree)), durable: GroupCommit::new(db), path: path.into() })
+        Ok(SledKv {
+            local: Local::new(SledMap(tree)),
+            durable: GroupCommit::new(db, path)?,
+            path: path.into(),
+        })
     }
 
     /// [`Self::open`], waiting up to `patience` for another process to let go of the store: a
