@@ -40,5 +40,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --release --workspace --bins
 if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
   scripts/pjdfstest.sh
+  # Deferred commits (-o commit=) change when changes become durable, not what they do.
+  ELASTICFS_PJD_OPTIONS=commit=1s scripts/pjdfstest.sh
 fi
 cargo test --release --workspace

@@ -234,4 +234,17 @@ pub trait MetaStore: Send + Sync + 'static {
     fn end_own_session(&self) -> MetaResult<()> {
         Ok(())
     }
+
+    /// Returns once every change acknowledged so far is durable. Every change already is when
+    /// it is acknowledged, except on an embedded store whose commits are deferred
+    /// ([`Self::deferred_commits`]): `fsync` and unmount call this.
+    fn sync_all(&self) -> MetaResult<()> {
+        Ok(())
+    }
+
+    /// How long an acknowledged change may wait before it is durable, if this store defers
+    /// its commits (`-o commit=DURATION`); `None`: durable when acknowledged.
+    fn deferred_commits(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -468,10 +468,10 @@ impl fuser::Filesystem for FuseAdapter {
         Self::reply_empty(self.fs.fsync(fh.0), reply);
     }
 
-    /// Every namespace change is durable when it is acknowledged, so there is nothing left to
-    /// wait for.
+    /// Namespace changes are durable when acknowledged, except with `-o commit=DURATION`: then
+    /// this waits for the deferred commits.
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply.ok();
+        Self::reply_empty(self.fs.sync_all(), reply);
     }
 
     /// No ioctl is supported: ENOTTY, as for any file that is not a terminal (programs probe with

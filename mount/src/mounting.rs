@@ -37,7 +37,7 @@ pub fn mount(
         Some(meta) => meta,
         None => embedded_default()?,
     };
-    volume::check_meta_url(&meta)?;
+    volume::check_meta_url(&meta, opts.commit)?;
     if background {
         return spawn_background(mountpoint, log, argv);
     }

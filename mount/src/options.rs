@@ -32,6 +32,9 @@ pub struct MountOptions {
     pub gc_grace: Duration,
     /// Where to serve Prometheus metrics (`host:port`), if anywhere.
     pub metrics: Option<String>,
+    /// `commit=DURATION`: metadata changes acknowledged once applied and made durable at least
+    /// this often (and on fsync and unmount); `None`: durable when acknowledged.
+    pub commit: Option<Duration>,
 }
 
 /// How long a `soft` mount waits for the metadata service unless `timeo=` says otherwise.
@@ -55,12 +58,13 @@ impl Default for MountOptions {
             gc_interval: Duration::from_secs(3600),
             gc_grace: Duration::from_secs(3600),
             metrics: None,
+            commit: None,
         }
     }
 }
 
 const KNOWN: &str = "ro, rw, allow_other, allow_root, fsname=, threads=, cache-size=, cache-dir=, \
-    disk-cache=, write-buffer=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, token-file=, gc-interval=, gc-grace=, metrics=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
+    disk-cache=, write-buffer=, uploads=, readahead=, attr-cache=, entry-cache=, hard, soft, timeo=, token-file=, gc-interval=, gc-grace=, metrics=, commit=, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, \
     and the mount(8)/fstab options defaults, auto, noauto, user, nouser, users, _netdev, nofail";
 
 impl MountOptions {
@@ -108,6 +112,15 @@ impl MountOptions {
                 "gc-interval" => opts.gc_interval = parse_duration(need(value)?)?,
                 "gc-grace" => opts.gc_grace = parse_duration(need(value)?)?,
                 "metrics" => opts.metrics = Some(need(value)?.to_string()),
+                "commit" => {
+                    let every = parse_duration(need(value)?)?;
+                    if every.is_zero() {
+                        bail!(
+                            "commit=0 would never make a change durable: give a duration such as commit=5s"
+                        );
+                    }
+                    opts.commit = Some(every);
+                }
                 "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "noatime" | "atime" => {
                     opts.kernel_flags.push(key.to_string())
                 }
@@ -204,6 +217,14 @@ mod tests {
         assert_eq!(o.retry, Retry::Hard);
         let soft = MountOptions::parse(["soft,timeo=5s"]).unwrap();
         assert_eq!(soft.retry, Retry::Soft(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn commit_takes_a_duration_that_is_not_zero() {
+        assert_eq!(MountOptions::default().commit, None, "durable when acknowledged by default");
+        assert_eq!(MountOptions::parse(["commit=5s"]).unwrap().commit, Some(Duration::from_secs(5)));
+        let err = MountOptions::parse(["commit=0"]).unwrap_err().to_string();
+        assert!(err.contains("never make a change durable"), "{err}");
     }
 
     #[test]

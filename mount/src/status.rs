@@ -123,6 +123,14 @@ fn client_json(c: &ClientTotals) -> serde_json::Value {
     })
 }
 
+/// The mount's commit mode: `every_secs` when commits are deferred (`-o commit=`).
+fn commit_json(deferred: Option<Duration>) -> serde_json::Value {
+    match deferred {
+        Some(every) => json!({ "mode": "deferred", "every_secs": every.as_secs_f64() }),
+        None => json!({ "mode": "durable" }),
+    }
+}
+
 /// Keeps `status.json` current while a mount runs.
 pub struct StatusWriter {
     stop: Arc<AtomicBool>,
@@ -154,6 +162,7 @@ impl StatusWriter {
                             "bytes": d.size(),
                         })),
                         "client": client_json(&fs.metrics().totals()),
+                        "commit": commit_json(meta.deferred_commits()),
                         "updated_secs": elasticfs_core::metadata::Timestamp::now().secs,
                     });
                     let doc = report(meta.superblock(), usage, &throughput, &sessions, Some(mount));
@@ -220,6 +229,12 @@ pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
     match doc["mount"].as_object() {
         Some(m) => {
             println!("mounted         at {} by pid {}", m["mountpoint"], m["pid"]);
+            match m["commit"]["every_secs"].as_f64() {
+                Some(every) => println!(
+                    "commits         deferred (-o commit={every}s): up to the last {every} s of acknowledged changes is lost in a crash, nothing fsynced"
+                ),
+                None => println!("commits         durable when acknowledged"),
+            }
             println!("memory cache    {} bytes", m["cache_bytes"]);
             match m["disk_cache"].as_object() {
                 Some(d) => println!("disk cache      {} bytes in {}", d["bytes"], d["dir"]),

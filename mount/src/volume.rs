@@ -98,7 +98,12 @@ impl MetaUrl {
 /// Who opens the metadata: a mount registers a session; a tool (format, status, fsck) does not.
 pub enum Role<'a> {
     Tool,
-    Mount { mountpoint: &'a Path, retry: Retry },
+    /// `commit`: the mount's `commit=` (deferred durability), for an embedded store only.
+    Mount {
+        mountpoint: &'a Path,
+        retry: Retry,
+        commit: Option<Duration>,
+    },
 }
 
 fn absolute(path: &Path) -> String {
@@ -124,7 +129,9 @@ fn client_options(
     let (client, retry) = match role {
         // A tool fails rather than hangs when the service is away.
         Role::Tool => (None, Retry::Soft(Duration::from_secs(10))),
-        Role::Mount { mountpoint, retry } => (Some(ClientInfo::this_process(&absolute(mountpoint))), *retry),
+        Role::Mount { mountpoint, retry, .. } => {
+            (Some(ClientInfo::this_process(&absolute(mountpoint))), *retry)
+        }
     };
     Ok(ClientOptions {
         token: access.token_file.as_deref().map(read_token).transpose()?,
@@ -196,15 +203,25 @@ const TOOL_PATIENCE: Duration = Duration::from_secs(10);
 const EXITING_HOLDER_PATIENCE: Duration = Duration::from_secs(15);
 
 /// Checks what can be checked of `--meta` without opening it (a background mount does this
-/// before it forks, so that its user sees the error): the URL's form, and for an embedded store
-/// that it holds a file system.
-pub fn check_meta_url(url: &str) -> Result<()> {
-    if let MetaUrl::Sled(path) = MetaUrl::parse(url)? {
-        if !SledStore::exists(&path) {
-            bail!("no file system at {}: format it first (elasticfs format --meta {url})", path.display());
+/// before it forks, so that its user sees the error): the URL's form, for an embedded store
+/// that it holds a file system, and that `commit=` is given for an embedded store only.
+pub fn check_meta_url(url: &str, commit: Option<Duration>) -> Result<()> {
+    match MetaUrl::parse(url)? {
+        MetaUrl::Sled(path) if !SledStore::exists(&path) => {
+            bail!("no file system at {}: format it first (elasticfs format --meta {url})", path.display())
         }
+        MetaUrl::Sled(_) => Ok(()),
+        _ if commit.is_some() => Err(deferred_commits_refused()),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+fn deferred_commits_refused() -> anyhow::Error {
+    anyhow::anyhow!(
+        "-o commit= defers durability of an embedded store (sled://) only: a metadata service or \
+         etcd commits every change durably before it answers, and a client cannot change that; \
+         drop the option"
+    )
 }
 
 pub fn open_meta(access: &MetaAccess, role: Role) -> Result<Arc<dyn MetaStore>> {
@@ -221,7 +238,10 @@ pub fn open_meta(access: &MetaAccess, role: Role) -> Result<Arc<dyn MetaStore>> 
             };
             match role {
                 Role::Tool => Ok(Arc::new(store)),
-                Role::Mount { mountpoint, .. } => {
+                Role::Mount { mountpoint, commit, .. } => {
+                    if let Some(every) = commit {
+                        store.defer_commits(every);
+                    }
                     // This process holds the store alone: whoever used it before is gone, and
                     // what their sessions held (locks, files unlinked while open) goes too.
                     let reclaimed = store.end_all_sessions()?;
@@ -232,6 +252,9 @@ pub fn open_meta(access: &MetaAccess, role: Role) -> Result<Arc<dyn MetaStore>> 
                     Ok(Arc::new(store.start_session(client, None)?))
                 }
             }
+        }
+        MetaUrl::Service { .. } | MetaUrl::Etcd(_) if matches!(role, Role::Mount { commit: Some(_), .. }) => {
+            Err(deferred_commits_refused())
         }
         MetaUrl::Service { addr, host, tls_ca } => {
             let options = client_options(access, &host, tls_ca.as_deref(), &role)?;
@@ -262,7 +285,7 @@ fn open_etcd(options: EtcdOptions, role: Role) -> Result<Arc<dyn MetaStore>> {
 
 /// Opens the engine over an existing file system, with a disk cache unless its size is 0.
 pub fn open_filesystem(access: &MetaAccess, mountpoint: &Path, opts: &MountOptions) -> Result<FileSystem> {
-    let meta = open_meta(access, Role::Mount { mountpoint, retry: opts.retry })?;
+    let meta = open_meta(access, Role::Mount { mountpoint, retry: opts.retry, commit: opts.commit })?;
     let storage = meta.superblock().storage.clone();
     let ownership = Ownership::CheckOrAdopt(meta.superblock());
     let mut chunks = connect_chunk_store(&storage, opts.engine.cache_bytes, ownership)?;

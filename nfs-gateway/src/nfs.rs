@@ -625,7 +625,7 @@ impl Gateway {
             let committed = if a.stable == stable_how::UNSTABLE {
                 stable_how::UNSTABLE
             } else {
-                self.fs.flush(handle.fh).map_err(fs_err)?;
+                self.fs.fsync(handle.fh).map_err(fs_err)?;
                 stable_how::FILE_SYNC
             };
             Ok(WRITE3resok {
@@ -644,7 +644,7 @@ impl Gateway {
             // Without a handle there is nothing uncommitted: closing it committed it, or
             // (if that failed) changed the verifier, so that the client writes again.
             if let Some(handle) = self.open.existing(attr.ino) {
-                self.fs.flush(handle.fh).map_err(fs_err)?;
+                self.fs.fsync(handle.fh).map_err(fs_err)?;
             }
             Ok(attr.ino)
         };

@@ -1,6 +1,6 @@
 //! The small things a new user trips on: mounting over a mount point, a log full of ioctl
 //! warnings, fsyncdir, a background mount whose error is someone else's log, a bad --meta
-//! found only after forking, and `umount DIR && mount DIR`.
+//! found only after forking, `umount DIR && mount DIR`, and `commit=` where it cannot apply.
 
 use std::process::Command;
 
@@ -96,4 +96,16 @@ fn umount_then_mount_again_works_at_once() {
         assert_eq!(std::fs::read(at.join(format!("f{round}"))).unwrap(), vec![round as u8; 100_000]);
     }
     elasticfs(&["umount", at.to_str().unwrap()], &[]);
+}
+
+/// `-o commit=` defers the durability of an embedded store; a metadata service or etcd always
+/// commits durably, so a mount of one with the option is refused, before it forks or connects.
+#[test]
+fn deferred_commits_are_refused_where_the_store_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().to_str().unwrap();
+    for meta in ["tcp://127.0.0.1:9", "etcd://127.0.0.1:9/fs"] {
+        let err = elasticfs_fails(&["mount", "--meta", meta, at, "-d", "-o", "commit=5s"], &[]);
+        assert!(err.contains("commit=") && err.contains("embedded store"), "{meta}: {err}");
+    }
 }

@@ -132,8 +132,16 @@ impl FileSystem {
         })
     }
 
+    /// [`Self::flush`], then waits until every change acknowledged so far is durable (which
+    /// it already is, unless the store defers its commits: `-o commit=DURATION`).
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh)
+        self.flush(fh)?;
+        self.sync_all()
+    }
+
+    /// Waits until every change acknowledged so far is durable (`fsync` of a directory).
+    pub fn sync_all(&self) -> FsResult<()> {
+        Ok(self.meta.sync_all()?)
     }
 
     /// Closes a handle; the last one of an unlinked file removes it.
@@ -169,7 +177,8 @@ impl FileSystem {
     /// client's session.
     pub fn shutdown(&self) -> FsResult<()> {
         self.flush_all()?;
-        Ok(self.meta.end_own_session()?)
+        self.meta.end_own_session()?;
+        self.sync_all()
     }
 
     /// Commits every open file (at unmount).

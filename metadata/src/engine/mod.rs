@@ -362,6 +362,11 @@ impl Txn<'_> {
 }
 
 impl SledStore {
+    /// Defers durability of its commits (see [`SledKv::defer_commits`]).
+    pub fn defer_commits(&self, every: std::time::Duration) {
+        self.shared.kv.defer_commits(every);
+    }
+
     /// Creates a new file system's metadata at `path` (see [`Engine::format_kv`]).
     pub fn format(path: &Path, superblock: &Superblock, root_uid: u32, root_gid: u32) -> MetaResult<Self> {
         Self::format_kv(SledKv::open(path)?, superblock, root_uid, root_gid)
@@ -412,6 +417,14 @@ pub(crate) fn check_name(name: &[u8]) -> MetaResult<()> {
 impl<K: Kv> MetaStore for Engine<K> {
     fn superblock(&self) -> &Superblock {
         &self.shared.superblock
+    }
+
+    fn sync_all(&self) -> MetaResult<()> {
+        self.shared.kv.sync_all()
+    }
+
+    fn deferred_commits(&self) -> Option<std::time::Duration> {
+        self.shared.kv.deferred_commits()
     }
 
     fn getattr(&self, ino: Ino) -> MetaResult<Attr> {

@@ -107,9 +107,18 @@ pub trait Kv: Send + Sync + 'static {
     fn snapshot(&self, body: Body) -> TxResult<()> {
         self.read(body)
     }
-    /// Returns once every commit acknowledged so far is on stable storage.
+    /// Called after each mutation: returns once every commit so far is on stable storage, or
+    /// at once if the store defers its commits ([`Kv::deferred_commits`]).
     fn sync(&self) -> crate::MetaResult<()> {
         Ok(())
+    }
+    /// Returns once every commit so far is on stable storage, deferred or not.
+    fn sync_all(&self) -> crate::MetaResult<()> {
+        self.sync()
+    }
+    /// How long a commit may wait before it is made durable, if the store defers commits.
+    fn deferred_commits(&self) -> Option<std::time::Duration> {
+        None
     }
     /// How many keys one transaction may read and how many it may write (each, not
     /// together); `usize::MAX` where the store sets no limit.

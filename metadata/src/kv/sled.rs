@@ -3,6 +3,7 @@
 //! release with atomic batches and a stable on-disk format).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::local::{Local, OrderedMap};
@@ -16,7 +17,9 @@ const IN_USE: &str = "is in use by another process";
 
 pub struct SledKv {
     local: Local<SledMap>,
-    durable: GroupCommit,
+    durable: Arc<GroupCommit>,
+    /// Set when commits are deferred (see [`SledKv::defer_commits`]).
+    deferred: OnceLock<Duration>,
     path: PathBuf,
 }
 
@@ -31,7 +34,8 @@ impl SledKv {
         super::sled_upgrade::upgrade(&db, &tree)?;
         Ok(SledKv {
             local: Local::new(SledMap(tree)),
-            durable: GroupCommit::new(db, path)?,
+            durable: Arc::new(GroupCommit::new(db, path)?),
+            deferred: OnceLock::new(),
             path: path.into(),
         })
     }
@@ -54,6 +58,29 @@ impl SledKv {
     pub fn exists(path: &Path) -> bool {
         // sled writes its `conf` file when it creates a database.
         path.join("conf").exists()
+    }
+
+    /// Defers commits: a mutation returns once applied (seen by every later read), and a
+    /// background flush makes everything applied durable every `every`, besides
+    /// [`Kv::sync_all`] (on `fsync` and unmount). A crash loses at most the last `every` of
+    /// changes, and leaves the store as it was at some moment (sled's log is replayed in
+    /// order, and each commit is one atomic batch in it).
+    pub fn defer_commits(&self, every: Duration) {
+        if self.deferred.set(every).is_err() {
+            return;
+        }
+        let durable = Arc::downgrade(&self.durable);
+        let spawned = std::thread::Builder::new().name("elasticfs-commit".into()).spawn(move || loop {
+            std::thread::sleep(every);
+            // The store is gone: so is the work.
+            let Some(durable) = durable.upgrade() else { return };
+            if let Err(e) = durable.wait_durable() {
+                tracing::error!("making deferred metadata commits durable: {e}");
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("starting the deferred-commit flusher: {e}");
+        }
     }
 
     /// The raw tree, for tests that damage records on purpose.
@@ -128,7 +155,18 @@ impl Kv for SledKv {
     }
 
     fn sync(&self) -> MetaResult<()> {
+        match self.deferred.get() {
+            Some(_) => Ok(()),
+            None => self.durable.wait_durable(),
+        }
+    }
+
+    fn sync_all(&self) -> MetaResult<()> {
         self.durable.wait_durable()
+    }
+
+    fn deferred_commits(&self) -> Option<Duration> {
+        self.deferred.get().copied()
     }
 
     fn single_writer(&self) -> bool {
