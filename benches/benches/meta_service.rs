@@ -27,7 +27,7 @@ fn main() {
     let sb = Superblock::new("bench", 4 << 20, 64 << 10, "memory://");
     let db = dir.path().join("service");
     drop(SledStore::format(&db, &sb, 0, 0).unwrap());
-    let config = ServerConfig { db, token: None, tls: None, lease: Duration::from_secs(30) };
+    let config = ServerConfig { db, token: None, tls: None, lease: Duration::from_secs(30), commit: None };
     let server = MetaServer::open(config).unwrap();
     runtime.spawn(server.serve(listener));
     let options = ClientOptions {

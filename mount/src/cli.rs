@@ -168,6 +168,8 @@ impl ThroughputArgs {
     }
 }
 
+// Parsed once per process: the size of its largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum MetaCommand {
     /// Serve a metadata store to every client of the file system.
@@ -201,6 +203,11 @@ pub enum MetaCommand {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9567).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// Answer changes once applied and make them durable at least this often (and at a
+        /// client's fsync), instead of before each answer: for scratch and build trees. A crash
+        /// of the host loses at most this long of acknowledged changes, never one fsynced.
+        #[arg(long, value_name = "DURATION")]
+        commit: Option<String>,
     },
     /// Write a file system's metadata to stdout (a versioned stream, from one snapshot), to
     /// move it to another store with `meta load`.
@@ -291,6 +298,7 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
                     gc_interval,
                     gc_grace,
                     metrics,
+                    commit,
                 },
         } => crate::serve_meta::serve(crate::serve_meta::ServeArgs {
             db,
@@ -301,6 +309,7 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
             gc_interval: parse_duration(&gc_interval)?,
             gc_grace: parse_duration(&gc_grace)?,
             metrics,
+            commit: commit.as_deref().map(crate::options::parse_commit).transpose()?,
         }),
         Command::Meta { command: MetaCommand::Dump { meta } } => {
             crate::dump::dump(&meta, &mut std::io::stdout().lock())

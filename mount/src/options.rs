@@ -175,6 +175,15 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 /// `500ms`, `1s`, `2` (seconds), `10m`, `1h`, `7d`.
+/// A deferred-commit interval (`-o commit=`, `meta serve --commit`): a duration, not zero.
+pub fn parse_commit(text: &str) -> Result<Duration> {
+    let every = parse_duration(text)?;
+    if every.is_zero() {
+        bail!("a commit interval of 0 would never make a change durable: give a duration such as 5s");
+    }
+    Ok(every)
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let t = text.trim();
     let (number, unit_secs) = if let Some(ms) = t.strip_suffix("ms") {

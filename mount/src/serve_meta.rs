@@ -25,6 +25,8 @@ pub struct ServeArgs {
     pub gc_grace: Duration,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<String>,
+    /// `--commit`: defer durability of commits by up to this long.
+    pub commit: Option<Duration>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -42,7 +44,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         warn!("serving {addr} without --token-file: any host that reaches it can change the file system");
     }
     let tls_on = tls.is_some();
-    let server = MetaServer::open(ServerConfig { db: args.db.clone(), token, tls, lease: args.lease })?;
+    let server = MetaServer::open(ServerConfig {
+        db: args.db.clone(),
+        token,
+        tls,
+        lease: args.lease,
+        commit: args.commit,
+    })?;
     info!(%addr, db = %args.db.display(), tls = tls_on, "metadata service listening");
     let _gc = start_gc(&server, args.gc_interval, args.gc_grace)?;
     let _metrics = match &args.metrics {

@@ -193,7 +193,13 @@ impl StatusWriter {
 
 pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
     let mut doc = match volume::open_meta(access, Role::Tool) {
-        Ok(meta) => report(meta.superblock(), meta.usage()?, &meta.throughput()?, &meta.sessions()?, None),
+        Ok(meta) => {
+            let mut doc =
+                report(meta.superblock(), meta.usage()?, &meta.throughput()?, &meta.sessions()?, None);
+            // A metadata service says whether it defers its commits.
+            doc["commit"] = commit_json(meta.deferred_commits());
+            doc
+        }
         Err(e) => {
             // Locked by a running mount: show what it publishes.
             let Some(file) = status_file(&access.url)? else {
@@ -226,15 +232,17 @@ pub fn status(access: &MetaAccess, as_json: bool) -> Result<()> {
         }
         None => println!("bucket          not listed: {}", doc["bucket"]["error"].as_str().unwrap_or("?")),
     }
+    // The mount's mode (an embedded store), else the store's own (a metadata service).
+    let commit = if doc["mount"]["commit"].is_object() { &doc["mount"]["commit"] } else { &doc["commit"] };
+    match commit["every_secs"].as_f64() {
+        Some(every) => println!(
+            "commits         deferred by up to {every} s: a crash of the host loses at most the last {every} s of acknowledged changes, nothing fsynced"
+        ),
+        None => println!("commits         durable when acknowledged"),
+    }
     match doc["mount"].as_object() {
         Some(m) => {
             println!("mounted         at {} by pid {}", m["mountpoint"], m["pid"]);
-            match m["commit"]["every_secs"].as_f64() {
-                Some(every) => println!(
-                    "commits         deferred (-o commit={every}s): up to the last {every} s of acknowledged changes is lost in a crash, nothing fsynced"
-                ),
-                None => println!("commits         durable when acknowledged"),
-            }
             println!("memory cache    {} bytes", m["cache_bytes"]);
             match m["disk_cache"].as_object() {
                 Some(d) => println!("disk cache      {} bytes in {}", d["bytes"], d["dir"]),

@@ -39,6 +39,10 @@ impl ServerChild {
         self.0.is_some()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
     /// Whether the process is still alive (it may have died by itself).
     pub fn alive(&mut self) -> bool {
         self.0.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
@@ -393,6 +397,10 @@ impl MetaService {
     /// SIGKILLs the service.
     pub fn kill(&mut self) {
         self.child.kill();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
     }
 
     /// Starts it again on the same port and store.

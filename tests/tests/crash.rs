@@ -4,11 +4,14 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use elasticfs_tests::posix_suite::hash_file;
-use elasticfs_tests::{detach, fuse_available, pattern, run_ok, tool_available, Mount, Volume};
+use elasticfs_tests::{
+    detach, fuse_available, pattern, run_ok, tool_available, MetaService, Mount, S3Server, Volume,
+};
 
 #[test]
 fn fsynced_files_survive_sigkill_of_the_mount() {
@@ -83,7 +86,7 @@ fn acknowledged_changes_sync_the_metadata_log_to_the_disk_unless_deferred() {
     }
     let vol = Volume::local();
     let mount = vol.mount();
-    let mkdir = |root: &std::path::Path, name: &str| std::fs::create_dir(root.join(name)).unwrap();
+    let mkdir = |root: &Path, name: &str| std::fs::create_dir(root.join(name)).unwrap();
     assert!(syncs_the_log(&vol, &mount, |root| mkdir(root, "durable")), "a durable mkdir syncs the log");
     mount.unmount();
 
@@ -96,7 +99,7 @@ fn acknowledged_changes_sync_the_metadata_log_to_the_disk_unless_deferred() {
     });
     assert!(deferred, "status shows deferred commits: {}", vol.status());
     assert!(!syncs_the_log(&vol, &mount, |root| mkdir(root, "deferred")), "a deferred mkdir waits");
-    let fsync = |root: &std::path::Path| {
+    let fsync = |root: &Path| {
         let mut f = std::fs::File::create(root.join("synced")).unwrap();
         f.write_all(b"durable now").unwrap();
         f.sync_all().unwrap();
@@ -105,14 +108,45 @@ fn acknowledged_changes_sync_the_metadata_log_to_the_disk_unless_deferred() {
     mount.unmount();
 }
 
+/// `meta serve --commit`: the service answers changes once applied, its clients see the mode
+/// in `status`, and a client's fsync makes the service sync its log.
+#[test]
+fn a_metadata_service_with_deferred_commits_syncs_at_a_clients_fsync() {
+    if !fuse_available() || !tool_available("strace", "-V") {
+        return;
+    }
+    let service = MetaService::start_with("30s", &["--commit", "10m"]);
+    let server = S3Server::start();
+    let vol = Volume::shared(&service, &server);
+    assert_eq!(vol.status()["commit"]["every_secs"], 600.0, "{}", vol.status());
+    let mount = vol.mount();
+    let log = format!("{}/db/db>", service.dir.path().display());
+    let mkdir = || std::fs::create_dir(mount.path.join("deferred")).unwrap();
+    assert!(!process_syncs(service.pid(), &log, mkdir), "a deferred mkdir waits");
+    let fsync = || {
+        let mut f = std::fs::File::create(mount.path.join("synced")).unwrap();
+        f.write_all(b"durable now").unwrap();
+        f.sync_all().unwrap();
+    };
+    assert!(process_syncs(service.pid(), &log, fsync), "a client's fsync makes the service sync");
+    mount.unmount();
+}
+
 /// Whether `action` on `mount` makes the mount's process sync the metadata log (seen by strace).
-fn syncs_the_log(vol: &Volume, mount: &Mount, action: impl FnOnce(&std::path::Path)) -> bool {
+fn syncs_the_log(vol: &Volume, mount: &Mount, action: impl FnOnce(&Path)) -> bool {
+    let log = format!("{}/meta/db>", vol.dir.path().display());
+    process_syncs(mount.pid(), &log, || action(&mount.path))
+}
+
+/// Whether process `pid` syncs the file whose strace `-y` name ends in `log` while `action`
+/// runs.
+fn process_syncs(pid: u32, log: &str, action: impl FnOnce()) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
     let mut strace = std::process::Command::new("strace")
         .args(["-f", "-y", "-e", "trace=fdatasync,fsync", "-o"])
         .arg(&trace)
-        .args(["-p", &mount.pid().to_string()])
+        .args(["-p", &pid.to_string()])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -123,13 +157,12 @@ fn syncs_the_log(vol: &Volume, mount: &Mount, action: impl FnOnce(&std::path::Pa
         line.clear();
     }
     std::thread::sleep(Duration::from_millis(500));
-    action(&mount.path);
+    action();
     // SIGINT detaches strace, which writes out what it saw.
     unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
     strace.wait().unwrap();
     let trace = std::fs::read_to_string(&trace).unwrap();
-    let log = format!("{}/meta/db>", vol.dir.path().display());
-    trace.lines().any(|call| (call.contains("fdatasync(") || call.contains("fsync(")) && call.contains(&log))
+    trace.lines().any(|call| (call.contains("fdatasync(") || call.contains("fsync(")) && call.contains(log))
 }
 
 /// `-o commit=DURATION`: SIGKILL the mount in the middle of an untar. Every file fsynced before
@@ -142,64 +175,123 @@ fn deferred_commits_lose_only_what_was_not_fsynced() {
         return;
     }
     let vol = Volume::local();
-    let source = tempfile::tempdir().unwrap();
-    let tree = source.path().join("tree");
-    std::fs::create_dir(&tree).unwrap();
-    let sizes: Vec<usize> = (0..600).map(|i| (i * 7_919) % 200_000 + 1).collect();
-    for (i, len) in sizes.iter().enumerate() {
-        std::fs::write(tree.join(format!("f{i:04}")), pattern(i as u64, *len)).unwrap();
-    }
-    let tarball = source.path().join("tree.tar");
-    run_ok(
-        std::process::Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(source.path()).arg("tree"),
-    );
-
     // Commits deferred far longer than the test runs: only fsyncs make anything durable.
     let mount = vol.mount_with("commit=10m", None);
     let root = mount.path.clone();
-    let mut tar =
-        std::process::Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&root).spawn().unwrap();
-    let extracted = || std::fs::read_dir(root.join("tree")).map(|d| d.count()).unwrap_or(0);
-    let wait_for = |count: usize, tar: &mut std::process::Child| {
+    let untar = Untar::start(&root);
+    let synced = untar.fsync_files_midway();
+    mount.kill();
+    untar.finish();
+    detach(&root);
+
+    let again = vol.mount_at(&root);
+    untar.check(&again.path, &synced);
+    again.unmount();
+    vol.assert_fsck_clean(true);
+}
+
+/// The same with the commits deferred by `meta serve --commit`, and the service SIGKILLed in
+/// the middle of the untar: the (hard) mount waits, and goes on once the service is back.
+#[test]
+fn a_metadata_service_with_deferred_commits_killed_amid_an_untar() {
+    if !fuse_available() {
+        return;
+    }
+    let mut service = MetaService::start_with("30s", &["--commit", "10m"]);
+    let server = S3Server::start();
+    let vol = Volume::shared(&service, &server);
+    let mount = vol.mount();
+    let untar = Untar::start(&mount.path);
+    let synced = untar.fsync_files_midway();
+    service.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    service.restart();
+    untar.finish();
+    untar.check(&mount.path, &synced);
+    mount.unmount();
+    vol.assert_fsck_clean(true);
+}
+
+/// A tarball of 600 files of up to 200 KB, being extracted by tar into a mount.
+struct Untar {
+    /// Holds the tarball.
+    _source: tempfile::TempDir,
+    sizes: Vec<usize>,
+    tar: std::cell::RefCell<std::process::Child>,
+    root: std::path::PathBuf,
+}
+
+impl Untar {
+    fn start(root: &Path) -> Untar {
+        let source = tempfile::tempdir().unwrap();
+        let tree = source.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        let sizes: Vec<usize> = (0..600).map(|i| (i * 7_919) % 200_000 + 1).collect();
+        for (i, len) in sizes.iter().enumerate() {
+            std::fs::write(tree.join(format!("f{i:04}")), pattern(i as u64, *len)).unwrap();
+        }
+        let tarball = source.path().join("tree.tar");
+        run_ok(
+            std::process::Command::new("tar")
+                .arg("-cf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(source.path())
+                .arg("tree"),
+        );
+        let tar =
+            std::process::Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(root).spawn().unwrap();
+        Untar { _source: source, sizes, tar: std::cell::RefCell::new(tar), root: root.to_path_buf() }
+    }
+
+    /// Waits (a bounded while) until `count` files are extracted or tar has ended.
+    fn wait_for(&self, count: usize) {
         for _ in 0..600 {
-            if extracted() >= count || tar.try_wait().unwrap().is_some() {
+            let extracted = std::fs::read_dir(self.root.join("tree")).map(|d| d.count()).unwrap_or(0);
+            if extracted >= count || self.tar.borrow_mut().try_wait().unwrap().is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    };
-    // Files fsynced while the untar runs, then more of the untar, then the crash.
-    wait_for(100, &mut tar);
-    let synced: Vec<(String, Vec<u8>)> =
-        (0..20).map(|i| (format!("synced{i}"), pattern(1_000 + i, 50_000))).collect();
-    for (name, data) in &synced {
-        let mut f = std::fs::File::create(root.join(name)).unwrap();
-        f.write_all(data).unwrap();
-        f.sync_all().unwrap();
     }
-    wait_for(300, &mut tar);
-    mount.kill();
-    let _ = tar.wait();
-    detach(&root);
 
-    let again = vol.mount_at(&root);
-    for (name, data) in &synced {
-        assert!(
-            std::fs::read(again.path.join(name)).unwrap() == *data,
-            "{name} was fsynced, so it must be intact"
-        );
+    /// Once a sixth of the tree is out, writes and fsyncs 20 files beside it, then waits for
+    /// half of it: what the crash that follows must not lose.
+    fn fsync_files_midway(&self) -> Vec<(String, Vec<u8>)> {
+        self.wait_for(100);
+        let synced: Vec<(String, Vec<u8>)> =
+            (0..20).map(|i| (format!("synced{i}"), pattern(1_000 + i, 50_000))).collect();
+        for (name, data) in &synced {
+            let mut f = std::fs::File::create(self.root.join(name)).unwrap();
+            f.write_all(data).unwrap();
+            f.sync_all().unwrap();
+        }
+        self.wait_for(300);
+        synced
     }
-    let mut seen = 0;
-    for (i, len) in sizes.iter().enumerate() {
-        let Ok(got) = std::fs::read(again.path.join("tree").join(format!("f{i:04}"))) else { continue };
-        seen += 1;
-        assert!(
-            got.is_empty() || got == pattern(i as u64, *len),
-            "f{i:04} is torn: {} of {len} bytes",
-            got.len()
-        );
+
+    fn finish(&self) {
+        let _ = self.tar.borrow_mut().wait();
     }
-    eprintln!("{seen} of {} extracted files survived the crash", sizes.len());
-    again.unmount();
-    vol.assert_fsck_clean(true);
+
+    /// The fsynced files are intact; every extracted file is absent, empty or complete.
+    fn check(&self, root: &Path, synced: &[(String, Vec<u8>)]) {
+        for (name, data) in synced {
+            assert!(
+                std::fs::read(root.join(name)).unwrap() == *data,
+                "{name} was fsynced, so it must be intact"
+            );
+        }
+        let mut seen = 0;
+        for (i, len) in self.sizes.iter().enumerate() {
+            let Ok(got) = std::fs::read(root.join("tree").join(format!("f{i:04}"))) else { continue };
+            seen += 1;
+            assert!(
+                got.is_empty() || got == pattern(i as u64, *len),
+                "f{i:04} is torn: {} of {len} bytes",
+                got.len()
+            );
+        }
+        eprintln!("{seen} of {} extracted files after the crash", self.sizes.len());
+    }
 }

@@ -70,6 +70,8 @@ struct Client {
     next_id: AtomicU64,
     session: Mutex<Option<SessionId>>,
     lease: Mutex<Duration>,
+    /// How long the service defers durability of its commits, as its last welcome said.
+    deferred: Mutex<Option<Duration>>,
     /// Set while the service is unreachable, so that an outage is logged once.
     outage: AtomicBool,
 }
@@ -190,6 +192,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             session: Mutex::new(None),
             lease: Mutex::new(Duration::from_secs(30)),
+            deferred: Mutex::new(None),
             outage: AtomicBool::new(false),
         });
         let superblock = match client.reconnect(CONNECT_TIMEOUT) {
@@ -310,7 +313,7 @@ impl Client {
             );
         });
         let (conn, welcome) = rx.recv().map_err(|_| Lost::Connection("client runtime stopped".into()))??;
-        let Welcome::Accepted { superblock, session, resumed, lease_ms } = welcome else {
+        let Welcome::Accepted { superblock, session, resumed, lease_ms, deferred_commit_ms } = welcome else {
             unreachable!("open returns refusals as errors");
         };
         if let (Some(old), Some(new)) = (previous, session) {
@@ -323,6 +326,7 @@ impl Client {
         }
         *self.session.lock().unwrap() = session;
         *self.lease.lock().unwrap() = Duration::from_millis(lease_ms.max(100));
+        *self.deferred.lock().unwrap() = deferred_commit_ms.map(Duration::from_millis);
         *slot = Some(conn);
         Ok(superblock)
     }
@@ -435,6 +439,18 @@ impl MetaStore for RemoteStore {
 
     fn end_own_session(&self) -> MetaResult<()> {
         self.end_session(Duration::from_secs(10))
+    }
+
+    fn sync_all(&self) -> MetaResult<()> {
+        match self.deferred_commits() {
+            // The service answers every change durably: nothing to wait for.
+            None => Ok(()),
+            Some(_) => self.call(&Request::SyncAll),
+        }
+    }
+
+    fn deferred_commits(&self) -> Option<Duration> {
+        *self.client.deferred.lock().unwrap()
     }
 
     fn getattr(&self, ino: Ino) -> MetaResult<Attr> {

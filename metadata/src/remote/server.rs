@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// A session without a heartbeat for this long is ended.
     pub lease: Duration,
+    /// `meta serve --commit`: answer changes once applied and make them durable this often
+    /// (and when a client asks, at its fsync); `None`: durable before the answer.
+    pub commit: Option<Duration>,
 }
 
 pub struct MetaServer {
@@ -45,6 +48,13 @@ pub struct MetaServer {
 }
 
 impl MetaServer {
+    fn with_commit_mode(&self, store: SledStore) -> SledStore {
+        if let Some(every) = self.config.commit {
+            store.defer_commits(every);
+        }
+        store
+    }
+
     /// Opens the store (if it is formatted yet) and takes over its sessions, each of which gets
     /// one lease to reconnect.
     pub fn open(config: ServerConfig) -> MetaResult<Arc<Self>> {
@@ -55,7 +65,7 @@ impl MetaServer {
             config,
         };
         if SledStore::exists(&server.config.db) {
-            let store = SledStore::open(&server.config.db)?;
+            let store = server.with_commit_mode(SledStore::open(&server.config.db)?);
             let now = Instant::now();
             let mut seen = server.last_seen.lock().unwrap();
             for session in store.sessions()? {
@@ -207,6 +217,11 @@ impl MetaServer {
                             session,
                             resumed,
                             lease_ms: self.config.lease.as_millis() as u64,
+                            deferred_commit_ms: self
+                                .store
+                                .get()
+                                .and_then(|s| s.deferred_commits())
+                                .map(|every| every.as_millis() as u64),
                         }
                     }
                     Err(e) => Welcome::Refused(e.to_string()),
@@ -303,6 +318,7 @@ impl MetaServer {
             Request::ListXattr(ino) => encode(store.list_xattr(ino)),
             Request::RemoveXattr(ino, name) => encode(store.remove_xattr(ino, &name)),
             Request::Usage => encode(store.usage()),
+            Request::SyncAll => encode(store.sync_all()),
             Request::ReferencedChunks => encode(store.referenced_chunks()),
             Request::UnreferencedChunks => encode(store.unreferenced_chunks()),
             Request::Audit => encode(store.audit()),
@@ -328,7 +344,7 @@ impl MetaServer {
             )));
         }
         std::fs::create_dir_all(&self.config.db).map_err(MetaError::store)?;
-        let store = SledStore::format(&self.config.db, superblock, uid, gid)?;
+        let store = self.with_commit_mode(SledStore::format(&self.config.db, superblock, uid, gid)?);
         self.store
             .set(store)
             .map_err(|_| MetaError::Format("another client formatted the store at the same time".into()))?;

@@ -23,7 +23,7 @@ use crate::types::{ChunkHash, Ino, SetAttr, Superblock, Timestamp};
 
 pub const MAGIC: [u8; 4] = *b"EFSM";
 /// Bumped whenever a message changes shape; a client and a service must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Largest request frame a server accepts (inline data is at most 1 MiB per block).
 pub const MAX_REQUEST_FRAME: usize = 16 << 20;
 /// Largest reply frame a client accepts (chunk lists of a large file system are long).
@@ -57,6 +57,9 @@ pub enum Welcome {
         resumed: bool,
         /// A session that sends no heartbeat for this long is ended.
         lease_ms: u64,
+        /// The service defers durability of its commits by up to this long (`meta serve
+        /// --commit`); `None`: every change is durable when answered.
+        deferred_commit_ms: Option<u64>,
     },
     Refused(String),
 }
@@ -64,6 +67,8 @@ pub enum Welcome {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
     Heartbeat,
+    /// Make every change answered so far durable (a client's fsync, with deferred commits).
+    SyncAll,
     /// Clean unmount: release locks and open files now rather than after the lease.
     EndSession,
     Format {
