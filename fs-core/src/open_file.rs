@@ -288,11 +288,10 @@ impl OpenFile {
 
     /// Updates the state with the outcome of a commit of the file's blocks, with `then`, and
     /// counts the commit (see [`FileState::commits`]).
-    pub(crate) fn after_commit<T>(&self, then: impl FnOnce(&mut FileState) -> T) -> T {
+    pub(crate) fn after_commit(&self, then: impl FnOnce(&mut FileState)) {
         let mut st = self.state.lock().unwrap();
-        let result = then(&mut st);
+        then(&mut st);
         st.commits += 1;
-        result
     }
 }
 

@@ -178,7 +178,7 @@ fn deferred_commits_lose_only_what_was_not_fsynced() {
     // Commits deferred far longer than the test runs: only fsyncs make anything durable.
     let mount = vol.mount_with("commit=10m", None);
     let root = mount.path.clone();
-    let untar = Untar::start(&root);
+    let mut untar = Untar::start(&root);
     let synced = untar.fsync_files_midway();
     mount.kill();
     untar.finish();
@@ -201,7 +201,7 @@ fn a_metadata_service_with_deferred_commits_killed_amid_an_untar() {
     let server = S3Server::start();
     let vol = Volume::shared(&service, &server);
     let mount = vol.mount();
-    let untar = Untar::start(&mount.path);
+    let mut untar = Untar::start(&mount.path);
     let synced = untar.fsync_files_midway();
     service.kill();
     std::thread::sleep(Duration::from_millis(500));
@@ -217,7 +217,7 @@ struct Untar {
     /// Holds the tarball.
     _source: tempfile::TempDir,
     sizes: Vec<usize>,
-    tar: std::cell::RefCell<std::process::Child>,
+    tar: std::process::Child,
     root: std::path::PathBuf,
 }
 
@@ -241,14 +241,14 @@ impl Untar {
         );
         let tar =
             std::process::Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(root).spawn().unwrap();
-        Untar { _source: source, sizes, tar: std::cell::RefCell::new(tar), root: root.to_path_buf() }
+        Untar { _source: source, sizes, tar, root: root.to_path_buf() }
     }
 
     /// Waits (a bounded while) until `count` files are extracted or tar has ended.
-    fn wait_for(&self, count: usize) {
+    fn wait_for(&mut self, count: usize) {
         for _ in 0..600 {
             let extracted = std::fs::read_dir(self.root.join("tree")).map(|d| d.count()).unwrap_or(0);
-            if extracted >= count || self.tar.borrow_mut().try_wait().unwrap().is_some() {
+            if extracted >= count || self.tar.try_wait().unwrap().is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -257,7 +257,7 @@ impl Untar {
 
     /// Once a sixth of the tree is out, writes and fsyncs 20 files beside it, then waits for
     /// half of it: what the crash that follows must not lose.
-    fn fsync_files_midway(&self) -> Vec<(String, Vec<u8>)> {
+    fn fsync_files_midway(&mut self) -> Vec<(String, Vec<u8>)> {
         self.wait_for(100);
         let synced: Vec<(String, Vec<u8>)> =
             (0..20).map(|i| (format!("synced{i}"), pattern(1_000 + i, 50_000))).collect();
@@ -270,8 +270,8 @@ impl Untar {
         synced
     }
 
-    fn finish(&self) {
-        let _ = self.tar.borrow_mut().wait();
+    fn finish(&mut self) {
+        let _ = self.tar.wait();
     }
 
     /// The fsynced files are intact; every extracted file is absent, empty or complete.

@@ -25,14 +25,14 @@ impl FileSystem {
         self.run(Op::Read, || {
             let handle = self.handle(fh)?;
             let file = &handle.file;
-            // Metered as the bytes it returns: what lies past the end is not data read.
-            let size = file.state.lock().unwrap().size;
-            self.throttle.charge(IoKind::Read, size.saturating_sub(offset).min(len as u64));
-            let bs = self.block_size;
-            let (end, layouts) = match self.layouts(file, offset, len)? {
-                Some(found) => found,
-                None => return Ok(ReadData::default()),
+            let found = self.layouts(file, offset, len)?;
+            // Metered as the bytes it returns (before fetching them): what lies past the end is
+            // not data read.
+            self.throttle.charge(IoKind::Read, found.as_ref().map_or(0, |(end, _)| end - offset));
+            let Some((end, layouts)) = found else {
+                return Ok(ReadData::default());
             };
+            let bs = self.block_size;
             let (prefetch, random) = {
                 let mut readahead = handle.readahead.lock().unwrap();
                 let prefetch = readahead.on_read(offset, end - offset, bs, self.config.max_readahead_blocks);
