@@ -3,6 +3,7 @@
 //! GET against the chunk's segment hashes, see [`crate::segments`]), and concurrent misses on
 //! one chunk or segment share one fetch.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,15 @@ pub struct ChunkStore {
     metrics: Arc<EngineMetrics>,
 }
 
+/// Whether a downloaded chunk must reach the disk cache before its fetch is done.
+#[derive(Clone, Copy)]
+enum DiskCopy {
+    /// In the background, unless `DISK_CACHE_WRITERS` copies are already queued.
+    IfIdle,
+    /// Before the fetch returns (a fetch made to fill the disk cache).
+    Always,
+}
+
 /// Copies to the disk cache that may be queued at once.
 const DISK_CACHE_WRITERS: usize = 2;
 /// Whole-chunk fetches that random reads may have running at once.
@@ -47,6 +57,27 @@ const BACKGROUND_FETCHES: usize = 4;
 /// How long an upload waits for garbage collection to finish deleting an earlier copy of the
 /// same chunk before it gives up.
 const CONDEMNED_WAIT: Duration = Duration::from_secs(60);
+
+thread_local! {
+    /// Set while a frontend's request runs on this thread (see [`may_block_on_disk`]).
+    static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `body` with this thread marked as one that may block on local disk: a frontend's
+/// request thread (FUSE's, or the NFS gateway's blocking section), as opposed to a task of the
+/// engine's runtime. There a disk-cache read is done in place, in a few microseconds, instead
+/// of being handed to the blocking pool and back, which costs two thread wake-ups: on a random
+/// read served from the disk cache that hand-off was most of the time.
+pub(crate) fn may_block_on_disk<T>(body: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MAY_BLOCK.set(self.0);
+        }
+    }
+    let _restore = Restore(MAY_BLOCK.replace(true));
+    body()
+}
 
 pub fn chunk_path(hash: &ChunkHash) -> Path {
     let hex = hex::encode(hash);
@@ -227,7 +258,7 @@ impl ChunkStore {
     /// The verified contents of chunk `hash`.
     #[instrument(level = "debug", skip_all, fields(chunk = %hex::encode(&hash[..6])))]
     pub async fn get(&self, hash: ChunkHash) -> FsResult<Bytes> {
-        self.single_flight((hash, Part::Whole), || self.fetch(hash)).await
+        self.single_flight((hash, Part::Whole), || self.fetch(hash, DiskCopy::IfIdle)).await
     }
 
     /// The bytes a block's layout names, those in chunks fetched (segments only where that is
@@ -316,7 +347,7 @@ impl ChunkStore {
         result
     }
 
-    async fn fetch(&self, hash: ChunkHash) -> FsResult<Bytes> {
+    async fn fetch(&self, hash: ChunkHash, copy: DiskCopy) -> FsResult<Bytes> {
         let key = (hash, Part::Whole);
         if let Some(data) = self.read_disk_cache(key, None, |data| hash_of(data) == hash).await {
             return Ok(data);
@@ -332,7 +363,15 @@ impl ChunkStore {
                 "chunk {path} is corrupt (its content does not match its name)"
             )));
         }
-        self.write_disk_cache(key, &data);
+        match copy {
+            DiskCopy::IfIdle => self.write_disk_cache(key, &data),
+            DiskCopy::Always => {
+                if let Some(disk) = self.disk.clone() {
+                    let data = data.clone();
+                    let _ = tokio::task::spawn_blocking(move || disk.insert(key, &data)).await;
+                }
+            }
+        }
         Ok(data)
     }
 
@@ -345,8 +384,12 @@ impl ChunkStore {
         verify: impl FnOnce(&[u8]) -> bool,
     ) -> Option<Bytes> {
         let disk = self.disk.clone()?;
-        let lookup = disk.clone();
-        let data = tokio::task::spawn_blocking(move || lookup.get(&key, range)).await.ok().flatten();
+        let data = if MAY_BLOCK.get() {
+            disk.get(&key, range)
+        } else {
+            let lookup = disk.clone();
+            tokio::task::spawn_blocking(move || lookup.get(&key, range)).await.ok().flatten()
+        };
         let verified = match data {
             Some(data) if verify(&data) => Some(Bytes::from(data)),
             Some(_) => {
@@ -373,7 +416,9 @@ impl ChunkStore {
         let this = self.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let _ = this.get(hash).await;
+            // Kept on disk whatever else is being copied there: that is what it was fetched
+            // for (a copy skipped here would be fetched again by the next read of the chunk).
+            let _ = this.single_flight((hash, Part::Whole), || this.fetch(hash, DiskCopy::Always)).await;
         });
     }
 

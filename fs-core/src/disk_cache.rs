@@ -125,8 +125,11 @@ impl DiskCache {
         let mut st = self.state.lock().unwrap();
         match written {
             Ok(()) => {
+                // Another copy of the same bytes may have landed meanwhile: counted once.
+                if let Some(before) = st.lru.put(key, len) {
+                    st.bytes -= before;
+                }
                 st.bytes += len;
-                st.lru.put(key, len);
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);

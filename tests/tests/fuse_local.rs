@@ -183,6 +183,76 @@ fn a_full_cache_disk_slows_reads_down_but_never_fails_them() {
     assert_eq!(log.matches("cannot write to the disk cache").count(), 1, "once, not per read:\n{log}");
 }
 
+/// Random reads fetch the segments they touch, and the rest of each chunk in the background
+/// into the disk cache: after a few random reads over a file, the whole file is on local disk.
+/// Read back with the bucket's chunks gone, it is served from there (verified in place on the
+/// FUSE thread); a damaged cached chunk is refused (an error while the bucket is gone, the
+/// right bytes once it is back), never returned.
+#[test]
+fn random_reads_fill_the_disk_cache_whose_copies_are_verified() {
+    use std::os::unix::fs::FileExt;
+    if !fuse_available() {
+        return;
+    }
+    const SIZE: usize = 24 << 20;
+    let vol = Volume::local();
+    let mount = vol.mount();
+    let expected = posix_suite::write_pattern_file(&mount.path.join("data"), 3, SIZE);
+    mount.unmount();
+    let whole_chunks_in = |dir: &std::path::Path| {
+        elasticfs_tests::walk_files(dir)
+            .into_iter()
+            .filter(|f| !f.file_name().unwrap().to_string_lossy().contains('.'))
+            .collect::<Vec<_>>()
+    };
+    let bucket = vol.dir.path().join("chunks");
+    let chunks = whole_chunks_in(&bucket).len();
+
+    // A memory cache too small for one chunk: whole chunks can only be kept on disk.
+    let cache = vol.dir.path().join("disk-cache");
+    let options = format!("cache-dir={},cache-size=1M", cache.display());
+    let mount = vol.mount_with(&options, None);
+    elasticfs_tests::drop_page_cache();
+    let file = std::fs::File::open(mount.path.join("data")).unwrap();
+    let mut buf = [0u8; 4096];
+    // One 4 KiB read in every 256 KiB, in a scattered order (a stride coprime to the count).
+    let places = SIZE / (256 << 10);
+    for i in 0..places {
+        let at = (i * 37 % places) * (256 << 10) + 1000;
+        assert_eq!(file.read_at(&mut buf, at as u64).unwrap(), buf.len());
+    }
+    assert!(
+        eventually(60, || whole_chunks_in(&cache).len() == chunks),
+        "{} of {chunks} chunks reached the disk cache",
+        whole_chunks_in(&cache).len()
+    );
+    drop(file);
+    mount.unmount();
+
+    // The chunk objects moved out of the bucket (its owner record stays).
+    let objects = bucket.join("chunks");
+    let away = vol.dir.path().join("chunks-away");
+    std::fs::rename(&objects, &away).unwrap();
+    let mount = vol.mount_with(&options, None);
+    elasticfs_tests::drop_page_cache();
+    assert_eq!(hash_file(&mount.path.join("data")), expected, "read from the disk cache alone");
+    mount.unmount();
+
+    // One byte of one cached chunk changed: refused while the bucket is away, right once back.
+    let victim = whole_chunks_in(&cache).swap_remove(0);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[12345] ^= 0x20;
+    std::fs::write(&victim, bytes).unwrap();
+    let mount = vol.mount_with(&options, None);
+    elasticfs_tests::drop_page_cache();
+    let err = std::fs::read(mount.path.join("data")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    std::fs::rename(&away, &objects).unwrap();
+    elasticfs_tests::drop_page_cache();
+    assert_eq!(hash_file(&mount.path.join("data")), expected, "fetched again from the bucket");
+    mount.unmount();
+}
+
 /// Names read through one `DIR*` stream (the kernel's opendir to releasedir): a listing of many
 /// pages returns every name once while names are added and removed behind it, and a rewind
 /// sees the directory as it is now, not what the stream had read ahead.

@@ -194,7 +194,7 @@ impl FileSystem {
     /// Counts and times one operation, throttling included.
     fn run<T>(&self, op: Op, body: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
         let started = Instant::now();
-        let result = body();
+        let result = crate::chunk_store::may_block_on_disk(body);
         self.metrics().operation(op, started.elapsed(), result.is_err());
         result
     }
