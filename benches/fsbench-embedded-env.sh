@@ -2,8 +2,8 @@
 # chunks in the harness's SeaweedFS bucket: source this, then
 #   python3 fsbench.py run --targets cmd,juicefs --size full ...
 # ELASTICFS_BIN may name another build (to compare two commits in one run);
-# ELASTICFS_FORMAT_ARGS adds format options (e.g. "--throughput elastic": without it a new file
-# system bursts at EFS's floor of 100 MiB/s, which caps sequential writes).
+# ELASTICFS_FORMAT_ARGS adds format options (e.g. "--throughput bursting", which holds a new file
+# system to EFS's burst floor of 100 MiB/s; the default is elastic).
 export ELASTICFS_BIN="${ELASTICFS_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/elasticfs}"
 export FSBENCH_MOUNT_CMD='export AWS_ACCESS_KEY_ID="$FSBENCH_S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$FSBENCH_S3_SECRET_KEY" AWS_REGION="$FSBENCH_S3_REGION";
   B="$ELASTICFS_BIN"; M="sled://$FSBENCH_STATE_DIR/meta";

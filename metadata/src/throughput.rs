@@ -22,6 +22,8 @@ pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 pub const TIB: u64 = 1 << 40;
 
+const DEFAULT_ELASTIC_CEILING: u64 = 10 * GIB;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ThroughputMode {
     Bursting,
@@ -33,7 +35,9 @@ pub enum ThroughputMode {
 }
 
 /// A file system's throughput settings: the mode and every rate of the model, so that a test
-/// or a demonstration can use small numbers. Defaults are EFS's.
+/// or a demonstration can use small numbers. Defaults are EFS's: the mode is elastic, the one
+/// EFS gives a file system created in its console and recommends for most workloads (bursting
+/// holds a new, small file system to 100 MiB/s of writes, 300 MiB/s of reads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ThroughputSettings {
@@ -59,7 +63,7 @@ pub struct ThroughputSettings {
 impl Default for ThroughputSettings {
     fn default() -> Self {
         ThroughputSettings {
-            mode: ThroughputMode::Bursting,
+            mode: ThroughputMode::Elastic(DEFAULT_ELASTIC_CEILING),
             baseline_per_tib: 50 * MIB,
             burst_per_tib: 100 * MIB,
             burst_floor: 100 * MIB,
@@ -67,7 +71,7 @@ impl Default for ThroughputSettings {
             credit_cap_per_tib: TIB * 21 / 10,
             read_divisor: 3,
             min_request: 4 * KIB,
-            elastic_ceiling: 10 * GIB,
+            elastic_ceiling: DEFAULT_ELASTIC_CEILING,
         }
     }
 }
@@ -322,7 +326,7 @@ mod tests {
     const DAY: f64 = 86_400.0;
 
     fn bursting() -> ThroughputSettings {
-        ThroughputSettings::default()
+        ThroughputSettings { mode: ThroughputMode::Bursting, ..ThroughputSettings::default() }
     }
 
     /// Runs a file system under a demand of `demand(t)` bytes per second for `secs`, in steps

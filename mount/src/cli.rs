@@ -147,8 +147,8 @@ pub enum Command {
 /// The throughput settings of `format` and `config`.
 #[derive(clap::Args, Debug)]
 pub struct ThroughputArgs {
-    /// bursting (EFS's default), provisioned:RATE (e.g. provisioned:200MiB), elastic[:CEILING]
-    /// or off.
+    /// elastic[:CEILING] (the default, as EFS's console creates file systems), bursting,
+    /// provisioned:RATE (e.g. provisioned:200MiB) or off.
     #[arg(long)]
     throughput: Option<String>,
     /// A rate of the throughput model, NAME=VALUE: baseline-per-tib, burst-per-tib,

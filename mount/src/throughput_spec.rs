@@ -6,7 +6,7 @@ use elasticfs_core::metadata::throughput::{ThroughputMode, ThroughputSettings};
 
 use crate::options::{human_bytes, parse_size};
 
-const MODES: &str = "bursting, provisioned:RATE (e.g. provisioned:200MiB), elastic[:CEILING], off";
+const MODES: &str = "elastic[:CEILING], bursting, provisioned:RATE (e.g. provisioned:200MiB), off";
 /// Bytes per second: `200MiB` or `200MiB/s` (as [`options`] shows them).
 fn parse_per_second(text: &str) -> Result<u64> {
     parse_size(text.strip_suffix("/s").unwrap_or(text))
@@ -41,7 +41,14 @@ pub fn parse(mode: Option<&str>, options: &[String], base: ThroughputSettings) -
                 })?
             }
             "min-request" => s.min_request = parse_size(value).with_context(context)?,
-            "elastic-ceiling" => s.elastic_ceiling = parse_rate(value).with_context(context)?,
+            "elastic-ceiling" => {
+                s.elastic_ceiling = parse_rate(value).with_context(context)?;
+                // An elastic file system's ceiling is its mode's (unless a mode given with
+                // it says otherwise).
+                if let ThroughputMode::Elastic(_) = s.mode {
+                    s.mode = ThroughputMode::Elastic(s.elastic_ceiling);
+                }
+            }
             other => {
                 let known: Vec<&str> = settings(&base).iter().map(|(name, _)| *name).collect();
                 bail!("unknown throughput option {other:?}; known: {}", known.join(", "))
@@ -110,7 +117,10 @@ mod tests {
         let s = parse(None, &options, base).unwrap();
         assert_eq!(s.burst_floor, 2 * MIB);
         assert_eq!(s.credit_cap_per_tib, (2.1 * (1u64 << 40) as f64).round() as u64);
-        assert_eq!(s.mode, ThroughputMode::Bursting);
+        assert_eq!(s.mode, ThroughputMode::Elastic(base.elastic_ceiling), "the default mode");
+        let s = parse(None, &["elastic-ceiling=1GiB".to_string()], base).unwrap();
+        assert_eq!(s.mode, ThroughputMode::Elastic(1 << 30), "the ceiling of the elastic mode moves");
+        assert_eq!(parse(Some("bursting"), &[], base).unwrap().mode, ThroughputMode::Bursting);
         for bad in ["fast", "provisioned", "provisioned:0", "off:1"] {
             assert!(parse(Some(bad), &[], base).is_err(), "{bad}");
         }
