@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use elasticfs_metadata::{ChunkHash, ChunkProtection, MetaStore};
 use futures::future::try_join_all;
+use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::OnceCell;
 use tracing::{error, instrument, warn};
 
 use crate::block_cache::{BlockCache, CacheKey, Part};
+use crate::buffer_pool::BufferPool;
 use crate::disk_cache::DiskCache;
 use crate::error::{FsError, FsResult};
 use crate::metrics::{CacheTier, EngineMetrics, ObjectRequest};
@@ -38,6 +40,8 @@ pub struct ChunkStore {
     /// Uploads under way, by chunk: a second upload of the same bytes waits for the first.
     uploading: Mutex<HashMap<ChunkHash, Arc<OnceCell<()>>>>,
     inflight: Mutex<HashMap<CacheKey, Arc<OnceCell<Bytes>>>>,
+    /// Buffers of downloaded chunks, reused once the cache drops them.
+    buffers: Arc<BufferPool>,
     metrics: Arc<EngineMetrics>,
 }
 
@@ -105,6 +109,7 @@ impl ChunkStore {
             meta: None,
             uploading: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            buffers: Arc::default(),
             metrics: Arc::default(),
         }
     }
@@ -250,8 +255,20 @@ impl ChunkStore {
         })
     }
 
+    /// A whole object, received into a pooled buffer (see [`crate::buffer_pool`]).
     async fn get_object(&self, path: &Path) -> object_store::Result<Bytes> {
-        let result = async { self.store.get(path).await?.bytes().await }.await;
+        let result = async {
+            let got = self.store.get(path).await?;
+            let GetResultPayload::Stream(mut stream) = got.payload else {
+                return got.bytes().await; // a local file, read in one go
+            };
+            let mut buf = self.buffers.take((got.range.end - got.range.start) as usize);
+            while let Some(piece) = stream.next().await {
+                buf.extend_from_slice(&piece?);
+            }
+            Ok(buf.freeze())
+        }
+        .await;
         self.counted(ObjectRequest::Get, result)
     }
 

@@ -3,6 +3,7 @@
 
 mod access;
 mod block_cache;
+mod buffer_pool;
 mod chunk_store;
 mod compaction;
 mod disk_cache;
