@@ -303,9 +303,12 @@ impl ChunkStore {
         chunk_len: u64,
         range: Range<u64>,
     ) -> FsResult<Bytes> {
-        let whole = self.cache.get(&(hash, Part::Whole));
+        let mut whole = self.cache.get(&(hash, Part::Whole));
         if whole.is_some() {
             self.metrics.cache_lookup(CacheTier::Memory, true);
+        } else if self.inflight.lock().unwrap().contains_key(&(hash, Part::Whole)) {
+            // The whole chunk is on its way: waiting for it costs no request of its own.
+            whole = Some(self.get(hash).await?);
         }
         let segments = match whole {
             None if SegmentHashes::applies_to(chunk_len) => self.segment_hashes(hash, chunk_len).await,
