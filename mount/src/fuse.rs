@@ -153,6 +153,14 @@ impl fuser::Filesystem for FuseAdapter {
         {
             warn!("the kernel does not offer {missing:?}: locks stay local to this host");
         }
+        // A listing hands the kernel each entry's attributes with its name (readdirplus), so
+        // that `ls -l`, `find` and scandir+stat need no LOOKUP per entry; AUTO lets the kernel
+        // go back to plain READDIR for a directory whose entries are not looked up after.
+        if let Err(missing) =
+            config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO)
+        {
+            warn!("the kernel does not offer {missing:?}: listings look up each entry");
+        }
         // The engine drops set-id bits itself on write, chown and truncate. Otherwise the kernel
         // asks getxattr("security.capability") before every write(2): one more round trip, and
         // a metered metadata request, per write.
@@ -522,24 +530,25 @@ impl fuser::Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let _s = info_span!("readdirplus", ino = ino.0, offset).entered();
-        let result = self.fs.list_dir_plus(ino.0, offset, |entry_ino, cookie, _kind, name, attr| {
-            // An entry removed since it was listed is skipped, not an error.
-            let Some(attr) = attr else { return false };
-            let fattr = to_fuse_attr(attr);
-            reply.add(
-                INodeNo(entry_ino),
-                cookie,
-                OsStr::from_bytes(name),
-                &self.entry_ttl,
-                &fattr,
-                Generation(attr.generation),
-            )
-        });
+        let result =
+            self.fs.list_open_dir_plus(fh.0, ino.0, offset, |entry_ino, cookie, _kind, name, attr| {
+                // An entry removed since it was listed is skipped, not an error.
+                let Some(attr) = attr else { return false };
+                let fattr = to_fuse_attr(attr);
+                reply.add(
+                    INodeNo(entry_ino),
+                    cookie,
+                    OsStr::from_bytes(name),
+                    &self.entry_ttl,
+                    &fattr,
+                    Generation(attr.generation),
+                )
+            });
         match result.map(|_| ()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

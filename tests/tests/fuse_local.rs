@@ -253,6 +253,43 @@ fn random_reads_fill_the_disk_cache_whose_copies_are_verified() {
     mount.unmount();
 }
 
+/// A listing carries each entry's attributes (readdirplus through the open directory): `ls -l`
+/// of a directory sends no LOOKUP per entry, and its names and sizes are right.
+#[test]
+fn a_listing_with_attributes_needs_no_lookup_per_entry() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::local();
+    let port = elasticfs_tests::free_port();
+    let mount = vol.mount_with(&format!("metrics=127.0.0.1:{port}"), None);
+    let dir = mount.path.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for n in 0..1500u64 {
+        std::fs::write(dir.join(format!("f{n}")), vec![b'x'; (n % 7) as usize]).unwrap();
+    }
+    let lookups = || {
+        elasticfs_tests::scrape(port)
+            .get(r#"elasticfs_client_operation_seconds_count{op="lookup"}"#)
+            .copied()
+            .expect("the mount counts its lookups")
+    };
+    elasticfs_tests::drop_page_cache();
+    let before = lookups();
+    assert!(before >= 1500.0, "each create looked its name up first: {before}");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let n: u64 = entry.file_name().to_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(entry.metadata().unwrap().len(), n % 7, "{:?}", entry.file_name());
+        seen += 1;
+    }
+    assert_eq!(seen, 1500);
+    let looked_up = lookups() - before;
+    assert!(looked_up < 10.0, "{looked_up} lookups for a listing of 1,500 entries with their attributes");
+    mount.unmount();
+}
+
 /// Names read through one `DIR*` stream (the kernel's opendir to releasedir): a listing of many
 /// pages returns every name once while names are added and removed behind it, and a rewind
 /// sees the directory as it is now, not what the stream had read ahead.

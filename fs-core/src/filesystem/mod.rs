@@ -1,8 +1,8 @@
 //! The one file system API both frontends use. Methods block the calling thread (a FUSE worker
 //! or an NFS task's blocking section); object-store I/O runs on the engine's own runtime.
 //! Attributes and names are here; the read path (`read_path.rs`), the write path
-//! (`write_path.rs`), flushes and truncates (`flush.rs`) and the handle table (`handles.rs`)
-//! are modules of their own.
+//! (`write_path.rs`), flushes and truncates (`flush.rs`), the handle table (`handles.rs`) and
+//! directory listings (`listing.rs`) are modules of their own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use elasticfs_metadata::throughput::IoKind;
 use elasticfs_metadata::{
-    Attr, DirEntry, FileKind, Ino, LockKind, LockRecord, LockRequest, MetaStore, NewNode, Rename, RenameMode,
-    SetAttr, Timestamp, Usage, XattrMode,
+    Attr, FileKind, Ino, LockKind, LockRecord, LockRequest, MetaStore, NewNode, Rename, RenameMode, SetAttr,
+    Timestamp, Usage, XattrMode,
 };
 use tokio::sync::Semaphore;
 use tracing::{instrument, warn};
@@ -30,6 +30,7 @@ mod changed_dirs;
 mod dir_handles;
 mod flush;
 mod handles;
+mod listing;
 
 use handles::{Handle, OpenEntry};
 mod names;
@@ -37,7 +38,7 @@ mod read_path;
 mod write_path;
 
 use changed_dirs::ChangedDirs;
-use dir_handles::{Cursor, DirHandles};
+use dir_handles::DirHandles;
 use names::RecentNames;
 
 /// Largest file offset accepted (as ext4's 16 TiB limit, rounded to a power of two).
@@ -422,148 +423,6 @@ impl FileSystem {
     /// so that unrelated opens rarely wait).
     fn open_gate(&self, ino: Ino) -> std::sync::MutexGuard<'_, ()> {
         self.open_gates[(ino % OPEN_GATES as u64) as usize].lock().unwrap()
-    }
-
-    /// Entries after cookie `after` (0 = from the start), at most `limit` of them.
-    pub fn readdir(&self, dir: Ino, after: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
-        self.metadata_op(Op::Readdir, || Ok(self.meta.readdir(dir, after, limit)?))
-    }
-
-    /// Lists `dir` from listing offset `offset` (0 = the start), with `.` and `..` first (offsets
-    /// 1 and 2; entries carry their own cookies, which are larger). `add` receives each entry
-    /// with the offset that resumes after it, and returns true when the entry did not fit (it
-    /// is then not taken, and the listing stops). Returns whether the listing reached the end.
-    pub fn list_dir(
-        &self,
-        dir: Ino,
-        offset: u64,
-        add: impl FnMut(Ino, u64, FileKind, &[u8]) -> bool,
-    ) -> FsResult<bool> {
-        self.list_dir_with(dir, offset, None, add)
-    }
-
-    /// Opens a directory for listing with [`Self::list_open_dir`] (FUSE's opendir).
-    pub fn open_dir(&self) -> u64 {
-        self.dir_handles.open()
-    }
-
-    pub fn release_dir(&self, fh: u64) {
-        self.dir_handles.release(fh)
-    }
-
-    /// [`Self::list_dir`] through an open directory `fh`, which keeps what it read past what
-    /// `add` took for the next call that resumes there. A listing from the start reads afresh
-    /// (rewinddir sees the directory as it is now).
-    pub fn list_open_dir(
-        &self,
-        fh: u64,
-        dir: Ino,
-        offset: u64,
-        add: impl FnMut(Ino, u64, FileKind, &[u8]) -> bool,
-    ) -> FsResult<bool> {
-        let cursor = self.dir_handles.get(fh);
-        let mut cursor = cursor.as_ref().map(|c| c.lock().unwrap());
-        self.list_dir_with(dir, offset, cursor.as_deref_mut(), add)
-    }
-
-    fn list_dir_with(
-        &self,
-        dir: Ino,
-        offset: u64,
-        mut cursor: Option<&mut Cursor>,
-        mut add: impl FnMut(Ino, u64, FileKind, &[u8]) -> bool,
-    ) -> FsResult<bool> {
-        // Metered per request to the store, by getattr and readdir. An open directory keeps
-        // what its caller did not take, so it reads more at once: fewer, larger pages.
-        let batch_size = if cursor.is_some() { 4096 } else { 512 };
-        if offset < 2 {
-            if let Some(cursor) = cursor.as_deref_mut() {
-                *cursor = Cursor::default();
-            }
-            let attr = self.getattr(dir)?;
-            if attr.kind != FileKind::Dir {
-                return Err(FsError::new(errno::ENOTDIR, "not a directory"));
-            }
-            if offset < 1 && add(dir, 1, FileKind::Dir, b".") {
-                return Ok(false);
-            }
-            if add(attr.parent, 2, FileKind::Dir, b"..") {
-                return Ok(false);
-            }
-        }
-        let mut after = offset.max(2);
-        loop {
-            let (mut batch, done) = match cursor.as_deref_mut() {
-                Some(c) if c.after == after && !c.ahead.is_empty() => (std::mem::take(&mut c.ahead), c.end),
-                _ => {
-                    let batch = self.readdir(dir, after, batch_size)?;
-                    let done = batch.len() < batch_size;
-                    (batch.into(), done)
-                }
-            };
-            while let Some(entry) = batch.pop_front() {
-                if add(entry.ino, entry.cookie, entry.kind, &entry.name) {
-                    if let Some(c) = cursor.as_deref_mut() {
-                        batch.push_front(entry);
-                        *c = Cursor { after, ahead: batch, end: done };
-                    }
-                    return Ok(false);
-                }
-                after = entry.cookie;
-            }
-            if done {
-                return Ok(true);
-            }
-        }
-    }
-
-    /// [`Self::list_dir`] with each entry's attributes (`None` for an entry removed since it
-    /// was listed), asked of the store a batch of entries at a time rather than one by one.
-    pub fn list_dir_plus(
-        &self,
-        dir: Ino,
-        offset: u64,
-        mut add: impl FnMut(Ino, u64, FileKind, &[u8], Option<&Attr>) -> bool,
-    ) -> FsResult<bool> {
-        // About what one FUSE reply of a page holds.
-        const ATTR_BATCH: usize = 32;
-        let mut pending = Vec::with_capacity(ATTR_BATCH);
-        let (mut full, mut failed) = (false, None);
-        let eof = self.list_dir(dir, offset, |ino, cookie, kind, name| {
-            pending.push((ino, cookie, kind, name.to_vec()));
-            if pending.len() < ATTR_BATCH {
-                return false;
-            }
-            match self.add_with_attrs(&mut pending, &mut add) {
-                Ok(taken_all) => full = !taken_all,
-                Err(e) => failed = Some(e),
-            }
-            full || failed.is_some()
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        Ok(eof && !full && self.add_with_attrs(&mut pending, &mut add)?)
-    }
-
-    /// Hands `pending` entries to `add` with their attributes; false if `add` stopped taking.
-    fn add_with_attrs(
-        &self,
-        pending: &mut Vec<(Ino, u64, FileKind, Vec<u8>)>,
-        add: &mut impl FnMut(Ino, u64, FileKind, &[u8], Option<&Attr>) -> bool,
-    ) -> FsResult<bool> {
-        if pending.is_empty() {
-            return Ok(true);
-        }
-        let inos: Vec<Ino> = pending.iter().map(|(ino, ..)| *ino).collect();
-        let attrs = self.metadata_op(Op::Getattr, || Ok(self.meta.getattrs(&inos)?))?;
-        for ((ino, cookie, kind, name), attr) in pending.drain(..).zip(attrs) {
-            let attr = attr.map(|attr| self.with_local_changes(attr));
-            if add(ino, cookie, kind, &name, attr.as_ref()) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     #[instrument(level = "debug", skip(self))]
