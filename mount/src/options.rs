@@ -113,13 +113,9 @@ impl MountOptions {
                 "gc-grace" => opts.gc_grace = parse_duration(need(value)?)?,
                 "metrics" => opts.metrics = Some(need(value)?.to_string()),
                 "commit" => {
-                    let every = parse_duration(need(value)?)?;
-                    if every.is_zero() {
-                        bail!(
-                            "commit=0 would never make a change durable: give a duration such as commit=5s"
-                        );
-                    }
-                    opts.commit = Some(every);
+                    let value = need(value)?;
+                    opts.commit =
+                        Some(parse_commit(value).map_err(|e| anyhow::anyhow!("commit={value}: {e:#}"))?)
                 }
                 "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "noatime" | "atime" => {
                     opts.kernel_flags.push(key.to_string())
@@ -174,7 +170,6 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// `500ms`, `1s`, `2` (seconds), `10m`, `1h`, `7d`.
 /// A deferred-commit interval (`-o commit=`, `meta serve --commit`): a duration, not zero.
 pub fn parse_commit(text: &str) -> Result<Duration> {
     let every = parse_duration(text)?;
@@ -184,6 +179,7 @@ pub fn parse_commit(text: &str) -> Result<Duration> {
     Ok(every)
 }
 
+/// `500ms`, `1s`, `2` (seconds), `10m`, `1h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let t = text.trim();
     let (number, unit_secs) = if let Some(ms) = t.strip_suffix("ms") {
