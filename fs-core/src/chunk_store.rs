@@ -383,15 +383,7 @@ impl ChunkStore {
                 "chunk {path} is corrupt (its content does not match its name)"
             )));
         }
-        match copy {
-            DiskCopy::IfIdle => self.write_disk_cache(key, &data),
-            DiskCopy::Always => {
-                if let Some(disk) = self.disk.clone() {
-                    let data = data.clone();
-                    let _ = tokio::task::spawn_blocking(move || disk.insert(key, &data)).await;
-                }
-            }
-        }
+        self.write_disk_cache(key, &data, copy).await;
         Ok(data)
     }
 
@@ -442,18 +434,27 @@ impl ChunkStore {
         });
     }
 
-    /// Copies verified bytes to the disk cache in the background. Best effort: with
-    /// `DISK_CACHE_WRITERS` copies already queued, this one is skipped, so that filling the
-    /// cache never takes the CPU and disk a fast sequential read needs (a skipped chunk is only
-    /// a later miss).
-    fn write_disk_cache(&self, key: CacheKey, data: &Bytes) {
+    /// Copies verified bytes to the disk cache, as `copy` says. `IfIdle` is best effort, in
+    /// the background: with `DISK_CACHE_WRITERS` copies already queued it is skipped, so that
+    /// filling the cache never takes the CPU and disk a fast sequential read needs (a skipped
+    /// chunk is only a later miss). `Always` copies whatever is queued, and returns when done.
+    async fn write_disk_cache(&self, key: CacheKey, data: &Bytes, copy: DiskCopy) {
         let Some(disk) = self.disk.clone() else { return };
-        let Ok(slot) = self.disk_writers.clone().try_acquire_owned() else { return };
+        let slot = match copy {
+            DiskCopy::IfIdle => match self.disk_writers.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => return,
+            },
+            DiskCopy::Always => None,
+        };
         let data = data.clone();
-        tokio::task::spawn_blocking(move || {
+        let copying = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             disk.insert(key, &data)
         });
+        if let DiskCopy::Always = copy {
+            let _ = copying.await;
+        }
     }
 
     /// The chunk's verified segment list, or `None` if it is missing or does not match the
@@ -510,7 +511,7 @@ impl ChunkStore {
                 "segment {index} of chunk {path} is corrupt (it does not match the chunk's hash tree)"
             )));
         }
-        self.write_disk_cache(key, &data);
+        self.write_disk_cache(key, &data, DiskCopy::IfIdle).await;
         Ok(data)
     }
 
