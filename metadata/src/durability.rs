@@ -1,24 +1,24 @@
-//! Group commit: sled does not fsync a transaction by itself, so every mutation waits here
-//! until a flush that started after its commit has finished. Whoever arrives while no flush is
-//! running leads the next one; everyone who committed meanwhile rides on it, so N concurrent
-//! mutations cost one fsync, not N.
+//! Group commit: every mutation of the embedded store waits here until a write of the
+//! journal ([`crate::kv::Journal`]) that started after its commit has been synced. Whoever
+//! arrives while no sync is running leads the next one; everyone who committed meanwhile rides
+//! on it, so N concurrent mutations cost one `fdatasync`, not N.
 //!
-//! sled 0.34's own flush is not enough for that: it writes its log with `sync_file_range`,
-//! which neither commits the file's metadata nor empties the disk's write cache
-//! (spacejam/sled#1452), and it writes pages too large for the log to blob files that it
-//! never syncs. Each flush here is followed by what makes it durable ([`DiskSync`]).
+//! sled's own flush, used at the journal's checkpoints, is not durable by itself: sled 0.34
+//! writes its log with `sync_file_range`, which neither commits the file's metadata nor empties
+//! the disk's write cache (spacejam/sled#1452), and it writes pages too large for the log to
+//! blob files that it never syncs. [`SledFlush`] does what makes it durable.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
-use crate::error::{MetaError, MetaResult};
+use crate::error::MetaResult;
+use crate::kv::Journal;
 
 pub(crate) struct GroupCommit {
-    db: sled::Db,
-    disk: DiskSync,
+    journal: Arc<Journal>,
     state: Mutex<State>,
     flushed: Condvar,
 }
@@ -33,11 +33,8 @@ struct State {
 }
 
 impl GroupCommit {
-    /// Group commit of `db`, a sled database in directory `path`.
-    pub(crate) fn new(db: sled::Db, path: &Path) -> MetaResult<Self> {
-        let disk = DiskSync::open(path)
-            .map_err(|e| MetaError::Store(format!("opening the metadata log in {}: {e}", path.display())))?;
-        Ok(GroupCommit { db, disk, state: Mutex::new(State::default()), flushed: Condvar::new() })
+    pub(crate) fn new(journal: Arc<Journal>) -> Self {
+        GroupCommit { journal, state: Mutex::new(State::default()), flushed: Condvar::new() }
     }
 
     /// Call after a transaction has committed; returns once it is on stable storage.
@@ -56,11 +53,7 @@ impl GroupCommit {
             state.flushing = true;
             let target = state.issued;
             drop(state);
-            let result = self.db.flush().map_err(|e| e.to_string()).and_then(|_| {
-                self.disk
-                    .sync()
-                    .map_err(|e| format!("{e}: is the disk of the metadata store full or failing?"))
-            });
+            let result = self.journal.commit();
             state = self.state.lock().unwrap();
             state.flushing = false;
             if result.is_ok() {
@@ -68,15 +61,16 @@ impl GroupCommit {
             }
             self.flushed.notify_all();
             if let Err(e) = result {
-                return Err(MetaError::Store(format!("flushing the metadata log failed: {e}")));
+                return Err(crate::kv::journal_write_failed(e));
             }
         }
     }
 }
 
-/// What makes a sled flush durable: an `fdatasync` of its log, after an `fsync` of the blob
-/// files written since the last one (and of their directory).
-struct DiskSync {
+/// A durable flush of a sled database: sled's flush, then an `fdatasync` of its log after an
+/// `fsync` of the blob files written since the last one (and of their directory).
+pub(crate) struct SledFlush {
+    db: sled::Db,
     log: File,
     blobs: PathBuf,
     /// When the blob directory last changed as of the last sync, and the highest blob synced
@@ -84,16 +78,20 @@ struct DiskSync {
     seen: Mutex<(Option<SystemTime>, u64)>,
 }
 
-impl DiskSync {
-    fn open(path: &Path) -> io::Result<Self> {
-        Ok(DiskSync {
+impl SledFlush {
+    /// For `db`, the sled database in directory `path`.
+    pub(crate) fn new(db: sled::Db, path: &Path) -> io::Result<Self> {
+        Ok(SledFlush {
+            db,
             log: File::open(path.join("db"))?,
             blobs: path.join("blobs"),
             seen: Mutex::new((None, 0)),
         })
     }
 
-    fn sync(&self) -> io::Result<()> {
+    /// Returns once everything written to the database before the call is on stable storage.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        self.db.flush().map_err(io::Error::other)?;
         self.sync_new_blobs()?;
         self.log.sync_data()
     }

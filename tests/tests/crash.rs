@@ -75,10 +75,10 @@ fn fsynced_files_survive_sigkill_of_the_mount() {
     );
 }
 
-/// sled 0.34's own flush only writes the log's pages out (`sync_file_range`): the file's
-/// metadata and the disk's write cache may still hold an acknowledged change when the power
-/// goes. A `mkdir` acknowledged by a mount must have ended in an `fdatasync` of the log; with
-/// `-o commit=` it must not have, but an `fsync` must.
+/// A change is durable when the metadata journal's file is synced (the page cache, and the
+/// disk's write cache, may still hold it otherwise when the power goes). A `mkdir`
+/// acknowledged by a mount must have ended in an `fdatasync` of the journal; with `-o commit=`
+/// it must not have, but an `fsync` must.
 #[test]
 fn acknowledged_changes_sync_the_metadata_log_to_the_disk_unless_deferred() {
     if !fuse_available() || !tool_available("strace", "-V") {
@@ -120,7 +120,7 @@ fn a_metadata_service_with_deferred_commits_syncs_at_a_clients_fsync() {
     let vol = Volume::shared(&service, &server);
     assert_eq!(vol.status()["commit"]["every_secs"], 600.0, "{}", vol.status());
     let mount = vol.mount();
-    let log = format!("{}/db/db>", service.dir.path().display());
+    let log = format!("{}/db/journal/", service.dir.path().display());
     let mkdir = || std::fs::create_dir(mount.path.join("deferred")).unwrap();
     assert!(!process_syncs(service.pid(), &log, mkdir), "a deferred mkdir waits");
     let fsync = || {
@@ -132,13 +132,14 @@ fn a_metadata_service_with_deferred_commits_syncs_at_a_clients_fsync() {
     mount.unmount();
 }
 
-/// Whether `action` on `mount` makes the mount's process sync the metadata log (seen by strace).
+/// Whether `action` on `mount` makes the mount's process sync the metadata journal (seen by
+/// strace).
 fn syncs_the_log(vol: &Volume, mount: &Mount, action: impl FnOnce(&Path)) -> bool {
-    let log = format!("{}/meta/db>", vol.dir.path().display());
+    let log = format!("{}/meta/journal/", vol.dir.path().display());
     process_syncs(mount.pid(), &log, || action(&mount.path))
 }
 
-/// Whether process `pid` syncs the file whose strace `-y` name ends in `log` while `action`
+/// Whether process `pid` syncs a file whose strace `-y` name contains `log` while `action`
 /// runs.
 fn process_syncs(pid: u32, log: &str, action: impl FnOnce()) -> bool {
     let dir = tempfile::tempdir().unwrap();
@@ -186,6 +187,36 @@ fn deferred_commits_lose_only_what_was_not_fsynced() {
 
     let again = vol.mount_at(&root);
     untar.check(&again.path, &synced);
+    again.unmount();
+    vol.assert_fsck_clean(true);
+}
+
+/// `-o commit=` defers the syncs, not the writes: a SIGKILL of the mount alone (the machine
+/// keeps running, and with it the page cache) loses no acknowledged change, fsynced or not.
+#[test]
+fn deferred_commits_survive_sigkill_of_the_mount_alone() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::local();
+    let mount = vol.mount_with("commit=10m", None);
+    let root = mount.path.clone();
+    std::fs::create_dir(root.join("dir")).unwrap();
+    for i in 0..50u64 {
+        std::fs::write(root.join("dir").join(format!("f{i}")), pattern(i, 1_000 + i as usize * 997)).unwrap();
+    }
+    std::fs::rename(root.join("dir/f0"), root.join("moved")).unwrap();
+    std::fs::remove_file(root.join("dir/f1")).unwrap();
+    mount.kill();
+    detach(&root);
+
+    let again = vol.mount_at(&root);
+    assert_eq!(std::fs::read(again.path.join("moved")).unwrap(), pattern(0, 1_000));
+    assert!(!again.path.join("dir/f1").exists());
+    for i in 2..50u64 {
+        let got = std::fs::read(again.path.join("dir").join(format!("f{i}"))).unwrap();
+        assert!(got == pattern(i, 1_000 + i as usize * 997), "dir/f{i} was closed before the kill");
+    }
     again.unmount();
     vol.assert_fsck_clean(true);
 }

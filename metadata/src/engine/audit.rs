@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn every_kind_of_damage_is_found_with_its_repair() {
         let (_dir, s, f, hash) = populated();
-        let t = s.kv().tree();
+        let t = s.kv().settled_tree();
         for share in t.scan_prefix(Counter::Bytes.prefix()).keys() {
             t.remove(share.unwrap()).unwrap();
         }

@@ -6,13 +6,17 @@
 //! which the engine runs the body again.
 
 mod etcd;
+mod journal;
 mod local;
 mod memory;
+mod memtable;
 mod sled;
+mod sled_map;
 mod sled_upgrade;
 mod write_set;
 
 pub use self::etcd::{EtcdKv, EtcdOptions};
+pub(crate) use self::journal::{write_failed as journal_write_failed, Journal};
 pub use self::memory::MemKv;
 pub use self::sled::SledKv;
 

@@ -1,0 +1,373 @@
+//! The embedded store's write-ahead journal: what makes a commit durable with one append and
+//! one `fdatasync`.
+//!
+//! Every commit is queued here as a record of its writes when it is applied (to the memory
+//! tables of [`super::memtable`]). A group commit ([`crate::durability`]) writes the queued
+//! records to the journal's file and syncs it: that is the commit's durability. sled receives
+//! the commits later, many at a time, at a checkpoint ([`super::sled`]), after which the
+//! journal files before it are removed.
+//!
+//! On open, every journal file left is replayed into sled in order. A record holds the values
+//! its commit wrote (and the keys it deleted), never a change relative to what was there, so
+//! replaying records sled already holds changes nothing: after a crash sled holds the state of
+//! its last checkpoint, or part of the one under way (whose records are all still here), and
+//! replaying every record since the last completed checkpoint over it gives the state of the
+//! last record written. A record cut short by the crash fails its checksum and ends the replay:
+//! its commit was never acknowledged.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::write_set::WriteSet;
+use crate::durability::SledFlush;
+
+/// The journal's directory inside the sled store's.
+const DIR: &str = "journal";
+/// A record's header: the length of its body and the body's CRC-32.
+const HEADER: usize = 8;
+
+pub(crate) struct Journal {
+    dir: PathBuf,
+    /// Records queued and not yet written to the file.
+    queued: Mutex<Vec<u8>>,
+    /// Bytes of records in the current file, written or queued.
+    size: AtomicU64,
+    /// The file records are appended to; held by one writer at a time.
+    file: Mutex<Segment>,
+}
+
+struct Segment {
+    file: File,
+    number: u64,
+}
+
+impl Journal {
+    /// The journal of the sled store in directory `path`, after replaying into `tree` what an
+    /// earlier process left in it (made durable with `sled` before the files that held it go).
+    pub(super) fn open(path: &Path, tree: &sled::Tree, sled: &SledFlush) -> io::Result<Self> {
+        let dir = path.join(DIR);
+        fs::create_dir_all(&dir)?;
+        let left = segments(&dir)?;
+        let mut replayed = 0;
+        for (_, file) in &left {
+            replayed += replay(file, tree)?;
+        }
+        if replayed > 0 {
+            tracing::info!("replayed {replayed} metadata commits from the journal in {}", dir.display());
+            sled.flush()?;
+        }
+        let next = left.last().map_or(1, |&(n, _)| n + 1);
+        let segment = Segment::create(&dir, next)?;
+        for (_, file) in left {
+            fs::remove_file(file)?;
+        }
+        File::open(&dir)?.sync_all()?;
+        Ok(Journal {
+            dir,
+            queued: Mutex::new(Vec::new()),
+            size: AtomicU64::new(0),
+            file: Mutex::new(segment),
+        })
+    }
+
+    /// Queues the record of a commit. Called in commit order (under the store's writer lock), so
+    /// the journal holds commits in the order they were applied. Returns the bytes of records
+    /// in the current file, this one included.
+    pub(super) fn queue(&self, writes: &WriteSet) -> u64 {
+        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let before = queued.len();
+        encode(writes, &mut queued);
+        let added = (queued.len() - before) as u64;
+        self.size.fetch_add(added, Ordering::Relaxed) + added
+    }
+
+    /// Writes every queued record to the file and syncs it: every commit queued before the call
+    /// is then durable.
+    pub(crate) fn commit(&self) -> io::Result<()> {
+        let mut segment = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_queued(&mut segment)?;
+        segment.file.sync_data()
+    }
+
+    /// Writes every queued record to the file, without syncing it: a crash of the process then
+    /// loses none of them (the kernel has them), a crash of the machine may.
+    pub(super) fn write_out(&self) -> io::Result<()> {
+        let mut segment = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_queued(&mut segment)
+    }
+
+    /// [`Self::commit`], then starts a new file for the records queued from now on. Returns the
+    /// number of the file left, which may be removed once sled durably holds every commit queued
+    /// before the call.
+    pub(super) fn rotate(&self) -> io::Result<u64> {
+        let mut segment = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_queued(&mut segment)?;
+        segment.file.sync_data()?;
+        let next = Segment::create(&self.dir, segment.number + 1)?;
+        self.size.store(0, Ordering::Relaxed);
+        Ok(std::mem::replace(&mut *segment, next).number)
+    }
+
+    /// Removes the files up to number `last`: sled holds their commits durably.
+    pub(super) fn remove_through(&self, last: u64) -> io::Result<()> {
+        for (number, file) in segments(&self.dir)? {
+            if number <= last {
+                // A crash before the removal is durable replays the file again: harmless.
+                fs::remove_file(file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every file, the current one too: sled holds every commit durably, and the store
+    /// is closing.
+    pub(super) fn remove_all(&self) -> io::Result<()> {
+        self.remove_through(u64::MAX)
+    }
+
+    fn write_queued(&self, segment: &mut Segment) -> io::Result<()> {
+        let records = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
+        segment.file.write_all(&records)
+    }
+}
+
+/// The error a failed write or sync of the journal gives the operation that waited for it.
+pub(crate) fn write_failed(e: io::Error) -> crate::MetaError {
+    crate::MetaError::Store(format!(
+        "writing the metadata journal failed: {e}: is the disk of the metadata store full or failing?"
+    ))
+}
+
+impl Segment {
+    fn create(dir: &Path, number: u64) -> io::Result<Self> {
+        let path = segment_path(dir, number);
+        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        // The new name must survive a crash before the old file's removal does.
+        File::open(dir)?.sync_all()?;
+        Ok(Segment { file, number })
+    }
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}"))
+}
+
+/// The journal files in `dir`, oldest first.
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(number) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+            found.push((number, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Appends the record of `writes`: a header (body length, body CRC-32), then the body: each
+/// write as key length, key, and either 0 (deleted) or 1, value length, value.
+fn encode(writes: &WriteSet, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    for (key, value) in &writes.writes {
+        put_bytes(out, key);
+        match value {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                put_bytes(out, v);
+            }
+        }
+    }
+    let body_len = (out.len() - start - HEADER) as u32;
+    let crc = crc32fast::hash(&out[start + HEADER..]);
+    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Applies every whole record of the file at `path` to `tree`, in order; returns how many.
+fn replay(path: &Path, tree: &sled::Tree) -> io::Result<usize> {
+    let data = fs::read(path)?;
+    let mut at = 0;
+    let mut count = 0;
+    while let Some((batch, next)) = decode(&data, at) {
+        tree.apply_batch(batch).map_err(io::Error::other)?;
+        at = next;
+        count += 1;
+    }
+    if at < data.len() {
+        tracing::warn!(
+            "the metadata journal {} ends in {} bytes of a commit cut short by a crash (never acknowledged): ignored",
+            path.display(),
+            data.len() - at
+        );
+    }
+    Ok(count)
+}
+
+/// The record at `at` as a sled batch, and where the next one starts; `None` at the end of the
+/// records (the file's end, or a record cut short or never written: zeros, a bad checksum).
+fn decode(data: &[u8], at: usize) -> Option<(sled::Batch, usize)> {
+    let header = data.get(at..at + HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    let body = data.get(at + HEADER..at + HEADER + len)?;
+    if len == 0 || crc32fast::hash(body) != crc {
+        return None;
+    }
+    let mut batch = sled::Batch::default();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let key = take_bytes(&mut rest)?;
+        let (&tag, after) = rest.split_first()?;
+        rest = after;
+        match tag {
+            0 => batch.remove(key),
+            1 => batch.insert(key, take_bytes(&mut rest)?),
+            _ => return None,
+        }
+    }
+    Some((batch, at + HEADER + len))
+}
+
+fn take_bytes<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let bytes = rest.get(4..4 + len)?;
+    *rest = &rest[4 + len..];
+    Some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Store {
+        tree: sled::Tree,
+        sled: SledFlush,
+        journal: Journal,
+    }
+
+    fn open(path: &Path) -> Store {
+        // sled's threads may hold the last process's lock for a moment after it is dropped.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new().path(path).flush_every_ms(None).open() {
+                Err(_) if tries < 50 => std::thread::sleep(std::time::Duration::from_millis(20)),
+                other => break other.unwrap(),
+            }
+            tries += 1;
+        };
+        let tree = db.open_tree("kv").unwrap();
+        let sled = SledFlush::new(db, path).unwrap();
+        let journal = Journal::open(path, &tree, &sled).unwrap();
+        Store { tree, sled, journal }
+    }
+
+    impl Store {
+        /// A commit made durable in the journal only, as the store does between checkpoints.
+        fn commit(&self, puts: &[(&str, &str)], deletes: &[&str]) {
+            let mut writes = WriteSet::default();
+            for (k, v) in puts {
+                writes.put(k.as_bytes(), v.as_bytes());
+            }
+            for k in deletes {
+                writes.delete(k.as_bytes());
+            }
+            self.journal.queue(&writes);
+            self.journal.commit().unwrap();
+        }
+
+        fn contents(&self) -> Vec<(String, String)> {
+            self.tree
+                .iter()
+                .map(|kv| {
+                    let (k, v) = kv.unwrap();
+                    (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap())
+                })
+                .collect()
+        }
+    }
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn commits_only_the_journal_holds_are_replayed_into_sled_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = open(tmp.path());
+            store.tree.insert("a", "0").unwrap();
+            store.sled.flush().unwrap();
+            store.commit(&[("a", "1"), ("b", "1")], &[]);
+            store.commit(&[("b", "2"), ("c", "2")], &["a"]);
+            assert_eq!(store.contents(), pairs(&[("a", "0")]));
+        }
+        let store = open(tmp.path());
+        assert_eq!(store.contents(), pairs(&[("b", "2"), ("c", "2")]));
+        // The replay is in sled durably: one fresh, empty file is left.
+        let left = segments(&tmp.path().join(DIR)).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(fs::metadata(&left[0].1).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn replaying_over_a_sled_that_already_holds_some_of_the_commits_ends_in_the_same_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = open(tmp.path());
+            store.commit(&[("a", "1"), ("b", "1")], &[]);
+            store.commit(&[("a", "2")], &["b"]);
+            store.commit(&[("c", "3")], &[]);
+            // A checkpoint that had written part of the second commit when the process died.
+            store.tree.insert("a", "2").unwrap();
+        }
+        let store = open(tmp.path());
+        assert_eq!(store.contents(), pairs(&[("a", "2"), ("c", "3")]));
+    }
+
+    #[test]
+    fn a_record_cut_short_ends_the_replay_and_the_commits_before_it_stand() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = open(tmp.path());
+            store.commit(&[("a", "1")], &[]);
+            store.commit(&[("b", "1")], &[]);
+        }
+        let (_, file) = segments(&tmp.path().join(DIR)).unwrap().pop().unwrap();
+        let len = fs::metadata(&file).unwrap().len();
+        // The second record loses its last byte; zeros a file system may show past what was
+        // written follow it.
+        let cut = OpenOptions::new().write(true).open(&file).unwrap();
+        cut.set_len(len - 1).unwrap();
+        cut.set_len(len + 4096).unwrap();
+
+        let store = open(tmp.path());
+        assert_eq!(store.contents(), pairs(&[("a", "1")]));
+    }
+
+    #[test]
+    fn a_rotated_file_is_kept_until_removed_and_replayed_before_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = open(tmp.path());
+            store.commit(&[("a", "1")], &[]);
+            let old = store.journal.rotate().unwrap();
+            store.commit(&[("a", "2")], &[]);
+            assert_eq!(segments(&tmp.path().join(DIR)).unwrap().len(), 2);
+            store.journal.remove_through(old - 1).unwrap();
+            assert_eq!(segments(&tmp.path().join(DIR)).unwrap().len(), 2);
+        }
+        let store = open(tmp.path());
+        assert_eq!(store.contents(), pairs(&[("a", "2")]));
+    }
+}
