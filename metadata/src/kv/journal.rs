@@ -16,7 +16,8 @@
 //! its commit was never acknowledged.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -28,6 +29,8 @@ use crate::durability::SledFlush;
 const DIR: &str = "journal";
 /// A record's header: the length of its body and the body's CRC-32.
 const HEADER: usize = 8;
+/// How far ahead of its records a journal file is filled with zeros.
+const ZEROED_AHEAD: u64 = 1 << 20;
 
 pub(crate) struct Journal {
     dir: PathBuf,
@@ -42,6 +45,12 @@ pub(crate) struct Journal {
 struct Segment {
     file: File,
     number: u64,
+    /// Where the next record goes.
+    end: u64,
+    /// The file is zeros from `end` to here (see [`Segment::write`]).
+    zeroed: u64,
+    /// The buffer the last write took from the queue, kept for the queue's next turn.
+    spare: Vec<u8>,
 }
 
 impl Journal {
@@ -129,8 +138,12 @@ impl Journal {
     }
 
     fn write_queued(&self, segment: &mut Segment) -> io::Result<()> {
-        let records = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
-        segment.file.write_all(&records)
+        let mut records = std::mem::take(&mut segment.spare);
+        std::mem::swap(&mut records, &mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
+        let written = segment.write(&records);
+        records.clear();
+        segment.spare = records;
+        written
     }
 }
 
@@ -144,10 +157,30 @@ pub(crate) fn write_failed(e: io::Error) -> crate::MetaError {
 impl Segment {
     fn create(dir: &Path, number: u64) -> io::Result<Self> {
         let path = segment_path(dir, number);
-        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        let file = OpenOptions::new().create_new(true).write(true).open(&path)?;
         // The new name must survive a crash before the old file's removal does.
         File::open(dir)?.sync_all()?;
-        Ok(Segment { file, number })
+        Ok(Segment { file, number, end: 0, zeroed: 0, spare: Vec::new() })
+    }
+
+    /// Writes `records` at the end of those written so far. Records are written over zeros the
+    /// file already holds, a megabyte of which is added ahead when needed: a sync then has
+    /// only data to write, where one after an append must also commit the file's new size to
+    /// the file system's own journal (about 160 → 115 µs a sync here; docs/PERFORMANCE.md).
+    fn write(&mut self, records: &[u8]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let end = self.end + records.len() as u64;
+        if end > self.zeroed {
+            let zeroed = end.next_multiple_of(ZEROED_AHEAD);
+            let zeros = vec![0; (zeroed - self.zeroed) as usize];
+            self.file.write_all_at(&zeros, self.zeroed)?;
+            self.zeroed = zeroed;
+        }
+        self.file.write_all_at(records, self.end)?;
+        self.end = end;
+        Ok(())
     }
 }
 
@@ -199,12 +232,22 @@ fn replay(path: &Path, tree: &sled::Tree) -> io::Result<usize> {
     let data = fs::read(path)?;
     let mut at = 0;
     let mut count = 0;
-    while let Some((batch, next)) = decode(&data, at) {
-        tree.apply_batch(batch).map_err(io::Error::other)?;
+    while let Some((writes, next)) = decode(&data, at) {
+        // Key by key, as a checkpoint writes (sled's atomic batches can deadlock its I/O
+        // threads when many come at once, as here: seen in CI); a replay cut short is replayed
+        // again.
+        for (key, value) in writes {
+            match value {
+                Some(v) => tree.insert(key, v).map(drop),
+                None => tree.remove(key).map(drop),
+            }
+            .map_err(io::Error::other)?;
+        }
         at = next;
         count += 1;
     }
-    if at < data.len() {
+    // After the last record: zeros written ahead of the records, or a record a crash cut short.
+    if data[at..].iter().any(|&b| b != 0) {
         tracing::warn!(
             "the metadata journal {} ends in {} bytes of a commit cut short by a crash (never acknowledged): ignored",
             path.display(),
@@ -214,9 +257,12 @@ fn replay(path: &Path, tree: &sled::Tree) -> io::Result<usize> {
     Ok(count)
 }
 
-/// The record at `at` as a sled batch, and where the next one starts; `None` at the end of the
+/// A record's writes: `None` deletes the key.
+type Writes<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
+
+/// The writes of the record at `at`, and where the next one starts; `None` at the end of the
 /// records (the file's end, or a record cut short or never written: zeros, a bad checksum).
-fn decode(data: &[u8], at: usize) -> Option<(sled::Batch, usize)> {
+fn decode(data: &[u8], at: usize) -> Option<(Writes<'_>, usize)> {
     let header = data.get(at..at + HEADER)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
@@ -224,19 +270,19 @@ fn decode(data: &[u8], at: usize) -> Option<(sled::Batch, usize)> {
     if len == 0 || crc32fast::hash(body) != crc {
         return None;
     }
-    let mut batch = sled::Batch::default();
+    let mut writes = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
         let key = take_bytes(&mut rest)?;
         let (&tag, after) = rest.split_first()?;
         rest = after;
         match tag {
-            0 => batch.remove(key),
-            1 => batch.insert(key, take_bytes(&mut rest)?),
+            0 => writes.push((key, None)),
+            1 => writes.push((key, Some(take_bytes(&mut rest)?))),
             _ => return None,
         }
     }
-    Some((batch, at + HEADER + len))
+    Some((writes, at + HEADER + len))
 }
 
 fn take_bytes<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
@@ -344,15 +390,26 @@ mod tests {
             store.commit(&[("b", "1")], &[]);
         }
         let (_, file) = segments(&tmp.path().join(DIR)).unwrap().pop().unwrap();
-        let len = fs::metadata(&file).unwrap().len();
-        // The second record loses its last byte; zeros a file system may show past what was
-        // written follow it.
-        let cut = OpenOptions::new().write(true).open(&file).unwrap();
-        cut.set_len(len - 1).unwrap();
-        cut.set_len(len + 4096).unwrap();
+        // The second record loses its last byte, as if the crash came before it was written.
+        let last = fs::read(&file).unwrap().iter().rposition(|&b| b != 0).unwrap();
+        OpenOptions::new().write(true).open(&file).unwrap().write_all_at(&[0], last as u64).unwrap();
 
         let store = open(tmp.path());
         assert_eq!(store.contents(), pairs(&[("a", "1")]));
+    }
+
+    #[test]
+    fn a_journal_of_many_megabytes_is_replayed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let value = "v".repeat(3000);
+        {
+            let store = open(tmp.path());
+            for i in 0..4000 {
+                store.commit(&[(&format!("k{:04}", i % 1000), &value), (&format!("i{i:05}"), "x")], &[]);
+            }
+        }
+        let store = open(tmp.path());
+        assert_eq!(store.tree.len(), 5000);
     }
 
     #[test]
