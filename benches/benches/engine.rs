@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use elasticfs_core::metadata::{FileKind, MetaStore, NewNode, SledStore, Superblock, ROOT_INO};
-use elasticfs_core::{hash_of, open_object_store, Caller, ChunkStore, FileSystem, FsConfig};
+use elasticfs_core::{hash_of, open_object_store, Caller, ChunkStore, CreateMode, FileSystem, FsConfig};
 
 fn hashing(c: &mut Criterion) {
     let mut group = c.benchmark_group("blake3");
@@ -62,8 +62,9 @@ fn engine_writes(c: &mut Criterion) {
         let data = vec![1u8; 4096];
         b.iter(|| {
             n += 1;
-            let (_, fh) =
-                fs.create(ROOT_INO, format!("s{n}").as_bytes(), 0o644, caller, true, false).unwrap();
+            let (_, fh) = fs
+                .create(ROOT_INO, format!("s{n}").as_bytes(), 0o644, caller, CreateMode::Exclusive, false)
+                .unwrap();
             fs.write(fh, 0, &data).unwrap();
             fs.release(fh).unwrap();
         })
@@ -77,8 +78,9 @@ fn engine_writes(c: &mut Criterion) {
     group.bench_function("16 MiB file in 1 MiB writes, then close", |b| {
         b.iter(|| {
             n += 1;
-            let (_, fh) =
-                fs.create(ROOT_INO, format!("l{n}").as_bytes(), 0o644, caller, true, false).unwrap();
+            let (_, fh) = fs
+                .create(ROOT_INO, format!("l{n}").as_bytes(), 0o644, caller, CreateMode::Exclusive, false)
+                .unwrap();
             for (i, piece) in pieces.iter_mut().enumerate() {
                 piece[..8].copy_from_slice(&n.to_le_bytes());
                 fs.write(fh, (i as u64) << 20, piece).unwrap();

@@ -251,6 +251,9 @@ pub(crate) struct OpenFile {
     /// Whether the file may have a set-user-ID or set-group-ID bit, as of its last open or this
     /// client's last chmod of it: a write that must drop them looks at the attributes only then.
     pub(crate) may_have_set_id_bits: AtomicBool,
+    /// The file was created by this client as a pending create (see
+    /// `MetaStore::create_pending`) that no close or `fsync` has settled yet.
+    pub(crate) create_pending: AtomicBool,
 }
 
 impl OpenFile {
@@ -273,6 +276,7 @@ impl OpenFile {
             state: Mutex::new(state),
             flush: Mutex::new(()),
             may_have_set_id_bits: AtomicBool::new(true),
+            create_pending: AtomicBool::new(false),
         }
     }
 

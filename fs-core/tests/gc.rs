@@ -12,7 +12,8 @@ use elasticfs_core::metadata::{
     ROOT_INO,
 };
 use elasticfs_core::{
-    chunk_path, hash_of, open_object_store, ownership, Caller, ChunkStore, FileSystem, FsConfig, Ownership,
+    chunk_path, hash_of, open_object_store, ownership, Caller, ChunkStore, CreateMode, FileSystem, FsConfig,
+    Ownership,
 };
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -55,7 +56,8 @@ impl Setup {
     }
 
     fn write(&self, name: &str, data: &[u8]) {
-        let (_, fh) = self.fs.create(ROOT_INO, name.as_bytes(), 0o644, ROOT, false, false).unwrap();
+        let (_, fh) =
+            self.fs.create(ROOT_INO, name.as_bytes(), 0o644, ROOT, CreateMode::OpenOrCreate, false).unwrap();
         self.fs.write(fh, 0, data).unwrap();
         self.fs.release(fh).unwrap();
     }
@@ -137,7 +139,7 @@ fn protection_and_condemnation_exclude_each_other() {
     assert!(s.meta.condemn_chunks(&[hash], far_future).unwrap().is_empty());
     // A commit releases what it was protected with: then the chunk may be condemned, and
     // while it is, nobody may protect it.
-    let (attr, fh) = s.fs.create(ROOT_INO, b"x", 0o644, ROOT, true, false).unwrap();
+    let (attr, fh) = s.fs.create(ROOT_INO, b"x", 0o644, ROOT, CreateMode::Exclusive, false).unwrap();
     s.fs.release(fh).unwrap();
     let commit = |release: Vec<[u8; 32]>| BlockCommit {
         blocks: vec![(0, BlockChange::Whole(BlockRef::Chunk { hash, len: BLOCK as u32 }))],
@@ -150,7 +152,7 @@ fn protection_and_condemnation_exclude_each_other() {
     assert_eq!(s.meta.condemn_chunks(&[hash], far_future).unwrap(), vec![hash]);
     assert_eq!(s.meta.protect_chunk(&hash).unwrap(), ChunkProtection::Condemned);
     // A commit naming it without protection is refused rather than left dangling.
-    let (attr, fh) = s.fs.create(ROOT_INO, b"y", 0o644, ROOT, true, false).unwrap();
+    let (attr, fh) = s.fs.create(ROOT_INO, b"y", 0o644, ROOT, CreateMode::Exclusive, false).unwrap();
     s.fs.release(fh).unwrap();
     assert_eq!(s.meta.commit_blocks(attr.ino, &commit(vec![])), Err(MetaError::ChunkUnprotected(hash)));
     s.meta.forget_condemned(&[hash]).unwrap();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use elasticfs_core::metadata::{BlockRef, ChunkHash, Ino, MetaStore, SledStore, Superblock, ROOT_INO};
-use elasticfs_core::{chunk_path, open_object_store, Caller, ChunkStore, FileSystem, FsConfig};
+use elasticfs_core::{chunk_path, open_object_store, Caller, ChunkStore, CreateMode, FileSystem, FsConfig};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 /// An engine over fresh metadata and an in-memory bucket, with no cache at all, so that every
@@ -24,7 +24,8 @@ fn uncached(meta: Arc<dyn MetaStore>, store: Arc<dyn ObjectStore>) -> FileSystem
 
 /// Writes `data` (one block) as file `f`; returns its inode and the name of its chunk.
 fn write_file(fs: &FileSystem, data: &[u8]) -> (Ino, ChunkHash) {
-    let (attr, fh) = fs.create(ROOT_INO, b"f", 0o644, Caller { uid: 0, gid: 0 }, true, false).unwrap();
+    let (attr, fh) =
+        fs.create(ROOT_INO, b"f", 0o644, Caller { uid: 0, gid: 0 }, CreateMode::Exclusive, false).unwrap();
     fs.write(fh, 0, data).unwrap();
     fs.release(fh).unwrap();
     let block = fs.meta().blocks(attr.ino, 0, 1).unwrap().pop().unwrap().1;

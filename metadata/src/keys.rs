@@ -14,6 +14,7 @@
 //! | `m`    | ino (u64 BE)                     | directories: when entries last changed (see below) |
 //! | `x`    | ino (u64 BE) ++ name             | extended attribute value                     |
 //! | `o`    | ino (u64 BE)                     | session that holds the orphan (u64 LE)       |
+//! | `w`    | ino (u64 BE)                     | a create waiting for its file's close: session, directory (u64 LE each), name |
 //! | `r`    | blake3 hash (32 bytes)           | chunk reference count (u64 LE)               |
 //! | `u`    | blake3 hash                      | time the count reached zero                  |
 //! | `p`    | blake3 hash                      | postcard `Vec<(session, count)>`: uploads not yet committed |
@@ -65,6 +66,7 @@ pub(crate) const SYMLINK: u8 = b'l';
 pub(crate) const DIR_TIMES: u8 = b'm';
 pub(crate) const XATTR: u8 = b'x';
 pub(crate) const ORPHAN: u8 = b'o';
+pub(crate) const PENDING_CREATE: u8 = b'w';
 pub(crate) const CHUNK_REFS: u8 = b'r';
 pub(crate) const UNREFERENCED: u8 = b'u';
 pub(crate) const INTENTS: u8 = b'p';

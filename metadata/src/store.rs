@@ -93,6 +93,9 @@ pub struct BlockCommit {
     /// Chunks this session protected for the change (see [`MetaStore::protect_chunk`]), used
     /// or not: released once the commit holds its references.
     pub release: Vec<ChunkHash>,
+    /// The commit of a close or an `fsync`: it makes a pending create of the file durable with
+    /// it (see [`MetaStore::create_pending`]).
+    pub confirms_create: bool,
 }
 
 /// What [`MetaStore::commit_blocks`] left.
@@ -151,6 +154,18 @@ pub trait MetaStore: Send + Sync + 'static {
     }
     /// [`MetaStore::create`], also telling what it did to the directory.
     fn create_in_dir(&self, node: &NewNode) -> MetaResult<Created>;
+    /// [`MetaStore::create_in_dir`] for a regular file that need not be durable before its
+    /// creator's first commit of it at close or `fsync` ([`BlockCommit::confirms_create`],
+    /// [`MetaStore::confirm_create`]): if the creator dies first, the file is removed when its
+    /// session is ended. A store with no flush to save this way creates durably.
+    fn create_pending(&self, node: &NewNode) -> MetaResult<Created> {
+        self.create_in_dir(node)
+    }
+    /// Makes the pending create of `ino`, if any, durable (its file was closed unwritten).
+    fn confirm_create(&self, ino: Ino) -> MetaResult<()> {
+        let _ = ino;
+        Ok(())
+    }
     fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> MetaResult<Attr>;
     /// Removes a name. `closed` is the inode the caller believes the name points to, if no
     /// handle of the caller holds it open: when that inode loses its last name it is removed

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use elasticfs_core::metadata::{Attr, FileKind, LockKind, LockRequest, RenameMode, Timestamp, XattrMode};
-use elasticfs_core::{dropping_set_id_bits, Caller, FileSystem, FsError, SetAttrRequest};
+use elasticfs_core::{dropping_set_id_bits, Caller, CreateMode, FileSystem, FsError, SetAttrRequest};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
     InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -636,9 +636,11 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let _s = info_span!("create", parent = parent.0).entered();
-        let exclusive = flags & libc::O_EXCL != 0;
+        // Without O_EXCL, a new file is durable with its first commit at close or fsync.
+        let create =
+            if flags & libc::O_EXCL != 0 { CreateMode::Exclusive } else { CreateMode::OpenOrCreatePending };
         let append = flags & libc::O_APPEND != 0;
-        match self.fs.create(parent.0, name.as_bytes(), perm(mode, umask), caller(req), exclusive, append) {
+        match self.fs.create(parent.0, name.as_bytes(), perm(mode, umask), caller(req), create, append) {
             Ok((attr, fh)) => reply.created(
                 &self.entry_ttl,
                 &to_fuse_attr(&attr),

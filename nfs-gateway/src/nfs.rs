@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use elasticfs_core::metadata::{Attr, FileKind, Ino, RenameMode, Timestamp};
-use elasticfs_core::{errno, FsError, Identity, ReadData, SetAttrRequest, MAY_EXEC, MAY_READ, MAY_WRITE};
+use elasticfs_core::{
+    errno, CreateMode, FsError, Identity, ReadData, SetAttrRequest, MAY_EXEC, MAY_READ, MAY_WRITE,
+};
 use nfs3_types::nfs3::*;
 use nfs3_types::xdr_codec::{List, Opaque, Pack, Void};
 
@@ -385,8 +387,10 @@ impl Gateway {
                     }
                 }
                 let mode = requested_mode(s, 0o644);
+                // A CREATE is on stable storage before its reply: never a pending create.
+                let create = if guarded { CreateMode::Exclusive } else { CreateMode::OpenOrCreate };
                 let (attr, fh) =
-                    self.fs.create(dir, name, mode, who.caller(), guarded, false).map_err(fs_err)?;
+                    self.fs.create(dir, name, mode, who.caller(), create, false).map_err(fs_err)?;
                 self.open.adopt(attr.ino, fh);
                 // The mode was used at creation; what else was asked (a size of 0 when the
                 // file existed, an owner) is applied as a SETATTR would be.
@@ -410,7 +414,7 @@ impl Gateway {
         let word = |at: usize| u32::from_be_bytes(verf.0[at..at + 4].try_into().expect("4 bytes"));
         let stamp =
             (Timestamp { secs: word(0) as i64, nanos: 0 }, Timestamp { secs: word(4) as i64, nanos: 0 });
-        match self.fs.create(dir, name, 0o600, who.caller(), true, false) {
+        match self.fs.create(dir, name, 0o600, who.caller(), CreateMode::Exclusive, false) {
             Ok((attr, fh)) => {
                 self.open.adopt(attr.ino, fh);
                 let req = SetAttrRequest { atime: Some(stamp.0), mtime: Some(stamp.1), ..Default::default() };

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use elasticfs_core::metadata::{MetaStore, Superblock, ROOT_INO};
-use elasticfs_core::{open_object_store, Caller, ChunkStore, FileSystem, FsConfig, SetAttrRequest};
+use elasticfs_core::{
+    open_object_store, Caller, ChunkStore, CreateMode, FileSystem, FsConfig, SetAttrRequest,
+};
 use proptest::prelude::*;
 
 const FILES: usize = 3;
@@ -98,7 +100,9 @@ impl Harness {
         let fs = FileSystem::new(meta, chunks, config).unwrap();
         let mut handles = Vec::new();
         for i in 0..FILES {
-            let (_, fh) = fs.create(ROOT_INO, format!("f{i}").as_bytes(), 0o644, ROOT, true, false).unwrap();
+            let (_, fh) = fs
+                .create(ROOT_INO, format!("f{i}").as_bytes(), 0o644, ROOT, CreateMode::Exclusive, false)
+                .unwrap();
             handles.push(fh);
         }
         Harness { fs, block_size: block, handles, model: vec![Vec::new(); FILES] }
@@ -155,7 +159,11 @@ impl Harness {
                 let name = format!("f{file}");
                 self.fs.release(self.handles[file]).unwrap();
                 self.fs.unlink(ROOT_INO, name.as_bytes()).unwrap();
-                let (_, fh) = self.fs.create(ROOT_INO, name.as_bytes(), 0o644, ROOT, true, false).unwrap();
+                // Pending until its first close or fsync, as FUSE creates without O_EXCL.
+                let (_, fh) = self
+                    .fs
+                    .create(ROOT_INO, name.as_bytes(), 0o644, ROOT, CreateMode::OpenOrCreatePending, false)
+                    .unwrap();
                 self.handles[file] = fh;
                 self.model[file].clear();
             }

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use elasticfs_core::metadata::{MetaStore, SledStore, Superblock, ROOT_INO};
-use elasticfs_core::{open_object_store, Caller, ChunkStore, FileSystem, FsConfig};
+use elasticfs_core::{open_object_store, Caller, ChunkStore, CreateMode, FileSystem, FsConfig};
 use elasticfs_tests::{pattern, S3Server, S3_BUCKET};
 
 const ROOT: Caller = Caller { uid: 0, gid: 0 };
@@ -45,7 +45,7 @@ fn stat_reads_and_writes_go_on_while_a_flush_is_stalled() {
     let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     let fs = engine(&server, &dir, FsConfig { max_uploads: 2, ..FsConfig::default() });
-    let (attr, writer) = fs.create(ROOT_INO, b"f", 0o644, ROOT, true, false).unwrap();
+    let (attr, writer) = fs.create(ROOT_INO, b"f", 0o644, ROOT, CreateMode::Exclusive, false).unwrap();
     let mut expected = pattern(1, (BLOCK * 3) as usize);
     fs.write(writer, 0, &expected).unwrap();
     fs.fsync(writer).unwrap();
@@ -114,7 +114,7 @@ fn writers_readers_and_flushes_of_one_file_at_once() {
     // A write buffer of a few stripes: writes keep making room by flushing, beside the fsyncs.
     let config = FsConfig { max_uploads: 2, write_buffer_bytes: 16 * STRIPE, ..FsConfig::default() };
     let fs = engine(&server, &dir, config);
-    let (attr, first) = fs.create(ROOT_INO, b"shared", 0o644, ROOT, true, false).unwrap();
+    let (attr, first) = fs.create(ROOT_INO, b"shared", 0o644, ROOT, CreateMode::Exclusive, false).unwrap();
     fs.write(first, 0, &vec![0u8; STRIPE * STRIPES]).unwrap();
     fs.fsync(first).unwrap();
 

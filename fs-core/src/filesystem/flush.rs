@@ -5,6 +5,7 @@
 //! blocks and the new buffer).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,6 +21,13 @@ use crate::open_file::{FlushLayer, OpenFile, Pending, Upload};
 use crate::slices::{Layout, Patch};
 
 /// Patches of several blocks packed into one chunk.
+/// Whether a flush settles the file's pending create (see [`FileSystem::flush_held`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settles {
+    Create,
+    Nothing,
+}
+
 struct Pack {
     blocks: Vec<Packed>,
     data: Bytes,
@@ -61,35 +69,49 @@ impl FileSystem {
     /// truncate of the file already under way, not for writes.
     pub(super) fn flush_file(&self, file: &OpenFile) -> FsResult<()> {
         let _turn = file.flush.lock().unwrap();
-        self.flush_held(file)
+        self.flush_held(file, Settles::Create)
     }
 
-    /// [`Self::flush_file`], with the file's flush lock held.
-    pub(super) fn flush_held(&self, file: &OpenFile) -> FsResult<()> {
+    /// [`Self::flush_file`], with the file's flush lock held. A flush that `settles` the file's
+    /// pending create (a close, an `fsync`) confirms it with its commit, or on its own if there
+    /// is nothing to commit; one to make room in the write buffer does not (a crash then
+    /// leaves the file absent, not cut short).
+    pub(super) fn flush_held(&self, file: &OpenFile, settles: Settles) -> FsResult<()> {
+        let confirm = settles == Settles::Create && file.create_pending.load(Ordering::Acquire);
         // What a failed flush left was written before the buffer: it is committed first.
         let left = {
             let st = file.state.lock().unwrap();
             st.flushing.clone().map(|layer| (layer, st.changes))
         };
         if let Some((layer, changes)) = left {
-            self.commit_layer(file, layer, Vec::new(), Vec::new(), changes)?;
+            self.commit_layer(file, layer, Vec::new(), Vec::new(), changes, false)?;
         }
-        let (layer, uploads, abandoned, changes) = {
+        let taken = {
             let mut st = file.state.lock().unwrap();
-            if !st.has_changes() {
-                return Ok(());
-            }
-            let (layer, uploads) = st.take_layer();
-            (layer, uploads, std::mem::take(&mut st.abandoned), st.changes)
+            st.has_changes().then(|| {
+                let (layer, uploads) = st.take_layer();
+                (layer, uploads, std::mem::take(&mut st.abandoned), st.changes)
+            })
         };
-        self.commit_layer(file, layer, uploads, abandoned, changes)
+        match taken {
+            Some((layer, uploads, abandoned, changes)) => {
+                self.commit_layer(file, layer, uploads, abandoned, changes, confirm)?
+            }
+            None if confirm => self.meta.confirm_create(file.ino)?,
+            None => {}
+        }
+        if confirm {
+            file.create_pending.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Uploads what `layer` holds that is not stored yet, waits for `uploads` (its sealed
     /// blocks') and `abandoned` (whose chunks only need releasing), and commits the block map
     /// and size in one metadata transaction. On failure the layer stays, with what was
     /// uploaded, for the next flush. `changes` is the file's write count when the layer was
-    /// taken: if no write came since, the file has nothing left to commit.
+    /// taken: if no write came since, the file has nothing left to commit. The commit
+    /// `confirms_create` of a close or `fsync` (see [`Self::flush_held`]).
     fn commit_layer(
         &self,
         file: &OpenFile,
@@ -97,6 +119,7 @@ impl FileSystem {
         uploads: Vec<(u64, Upload)>,
         abandoned: Vec<Upload>,
         changes: u64,
+        confirms_create: bool,
     ) -> FsResult<()> {
         let ino = file.ino;
         let committed_size = file.state.lock().unwrap().committed_size;
@@ -165,6 +188,7 @@ impl FileSystem {
             min_size: layer.size,
             mtime: layer.mtime,
             release: progress.release.clone(),
+            confirms_create,
         };
         let committed = self.commit(ino, commit);
         file.after_commit(|st| match &committed {
@@ -335,7 +359,7 @@ impl FileSystem {
         let _turn = file.as_ref().map(|f| f.flush.lock().unwrap());
         let changes = match &file {
             Some(file) => {
-                self.flush_held(file)?;
+                self.flush_held(file, Settles::Nothing)?;
                 Some(file.state.lock().unwrap().changes)
             }
             None => None,
@@ -352,6 +376,8 @@ impl FileSystem {
             min_size: 0,
             mtime: Some(Timestamp::now()),
             release: Vec::new(),
+            // A truncate is a setattr: it confirms a pending create in the metadata.
+            confirms_create: false,
         };
         let cut = (size % self.block_size) as usize;
         if size < attr.size && cut != 0 {

@@ -30,6 +30,8 @@ mod changed_dirs;
 mod dir_handles;
 mod flush;
 mod handles;
+
+pub use handles::CreateMode;
 mod listing;
 
 use handles::{Handle, OpenEntry};
@@ -295,15 +297,13 @@ impl FileSystem {
         rdev: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
-        self.metadata_op(Op::Mknod, || {
-            let node = NewNode {
-                uid: caller.uid,
-                gid: caller.gid,
-                rdev,
-                ..NewNode::new(parent, name, kind, perm & 0o7777)
-            };
-            self.create_node(&node)
-        })
+        let node = NewNode {
+            uid: caller.uid,
+            gid: caller.gid,
+            rdev,
+            ..NewNode::new(parent, name, kind, perm & 0o7777)
+        };
+        self.metadata_op(Op::Mknod, || self.create_node(&node, false))
     }
 
     #[instrument(level = "debug", skip(self, name, target))]
@@ -321,12 +321,15 @@ impl FileSystem {
                 link_target: target.to_vec(),
                 ..NewNode::new(parent, name, FileKind::Symlink, 0o777)
             };
-            self.create_node(&node)
+            self.create_node(&node, false)
         })
     }
 
-    fn create_node(&self, node: &NewNode) -> FsResult<Attr> {
-        let created = self.meta.create_in_dir(node)?;
+    /// Creates `node`; a `pending` one is durable only with its first commit at close or
+    /// `fsync` (see [`CreateMode::OpenOrCreatePending`]).
+    fn create_node(&self, node: &NewNode, pending: bool) -> FsResult<Attr> {
+        let created =
+            if pending { self.meta.create_pending(node)? } else { self.meta.create_in_dir(node)? };
         self.names.saw(node.parent, &node.name, created.attr.ino);
         self.changed_dirs.changed(created.dir);
         Ok(created.attr)

@@ -11,6 +11,7 @@ use elasticfs_metadata::{Block, BlockRef, ChunkHash, Timestamp};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{instrument, warn};
 
+use super::flush::Settles;
 use super::{FileSystem, MAX_FILE_SIZE};
 use crate::error::{errno, FsError, FsResult};
 use crate::metrics::Op;
@@ -189,7 +190,10 @@ impl FileSystem {
     /// patch over what was committed, instead of taking its uploaded bytes back into the
     /// buffer (and uploading them again at the next spill).
     fn make_room(&self, file: &OpenFile) -> FsResult<()> {
-        self.flush_file(file)?;
+        {
+            let _turn = file.flush.lock().unwrap();
+            self.flush_held(file, Settles::Nothing)?;
+        }
         let others: Vec<Arc<OpenFile>> = self
             .open_files
             .lock()
@@ -204,7 +208,7 @@ impl FileSystem {
             }
             let Ok(_turn) = other.flush.try_lock() else { continue };
             // Another file's trouble is not this write's: it finds out at its own flush.
-            if let Err(e) = self.flush_held(&other) {
+            if let Err(e) = self.flush_held(&other, Settles::Nothing) {
                 warn!(ino = other.ino, "making room in the write buffer: {e}");
             }
         }

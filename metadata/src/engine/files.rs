@@ -53,6 +53,10 @@ impl<K: Kv> Engine<K> {
                 likely.extend(blocks.iter().map(|(i, _)| keys::pair(keys::BLOCK, ino, *i)));
                 t.prefetch(&likely)?;
                 let mut attr = t.file(ino)?;
+                // A close's commit, and a truncate (a setattr), confirm a pending create.
+                if last && (commit.confirms_create || commit.truncate.is_some()) {
+                    t.confirm_create(ino);
+                }
                 let mut delta = 0i64;
                 if let Some(size) = truncate {
                     let keep = size.div_ceil(t.block_size);

@@ -6,9 +6,11 @@
 
 mod audit;
 mod chunks;
+mod create;
 mod dump;
 mod files;
 mod opening;
+mod pending;
 mod rename;
 mod sessions;
 mod throughput;
@@ -38,7 +40,7 @@ use crate::types::{
 };
 use txn::Txn;
 
-const S_ISGID: u16 = 0o2000;
+pub(super) const S_ISGID: u16 = 0o2000;
 /// The session of a store opened without one: tools (`format`, `status`, `fsck`). Orphans it
 /// made would belong to no session and are reclaimed by the next embedded mount.
 const NO_SESSION: SessionId = 0;
@@ -62,6 +64,7 @@ struct Shared<K> {
     /// entry keeps its cookie), so they come from one counter for the whole file system rather
     /// than from the directory's record, which every create would then write.
     cookies: Allocator,
+    pending: pending::PendingCreates,
 }
 
 /// Numbers from a counter key, taken [`ALLOCATION_BATCH`] at a time.
@@ -86,6 +89,7 @@ impl<K> Shared<K> {
             superblock,
             inos: Allocator::new(keys::NEXT_INO, ROOT_INO + 1),
             cookies: Allocator::new(keys::NEXT_COOKIE, FIRST_COOKIE),
+            pending: pending::PendingCreates::default(),
         }
     }
 }
@@ -198,16 +202,31 @@ impl<K: Kv> Engine<K> {
     fn run<T>(&self, mut f: impl FnMut(&mut Txn) -> TxResult<T>) -> MetaResult<T> {
         let (block_size, session, page) =
             (self.shared.superblock.block_size as u64, self.session, self.page());
-        let times_in_record = self.shared.kv.single_writer();
+        let (times_in_record, pending) = (self.shared.kv.single_writer(), &self.shared.pending);
         for attempt in 0..MAX_ATTEMPTS {
             let mut out = None;
             let now = Timestamp::now();
+            let mut confirmed = Vec::new();
             let result = self.shared.kv.transact(&mut |kv| {
-                out = Some(f(&mut Txn { kv, block_size, session, now, page, times_in_record })?);
+                confirmed.clear();
+                let confirmed = &mut confirmed;
+                out = Some(f(&mut Txn {
+                    kv,
+                    block_size,
+                    session,
+                    now,
+                    page,
+                    times_in_record,
+                    pending,
+                    confirmed,
+                })?);
                 Ok(())
             });
             match result {
-                Ok(()) => return Ok(out.expect("set by the body that succeeded")),
+                Ok(()) => {
+                    pending.forget(&confirmed);
+                    return Ok(out.expect("set by the body that succeeded"));
+                }
                 Err(TxError::Abort(e)) => return Err(e),
                 Err(TxError::Conflict) => backoff(attempt),
             }
@@ -242,13 +261,23 @@ impl<K: Kv> Engine<K> {
     fn read_with<T>(&self, mut f: impl FnMut(&mut Txn) -> TxResult<T>, whole: bool) -> MetaResult<T> {
         let (block_size, session, page) =
             (self.shared.superblock.block_size as u64, self.session, self.page());
-        let times_in_record = self.shared.kv.single_writer();
+        let (times_in_record, pending) = (self.shared.kv.single_writer(), &self.shared.pending);
         for attempt in 0..MAX_ATTEMPTS {
             let mut out = None;
             // A read writes nothing: no clock to read.
             let now = Timestamp::default();
             let mut body = |kv: &mut dyn KvTxn| {
-                out = Some(f(&mut Txn { kv, block_size, session, now, page, times_in_record })?);
+                let confirmed = &mut Vec::new();
+                out = Some(f(&mut Txn {
+                    kv,
+                    block_size,
+                    session,
+                    now,
+                    page,
+                    times_in_record,
+                    pending,
+                    confirmed,
+                })?);
                 Ok(())
             };
             let result =
@@ -481,47 +510,17 @@ impl<K: Kv> MetaStore for Engine<K> {
 
     #[instrument(level = "debug", skip_all, fields(parent = node.parent, kind = ?node.kind))]
     fn create_in_dir(&self, node: &NewNode) -> MetaResult<Created> {
-        let NewNode { parent, ref name, kind, perm, uid, gid, rdev, ref link_target } = *node;
-        check_name(name)?;
-        let (ino, cookie) = (self.new_ino()?, self.new_cookie()?);
-        self.mutate(|t| {
-            t.prefetch_entry(parent, name, None)?;
-            let mut dir = t.dir(parent)?;
-            if t.dentry(parent, name)?.is_some() {
-                return fail(MetaError::Exists);
-            }
-            let mut attr = Attr {
-                uid,
-                gid,
-                size: link_target.len() as u64,
-                rdev,
-                parent,
-                ..Attr::new(ino, kind, perm, t.now)
-            };
-            // BSD group semantics of a setgid directory, as Linux applies them.
-            if dir.perm & S_ISGID != 0 {
-                attr.gid = dir.gid;
-                if kind == FileKind::Dir {
-                    attr.perm |= S_ISGID;
-                }
-            }
-            t.add_entry(parent, name, ino, kind, cookie);
-            if kind == FileKind::Dir {
-                dir.nlink += 1;
-                t.touch(&mut dir);
-                t.put_inode(&dir)?;
-            }
-            t.mark_dir_changed(parent)?;
-            t.put_inode(&attr)?;
-            if kind == FileKind::Symlink {
-                t.put(&keys::numbered(keys::SYMLINK, ino), link_target);
-            }
-            // A new inode has no extended attributes: its removal need not look for them.
-            let xattrs = keys::numbered(keys::XATTR, ino);
-            t.known_empty(&xattrs, &crate::kv::prefix_end(&xattrs));
-            t.add_counter(Counter::Inodes, 1)?;
-            Ok(Created { attr, dir: t.dir_as_changed(parent)? })
-        })
+        let created = self.create_node(node, false)?;
+        self.sync()?;
+        Ok(created)
+    }
+
+    fn create_pending(&self, node: &NewNode) -> MetaResult<Created> {
+        self.create_pending_in(node)
+    }
+
+    fn confirm_create(&self, ino: Ino) -> MetaResult<()> {
+        self.confirm_create_in(ino)
     }
 
     #[instrument(level = "debug", skip(self, new_name))]
@@ -534,6 +533,7 @@ impl<K: Kv> MetaStore for Engine<K> {
                 Txn::inode_key(new_parent),
                 Txn::dentry_key(new_parent, new_name),
             ])?;
+            t.confirm_create(ino);
             let mut attr = t.inode(ino)?;
             if attr.is_dir() {
                 return fail(MetaError::NotPermitted);
@@ -572,6 +572,8 @@ impl<K: Kv> MetaStore for Engine<K> {
             if entry.kind == FileKind::Dir {
                 return fail(MetaError::IsDir);
             }
+            // A pending create is settled by the file's removal: its record goes with the name.
+            t.confirm_create(entry.ino);
             let attr = t.inode(entry.ino)?;
             t.remove_entry(parent, name, &entry);
             t.mark_dir_changed(parent)?;
@@ -655,6 +657,7 @@ impl<K: Kv> MetaStore for Engine<K> {
     #[instrument(level = "debug", skip(self))]
     fn setattr(&self, ino: Ino, changes: &SetAttr) -> MetaResult<Attr> {
         self.mutate(|t| {
+            t.confirm_create(ino);
             // A directory's times key is folded into its record, which the change then sets.
             let mut attr = t.attr(ino)?;
             if attr.is_dir() {
@@ -714,6 +717,7 @@ impl<K: Kv> MetaStore for Engine<K> {
 
     fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> MetaResult<()> {
         self.mutate(|t| {
+            t.confirm_create(ino);
             let mut attr = t.inode(ino)?;
             let key = keys::numbered_with(keys::XATTR, ino, name);
             let exists = t.get(&key)?.is_some();
@@ -749,6 +753,7 @@ impl<K: Kv> MetaStore for Engine<K> {
 
     fn remove_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<()> {
         self.mutate(|t| {
+            t.confirm_create(ino);
             let mut attr = t.inode(ino)?;
             let key = keys::numbered_with(keys::XATTR, ino, name);
             if t.get(&key)?.is_none() {
@@ -811,6 +816,8 @@ impl<K: Kv> MetaStore for Engine<K> {
     }
 
     fn end_own_session(&self) -> MetaResult<()> {
+        // A clean stop: the files created here stay, closed or not.
+        self.confirm_every_create()?;
         if self.session == NO_SESSION {
             return Ok(());
         }

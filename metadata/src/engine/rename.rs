@@ -25,6 +25,7 @@ pub(super) fn rename_in(t: &mut Txn, rename: &Rename, cookie: u64) -> TxResult<O
     let Some(src) = t.dentry(parent, name)? else {
         return fail(MetaError::NotFound);
     };
+    t.confirm_create(src.ino);
     t.dir(new_parent)?;
     let dst = t.dentry(new_parent, new_name)?;
     if parent == new_parent && name == new_name {

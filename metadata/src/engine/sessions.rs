@@ -98,10 +98,12 @@ impl<K: Kv> Engine<K> {
         self.read(|t| Ok(t.get(&keys::numbered(keys::SESSION, id))?.is_some()))
     }
 
-    /// Ends a session: releases its locks and its chunk intents, removes the files it held
-    /// open after unlinking them, folds its share of the counters into the common one, and
-    /// forgets it. Each step is its own transaction and may be repeated.
+    /// Ends a session: withdraws the creates it left pending, releases its locks and its chunk
+    /// intents, removes the files it held open after unlinking them, folds its share of the
+    /// counters into the common one, and forgets it. Each step is its own transaction and may
+    /// be repeated.
     pub fn end_session(&self, id: SessionId) -> MetaResult<()> {
+        let withdrawn = self.withdraw_pending_creates(Some(id))?;
         for (key, raw) in self.scan_all(&[keys::LOCKS])? {
             let held: Vec<LockRecord> = decode(&raw)?;
             if held.iter().any(|l| l.session == id) {
@@ -140,13 +142,17 @@ impl<K: Kv> Engine<K> {
             })?;
         }
         self.sync()?;
-        info!(session = id, purged, "session ended");
+        info!(session = id, purged, withdrawn, "session ended");
         Ok(())
     }
 
     /// Ends every session and reclaims every orphan: for an embedded mount, which holds the
     /// store exclusively, so that whoever used it before is gone.
     pub fn end_all_sessions(&self) -> MetaResult<usize> {
+        let withdrawn = self.withdraw_pending_creates(None)?;
+        if withdrawn > 0 {
+            info!(withdrawn, "removed files whose create a crash left before their first close");
+        }
         for id in self.session_records()?.iter().map(|s| s.id) {
             self.end_session(id)?;
         }

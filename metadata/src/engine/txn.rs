@@ -26,6 +26,10 @@ pub(super) struct Txn<'a> {
     pub(super) page: usize,
     /// A directory's times are in its record, not in a times key (see [`Kv::single_writer`]).
     pub(super) times_in_record: bool,
+    /// This process's pending creates (see [`super::pending`]).
+    pub(super) pending: &'a super::pending::PendingCreates,
+    /// The pending creates this transaction confirms, forgotten once it commits.
+    pub(super) confirmed: &'a mut Vec<Ino>,
 }
 
 impl Txn<'_> {

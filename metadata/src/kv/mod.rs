@@ -120,6 +120,11 @@ pub trait Kv: Send + Sync + 'static {
     fn sync_all(&self) -> crate::MetaResult<()> {
         self.sync()
     }
+    /// Whether [`Kv::sync`] after a commit waits for the disk: false where a commit is durable
+    /// as it is made (etcd) or its durability is deferred.
+    fn commits_wait_for_sync(&self) -> bool {
+        false
+    }
     /// How long a commit may wait before it is made durable, if the store defers commits.
     fn deferred_commits(&self) -> Option<std::time::Duration> {
         None

@@ -153,6 +153,10 @@ impl Kv for SledKv {
         self.durable.wait_durable()
     }
 
+    fn commits_wait_for_sync(&self) -> bool {
+        self.deferred.get().is_none()
+    }
+
     fn deferred_commits(&self) -> Option<Duration> {
         self.deferred.get().copied()
     }

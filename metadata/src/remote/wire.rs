@@ -23,7 +23,7 @@ use crate::types::{ChunkHash, Ino, SetAttr, Superblock, Timestamp};
 
 pub const MAGIC: [u8; 4] = *b"EFSM";
 /// Bumped whenever a message changes shape; a client and a service must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// Largest request frame a server accepts (inline data is at most 1 MiB per block).
 pub const MAX_REQUEST_FRAME: usize = 16 << 20;
 /// Largest reply frame a client accepts (chunk lists of a large file system are long).
