@@ -15,6 +15,7 @@ mod rename;
 mod sessions;
 mod throughput;
 mod txn;
+mod xattrs;
 
 use std::ops::Range;
 use std::path::Path;
@@ -716,53 +717,19 @@ impl<K: Kv> MetaStore for Engine<K> {
     }
 
     fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> MetaResult<()> {
-        self.mutate(|t| {
-            t.confirm_create(ino);
-            let mut attr = t.inode(ino)?;
-            let key = keys::numbered_with(keys::XATTR, ino, name);
-            let exists = t.get(&key)?.is_some();
-            match mode {
-                XattrMode::Create if exists => return fail(MetaError::Exists),
-                XattrMode::Replace if !exists => return fail(MetaError::NoXattr),
-                _ => {}
-            }
-            t.put(&key, value);
-            attr.ctime = t.now;
-            t.put_inode(&attr)
-        })
+        self.set_xattr_in(ino, name, value, mode)
     }
 
     fn get_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<Vec<u8>> {
-        self.read(|t| {
-            let keys = [keys::numbered(keys::INODE, ino), keys::numbered_with(keys::XATTR, ino, name)];
-            match t.kv.get_many(&keys)?.as_slice() {
-                [None, _] => fail(MetaError::NotFound),
-                [Some(_), Some(value)] => Ok(value.clone()),
-                _ => fail(MetaError::NoXattr),
-            }
-        })
+        self.get_xattr_in(ino, name)
     }
 
     fn list_xattr(&self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
-        self.read(|t| {
-            t.inode(ino)?;
-            let found = t.scan_whole(&keys::numbered(keys::XATTR, ino))?;
-            Ok(found.into_iter().map(|(k, _)| k[9..].to_vec()).collect())
-        })
+        self.list_xattr_in(ino)
     }
 
     fn remove_xattr(&self, ino: Ino, name: &[u8]) -> MetaResult<()> {
-        self.mutate(|t| {
-            t.confirm_create(ino);
-            let mut attr = t.inode(ino)?;
-            let key = keys::numbered_with(keys::XATTR, ino, name);
-            if t.get(&key)?.is_none() {
-                return fail(MetaError::NoXattr);
-            }
-            t.delete(&key);
-            attr.ctime = t.now;
-            t.put_inode(&attr)
-        })
+        self.remove_xattr_in(ino, name)
     }
 
     fn usage(&self) -> MetaResult<Usage> {
