@@ -199,33 +199,35 @@ impl<K: Kv> Engine<K> {
         }
     }
 
+    /// A transaction body's view of `kv` at `now`; the pending creates it confirms go into
+    /// `confirmed`.
+    fn txn<'a>(&'a self, kv: &'a mut dyn KvTxn, now: Timestamp, confirmed: &'a mut Vec<Ino>) -> Txn<'a> {
+        Txn {
+            kv,
+            block_size: self.shared.superblock.block_size as u64,
+            session: self.session,
+            now,
+            page: self.page(),
+            times_in_record: self.shared.kv.single_writer(),
+            pending: &self.shared.pending,
+            confirmed,
+        }
+    }
+
     /// Runs `f` as one transaction, again while it conflicts with others.
     fn run<T>(&self, mut f: impl FnMut(&mut Txn) -> TxResult<T>) -> MetaResult<T> {
-        let (block_size, session, page) =
-            (self.shared.superblock.block_size as u64, self.session, self.page());
-        let (times_in_record, pending) = (self.shared.kv.single_writer(), &self.shared.pending);
         for attempt in 0..MAX_ATTEMPTS {
             let mut out = None;
             let now = Timestamp::now();
             let mut confirmed = Vec::new();
             let result = self.shared.kv.transact(&mut |kv| {
                 confirmed.clear();
-                let confirmed = &mut confirmed;
-                out = Some(f(&mut Txn {
-                    kv,
-                    block_size,
-                    session,
-                    now,
-                    page,
-                    times_in_record,
-                    pending,
-                    confirmed,
-                })?);
+                out = Some(f(&mut self.txn(kv, now, &mut confirmed))?);
                 Ok(())
             });
             match result {
                 Ok(()) => {
-                    pending.forget(&confirmed);
+                    self.shared.pending.forget(&confirmed);
                     return Ok(out.expect("set by the body that succeeded"));
                 }
                 Err(TxError::Abort(e)) => return Err(e),
@@ -260,25 +262,11 @@ impl<K: Kv> Engine<K> {
     }
 
     fn read_with<T>(&self, mut f: impl FnMut(&mut Txn) -> TxResult<T>, whole: bool) -> MetaResult<T> {
-        let (block_size, session, page) =
-            (self.shared.superblock.block_size as u64, self.session, self.page());
-        let (times_in_record, pending) = (self.shared.kv.single_writer(), &self.shared.pending);
         for attempt in 0..MAX_ATTEMPTS {
             let mut out = None;
-            // A read writes nothing: no clock to read.
-            let now = Timestamp::default();
             let mut body = |kv: &mut dyn KvTxn| {
-                let confirmed = &mut Vec::new();
-                out = Some(f(&mut Txn {
-                    kv,
-                    block_size,
-                    session,
-                    now,
-                    page,
-                    times_in_record,
-                    pending,
-                    confirmed,
-                })?);
+                // A read writes nothing: no clock to read, nothing to confirm.
+                out = Some(f(&mut self.txn(kv, Timestamp::default(), &mut Vec::new()))?);
                 Ok(())
             };
             let result =
