@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use elasticfs_metadata::{Attr, FileKind, Ino, MetaError, NewNode};
+use elasticfs_metadata::{Attr, FileKind, Ino, MetaError};
 use tracing::instrument;
 
 use super::{Caller, FileSystem, SET_ID_BITS};
@@ -132,11 +132,7 @@ impl FileSystem {
         append: bool,
     ) -> FsResult<(Attr, u64)> {
         let pending = mode == CreateMode::OpenOrCreatePending;
-        let node = NewNode {
-            uid: caller.uid,
-            gid: caller.gid,
-            ..NewNode::new(parent, name, FileKind::File, perm & 0o7777)
-        };
+        let node = caller.new_node(parent, name, FileKind::File, perm);
         let (attr, created) = match self.metadata_op(Op::Mknod, || self.create_node(&node, pending)) {
             Err(e) if e.errno == MetaError::Exists.errno() && mode != CreateMode::Exclusive => {
                 (self.lookup(parent, name)?, false)

@@ -92,6 +92,14 @@ pub struct Caller {
     pub gid: u32,
 }
 
+impl Caller {
+    /// A node of `kind` named `name` in `parent`, owned by the caller, with the permission bits
+    /// of `perm`.
+    fn new_node(self, parent: Ino, name: &[u8], kind: FileKind, perm: u16) -> NewNode {
+        NewNode { uid: self.uid, gid: self.gid, ..NewNode::new(parent, name, kind, perm & 0o7777) }
+    }
+}
+
 /// A `setattr` request as a frontend receives it.
 #[derive(Clone, Debug, Default)]
 pub struct SetAttrRequest {
@@ -297,12 +305,7 @@ impl FileSystem {
         rdev: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
-        let node = NewNode {
-            uid: caller.uid,
-            gid: caller.gid,
-            rdev,
-            ..NewNode::new(parent, name, kind, perm & 0o7777)
-        };
+        let node = NewNode { rdev, ..caller.new_node(parent, name, kind, perm) };
         self.metadata_op(Op::Mknod, || self.create_node(&node, false))
     }
 
@@ -316,10 +319,8 @@ impl FileSystem {
                 ));
             }
             let node = NewNode {
-                uid: caller.uid,
-                gid: caller.gid,
                 link_target: target.to_vec(),
-                ..NewNode::new(parent, name, FileKind::Symlink, 0o777)
+                ..caller.new_node(parent, name, FileKind::Symlink, 0o777)
             };
             self.create_node(&node, false)
         })

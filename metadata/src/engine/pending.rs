@@ -32,8 +32,7 @@ pub(super) struct PendingCreates(Mutex<HashSet<Ino>>);
 
 impl PendingCreates {
     fn contains(&self, ino: Ino) -> bool {
-        let pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        !pending.is_empty() && pending.contains(&ino)
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&ino)
     }
 
     /// Forgets creates confirmed by a transaction that committed.
