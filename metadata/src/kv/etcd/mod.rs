@@ -33,6 +33,9 @@ const MAX_TXN_OPS: usize = 128;
 const MAX_REQUEST_BYTES: usize = (3 << 19) - (16 << 10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a new client waits for a cluster that answers without a leader: etcd elects one
+/// within a few election timeouts (1 s each by default).
+const ELECTION_WAIT: Duration = Duration::from_secs(10);
 
 /// How to reach the cluster.
 #[derive(Clone, Debug)]
@@ -109,13 +112,19 @@ impl EtcdKv {
         };
         // A first read, so that a wrong address, a wrong CA or a refused login is reported
         // now rather than waited out. A member that is down is passed over: the client sends
-        // each attempt to the next member.
+        // each attempt to the next member. A cluster that answers but is electing a leader
+        // (a member was just lost) is given ELECTION_WAIT to finish.
         let probe = Txn::new().and_then(vec![etcd_client::TxnOp::get(kv.key(b"S"), None)]);
+        let started = Instant::now();
         let mut attempts = 0;
         while let Err(e) = kv.send(probe.clone()) {
             attempts += 1;
-            if !is_transient(&e) || attempts >= 2 * kv.options.endpoints.len() {
+            let electing = is_electing(&e) && started.elapsed() < ELECTION_WAIT;
+            if !is_transient(&e) || (attempts >= 2 * kv.options.endpoints.len() && !electing) {
                 return Err(unavailable(&describe, &e));
+            }
+            if electing {
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
         tracing::debug!("connected to {describe}");
@@ -227,13 +236,18 @@ fn is_transient(e: &etcd_client::Error) -> bool {
             matches!(
                 s.code(),
                 Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted
-            ) || message.contains("no leader")
-                || message.contains("timed out")
-                || message.contains("leader changed")
+            ) || message.contains("timed out")
+                || is_electing(e)
         }
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
+}
+
+/// Whether a member answered that the cluster has no leader at the moment.
+fn is_electing(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.message().contains("no leader") || s.message().contains("leader changed"))
 }
 
 impl Kv for EtcdKv {
