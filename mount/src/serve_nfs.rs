@@ -1,5 +1,5 @@
 //! `elasticfs nfs serve`: the NFS gateway, a client of the file system like a mount, serving
-//! NFSv3 and MOUNT on one TCP port until SIGINT or SIGTERM.
+//! NFSv3 with MOUNT, NFSv4.0 and NFSv4.1 on one TCP port until SIGINT or SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +38,9 @@ pub struct NfsArgs {
     anon_uid: u32,
     #[arg(long, default_value_t = 65534)]
     anon_gid: u32,
+    /// NFSv4's lease in seconds: a client not heard from for this long loses its opens.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_time: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9568).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
@@ -57,6 +60,7 @@ pub fn serve(args: NfsArgs) -> Result<()> {
         squash: args.squash.parse::<Squash>().map_err(anyhow::Error::msg)?,
         anon_uid: args.anon_uid,
         anon_gid: args.anon_gid,
+        lease: Duration::from_secs(args.lease_time),
     };
     let mut opts = MountOptions::parse(args.options.iter().map(String::as_str))?;
     opts.metrics = args.metrics.or(opts.metrics);

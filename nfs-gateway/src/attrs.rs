@@ -104,7 +104,7 @@ pub fn join_rdev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
 }
 
-fn split_rdev(rdev: u32) -> (u32, u32) {
+pub fn split_rdev(rdev: u32) -> (u32, u32) {
     ((rdev & 0xfff00) >> 8, (rdev & 0xff) | ((rdev >> 12) & 0xfff00))
 }
 

@@ -37,6 +37,8 @@ pub struct ExportConfig {
     pub squash: Squash,
     pub anon_uid: u32,
     pub anon_gid: u32,
+    /// NFSv4's lease: a client not heard from for this long loses its opens.
+    pub lease: std::time::Duration,
 }
 
 impl Default for ExportConfig {
@@ -47,6 +49,7 @@ impl Default for ExportConfig {
             squash: Squash::Root,
             anon_uid: 65534,
             anon_gid: 65534,
+            lease: std::time::Duration::from_secs(90),
         }
     }
 }

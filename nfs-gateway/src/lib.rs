@@ -1,16 +1,19 @@
-//! The NFS gateway: NFSv3 and MOUNT (one TCP port, no portmapper) over the `fs-core` engine,
+//! The NFS gateway: NFSv3 with MOUNT, NFSv4.0 and NFSv4.1 (one TCP port, no portmapper) over
+//! the `fs-core` engine,
 //! so that hosts without a FUSE client share the file system with those that have one.
 //!
 //! Built on the `nfs3_types` XDR definitions with our own RPC server and procedures: see
 //! docs/ARCHITECTURE.md for why neither `nfsserve` nor `nfs3_server` is used.
 
 mod attrs;
+mod checks;
 mod export;
 mod handle;
 mod mount;
 mod nfs;
 mod open_files;
 mod rpc;
+mod v4;
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,6 +37,7 @@ use open_files::OpenFiles;
 const NFS_PROGRAM: u32 = 100_003;
 const MOUNT_PROGRAM: u32 = 100_005;
 const VERSION_3: u32 = 3;
+const VERSION_4: u32 = 4;
 
 /// Calls of one connection served at once.
 const IN_FLIGHT_PER_CONNECTION: usize = 32;
@@ -48,6 +52,8 @@ pub struct Gateway {
     handles: HandleCodec,
     open: OpenFiles,
     buffers: rpc::RecordBuffers,
+    /// NFSv4's clients, sessions and opens.
+    v4: v4::State,
     /// Changes whenever UNSTABLE writes may have been lost (at start, and when committing an
     /// idle file fails), so that clients send them again.
     verifier: AtomicU64,
@@ -60,6 +66,7 @@ impl Gateway {
             handles: HandleCodec::new(&fs.meta().superblock().uuid),
             open: OpenFiles::new(fs.clone()),
             buffers: rpc::RecordBuffers::default(),
+            v4: v4::State::new(export.lease),
             fs,
             export,
             verifier: AtomicU64::new(boot),
@@ -93,7 +100,18 @@ impl Gateway {
         loop {
             tick.tick().await;
             let gateway = self.clone();
-            let failed = tokio::task::spawn_blocking(move || gateway.open.close_idle(IDLE_CLOSE)).await;
+            let failed = tokio::task::spawn_blocking(move || {
+                // NFSv4 clients that stopped renewing lose their opens; then idle handles close.
+                for open in gateway.v4.expire() {
+                    let ino = open.ino;
+                    drop(open);
+                    if !gateway.v4.is_open(ino) {
+                        let _ = gateway.open.close(ino);
+                    }
+                }
+                gateway.open.close_idle(IDLE_CLOSE)
+            })
+            .await;
             for (ino, e) in failed.unwrap_or_default() {
                 warn!(ino, "committing an idle file failed ({e}); clients will resend their unstable writes");
                 self.verifier.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +196,15 @@ impl Gateway {
                 return rpc::denied(call.xid, auth_stat::AUTH_TOOWEAK)
             }
             (NFS_PROGRAM, VERSION_3) => self.nfs_call(call.proc, &mut args, &who),
-            (NFS_PROGRAM | MOUNT_PROGRAM, _) => {
+            (NFS_PROGRAM, VERSION_4) if !allowed && call.proc != 0 => {
+                return rpc::denied(call.xid, auth_stat::AUTH_TOOWEAK)
+            }
+            (NFS_PROGRAM, VERSION_4) => self.nfs4_call(call.proc, args, &who),
+            (NFS_PROGRAM, _) => {
+                let mismatch = accept_stat_data::PROG_MISMATCH { low: VERSION_3, high: VERSION_4 };
+                return rpc::failure(call.xid, mismatch);
+            }
+            (MOUNT_PROGRAM, _) => {
                 let mismatch = accept_stat_data::PROG_MISMATCH { low: VERSION_3, high: VERSION_3 };
                 return rpc::failure(call.xid, mismatch);
             }

@@ -2,10 +2,8 @@
 //! caller's (squashed) identity.
 
 use bytes::Bytes;
-use elasticfs_core::metadata::{Attr, FileKind, Ino, RenameMode, Timestamp};
-use elasticfs_core::{
-    errno, CreateMode, FsError, Identity, ReadData, SetAttrRequest, MAY_EXEC, MAY_READ, MAY_WRITE,
-};
+use elasticfs_core::metadata::{Attr, FileKind, Ino};
+use elasticfs_core::{errno, CreateMode, FsError, Identity, ReadData, MAY_EXEC, MAY_READ, MAY_WRITE};
 use nfs3_types::nfs3::*;
 use nfs3_types::xdr_codec::{List, Opaque, Pack, Void};
 
@@ -241,20 +239,10 @@ impl Gateway {
                 }
             }
             let (req, to_now) = set_request(&a.new_attributes);
-            let only_times =
-                req.perm.is_none() && req.uid.is_none() && req.gid.is_none() && req.size.is_none();
-            let permitted =
-                if only_times && to_now { who.may_touch(&attr) } else { who.may_set(&attr, &req) };
-            if !permitted {
-                // As chmod, chown and utimes(2) say: EPERM for what only an owner may do,
-                // EACCES for a truncate or a touch without write permission.
-                let owner_only = req.perm.is_some() || req.uid.is_some() || req.gid.is_some() || !to_now;
-                return Err(if owner_only { nfsstat3::NFS3ERR_PERM } else { nfsstat3::NFS3ERR_ACCES });
-            }
-            if req.size.is_some() && attr.kind == FileKind::Dir {
-                return Err(nfsstat3::NFS3ERR_INVAL);
-            }
-            self.fs.setattr(attr.ino, &who.effective_setattr(&attr, &req)).map_err(fs_err)
+            crate::checks::setattr(&self.fs, who, &attr, &req, to_now).map_err(|e| match e.errno {
+                libc::EISDIR => nfsstat3::NFS3ERR_INVAL,
+                _ => fs_err(e),
+            })
         };
         match run() {
             Ok(attr) => Nfs3Result::Ok(SETATTR3resok { obj_wcc: wcc(Some(&attr), self.handles.volume) }),
@@ -267,25 +255,7 @@ impl Gateway {
             Ok(attr) => attr,
             Err(s) => return fail(s),
         };
-        let (r, w, x) = (who.may(&attr, MAY_READ), who.may(&attr, MAY_WRITE), who.may(&attr, MAY_EXEC));
-        let w = w && !self.export.read_only;
-        let mut granted = 0;
-        if r {
-            granted |= ACCESS3_READ;
-        }
-        if w {
-            granted |= ACCESS3_MODIFY | ACCESS3_EXTEND;
-        }
-        if attr.kind == FileKind::Dir {
-            if x {
-                granted |= ACCESS3_LOOKUP;
-            }
-            if w {
-                granted |= ACCESS3_DELETE;
-            }
-        } else if x {
-            granted |= ACCESS3_EXECUTE;
-        }
+        let granted = crate::checks::granted_access(who, &attr, self.export.read_only);
         Nfs3Result::Ok(ACCESS3resok {
             obj_attributes: post_op(Some(&attr), self.handles.volume),
             access: a.access & granted,
@@ -402,34 +372,11 @@ impl Gateway {
                 allow(who.may_set(&attr, &req))?;
                 self.fs.setattr(attr.ino, &who.effective_setattr(&attr, &req)).map_err(fs_err)
             }
-            createhow3::EXCLUSIVE(verf) => self.create_exclusive(dir, name, verf, who),
+            createhow3::EXCLUSIVE(verf) => {
+                crate::checks::create_exclusive(&self.fs, &self.open, who, dir, name, verf.0).map_err(fs_err)
+            }
         });
         result(made.map(|(obj, obj_attributes, dir_wcc)| CREATE3resok { obj, obj_attributes, dir_wcc }))
-    }
-
-    /// An exclusive create keeps the client's verifier in the file's times (as knfsd does), so
-    /// that a retransmitted CREATE finds its own file and succeeds; the client then sets the
-    /// real attributes with a SETATTR.
-    fn create_exclusive(&self, dir: Ino, name: &[u8], verf: &createverf3, who: &Identity) -> Nfs<Attr> {
-        let word = |at: usize| u32::from_be_bytes(verf.0[at..at + 4].try_into().expect("4 bytes"));
-        let stamp =
-            (Timestamp { secs: word(0) as i64, nanos: 0 }, Timestamp { secs: word(4) as i64, nanos: 0 });
-        match self.fs.create(dir, name, 0o600, who.caller(), CreateMode::Exclusive, false) {
-            Ok((attr, fh)) => {
-                self.open.adopt(attr.ino, fh);
-                let req = SetAttrRequest { atime: Some(stamp.0), mtime: Some(stamp.1), ..Default::default() };
-                self.fs.setattr(attr.ino, &req).map_err(fs_err)
-            }
-            Err(e) if e.errno == libc::EEXIST => {
-                let existing = self.fs.lookup(dir, name).map_err(fs_err)?;
-                if existing.kind == FileKind::File && (existing.atime, existing.mtime) == stamp {
-                    Ok(existing)
-                } else {
-                    Err(nfsstat3::NFS3ERR_EXIST)
-                }
-            }
-            Err(e) => Err(fs_err(e)),
-        }
     }
 
     /// CREATE, MKDIR, SYMLINK and MKNOD: `make` creates the entry in a directory the caller may
@@ -499,14 +446,7 @@ impl Gateway {
             b".." => return Err(nfsstat3::NFS3ERR_EXIST),
             name => name,
         };
-        let victim = self.fs.lookup(dir.ino, name).map_err(fs_err)?;
-        allow(who.may_delete(&dir, &victim))?;
-        self.open.close(victim.ino).map_err(fs_err)?;
-        if rmdir {
-            self.fs.rmdir(dir.ino, name).map_err(fs_err)?;
-        } else {
-            self.fs.unlink(dir.ino, name).map_err(fs_err)?;
-        }
+        crate::checks::remove(&self.fs, &self.open, who, &dir, name, rmdir).map_err(fs_err)?;
         Ok(dir.ino)
     }
 
@@ -529,17 +469,8 @@ impl Gateway {
             let from = self.changeable_dir(&a.from.dir, who)?;
             let to = self.changeable_dir(&a.to.dir, who)?;
             let (name, new_name) = (new_name(&a.from.name)?, new_name(&a.to.name)?);
-            let moving = self.fs.lookup(from.ino, name).map_err(fs_err)?;
-            allow(who.may_delete(&from, &moving))?;
-            if let Ok(target) = self.fs.lookup(to.ino, new_name) {
-                allow(who.may_delete(&to, &target))?;
-                self.open.close(target.ino).map_err(fs_err)?;
-            }
-            if moving.kind == FileKind::Dir && from.ino != to.ino {
-                // Its ".." changes: as on Linux, that needs write permission on it.
-                allow(who.may(&moving, MAY_WRITE))?;
-            }
-            self.fs.rename(from.ino, name, to.ino, new_name, RenameMode::Replace).map_err(fs_err)?;
+            crate::checks::rename(&self.fs, &self.open, who, (&from, name), (&to, new_name))
+                .map_err(fs_err)?;
             Ok((from.ino, to.ino))
         };
         match run() {
@@ -579,12 +510,7 @@ impl Gateway {
     /// A regular file the caller may read or write.
     fn data_file(&self, fh: &nfs_fh3, who: &Identity, want: u16) -> Nfs<Attr> {
         let attr = self.resolve(fh)?;
-        match attr.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(nfsstat3::NFS3ERR_ISDIR),
-            _ => return Err(nfsstat3::NFS3ERR_INVAL),
-        }
-        allow(who.may_access_data(&attr, want))?;
+        crate::checks::data_file(who, &attr, want).map_err(fs_err)?;
         Ok(attr)
     }
 

@@ -176,7 +176,7 @@ fn decode_auth_sys(body: &[u8]) -> Option<AuthSys> {
 /// Bytes before a successful result: the record mark, xid, REPLY, MSG_ACCEPTED, a null
 /// verifier and SUCCESS. Results are packed after this much room, and the header is filled in
 /// at the end, so that a result is not copied again to prepend it.
-const SUCCESS_HEADER: usize = 28;
+pub const SUCCESS_HEADER: usize = 28;
 
 /// Slices handed to one `writev` at most (Linux's IOV_MAX is 1024).
 const MAX_SLICES: usize = 1024;

@@ -5,6 +5,7 @@ pub mod etcd;
 pub mod locks;
 pub mod model;
 pub mod nfs;
+pub mod nfs4;
 pub mod posix_suite;
 
 use std::io::{BufRead, BufReader};

@@ -92,8 +92,9 @@ impl Gateway {
     }
 
     /// A libnfs URL of `path` on this gateway (`/` is the export; a file in it is `//name`).
-    pub fn url(&self, path: &str) -> String {
-        format!("nfs://127.0.0.1/{path}?version=3&nfsport={0}&mountport={0}", self.port)
+    /// libnfs's URL of `path` over NFS `version` 3 or 4 (its NFSv4 is 4.0).
+    pub fn url(&self, path: &str, version: u32) -> String {
+        format!("nfs://127.0.0.1/{path}?version={version}&nfsport={0}&mountport={0}", self.port)
     }
 }
 

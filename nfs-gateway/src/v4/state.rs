@@ -1,0 +1,458 @@
+//! NFSv4 state (RFC 8881 sections 2.4, 2.10, 8 and 9; RFC 7530 section 9): clients and their
+//! leases, sessions with their slot tables and reply caches, and the stateids of opens.
+//!
+//! Held in the gateway's memory: a restarted gateway answers the old client ids and stateids
+//! with STALE_CLIENTID / STALE_STATEID (their first word is the gateway's boot time), and the
+//! clients establish their state again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use elasticfs_core::metadata::Ino;
+
+use super::status::{OpResult, Status};
+use crate::open_files::OpenHandle;
+
+/// Most slots a session is granted: requests in flight at once per session.
+pub const MAX_SLOTS: u32 = 64;
+/// Most clients held at once: past it, EXCHANGE_ID and SETCLIENTID answer RESOURCE/DELAY
+/// until leases expire, so a flood of clients cannot grow the gateway without bound.
+const MAX_CLIENTS: usize = 4096;
+/// Most sessions per client.
+const MAX_SESSIONS_PER_CLIENT: usize = 16;
+/// Most opens (stateids) per client.
+pub const MAX_OPENS_PER_CLIENT: usize = 65_536;
+
+/// A stateid4: a sequence number and twelve bytes naming the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stateid {
+    pub seqid: u32,
+    pub other: [u8; 12],
+}
+
+impl Stateid {
+    /// NFSv4.1: "the current stateid" of the COMPOUND.
+    pub const CURRENT: Stateid = Stateid { seqid: 1, other: [0; 12] };
+
+    /// The anonymous stateid (all zeros) and the read bypass (all ones): I/O outside any open.
+    pub fn is_special(&self) -> bool {
+        self.other == [0; 12] || self.other == [0xff; 12]
+    }
+}
+
+/// An open: one open-owner's opening of one file, with its share reservation.
+pub struct Open {
+    pub client: u64,
+    pub owner: Vec<u8>,
+    pub ino: Ino,
+    pub seqid: u32,
+    pub access: u32,
+    pub deny: u32,
+    /// The engine handle the file is read and written through while any open of it lasts.
+    pub handle: Arc<OpenHandle>,
+}
+
+pub struct Client {
+    pub owner: Vec<u8>,
+    pub verifier: [u8; 8],
+    pub confirmed: bool,
+    /// NFSv4.0: the SETCLIENTID_CONFIRM verifier.
+    pub confirm: [u8; 8],
+    pub minor: u32,
+    /// NFSv4.1: the sequence id CREATE_SESSION expects next, and the reply to the last one.
+    pub create_seq: u32,
+    pub last_create: Option<(u32, Vec<u8>)>,
+    last_seen: Instant,
+    pub sessions: Vec<[u8; 16]>,
+    /// NFSv4.0: each open-owner's last seqid.
+    pub owners: HashMap<Vec<u8>, u32>,
+    pub reclaimed: bool,
+}
+
+/// One slot of a session's table: the last request's sequence id and, if the client asked
+/// for it to be cached, its whole reply.
+#[derive(Default)]
+pub struct Slot {
+    pub seqid: u32,
+    pub busy: bool,
+    pub reply: Option<Vec<u8>>,
+}
+
+pub struct Session {
+    pub id: [u8; 16],
+    pub client: u64,
+    pub slots: Mutex<Vec<Slot>>,
+    pub max_request: u32,
+    pub max_response: u32,
+    pub max_cached: u32,
+    pub max_ops: u32,
+}
+
+#[derive(Default)]
+struct Tables {
+    clients: HashMap<u64, Client>,
+    sessions: HashMap<[u8; 16], Arc<Session>>,
+    opens: HashMap<[u8; 12], Open>,
+}
+
+pub struct State {
+    /// The gateway's start, in seconds: the first word of its client ids and stateids.
+    boot: u32,
+    pub lease: Duration,
+    next: AtomicU64,
+    tables: Mutex<Tables>,
+}
+
+/// What happened to a SEQUENCE's slot.
+pub enum SlotUse {
+    /// A new request: run it.
+    New { cache: bool },
+    /// A retry of the last request, whose cached reply this is.
+    Replay(Vec<u8>),
+}
+
+impl State {
+    pub fn new(lease: Duration) -> Self {
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() as u32);
+        State { boot, lease, next: AtomicU64::new(1), tables: Mutex::default() }
+    }
+
+    fn fresh(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn client_id(&self) -> u64 {
+        (u64::from(self.boot) << 32) | (self.fresh() & 0xffff_ffff)
+    }
+
+    fn verifier(&self) -> [u8; 8] {
+        (self.fresh() ^ (u64::from(self.boot) << 24)).to_be_bytes()
+    }
+
+    pub fn lease_secs(&self) -> u32 {
+        self.lease.as_secs() as u32
+    }
+
+    // ----- clients -------------------------------------------------------------------------
+
+    /// EXCHANGE_ID (4.1) and SETCLIENTID (4.0): the record of the client `owner`, made anew
+    /// when its verifier changed (the client rebooted: its old state goes). Returns the id,
+    /// whether the record was already confirmed, and (4.0) the confirm verifier.
+    pub fn exchange(
+        &self,
+        owner: &[u8],
+        verifier: [u8; 8],
+        minor: u32,
+    ) -> OpResult<(u64, bool, [u8; 8], u32)> {
+        let mut t = self.tables.lock().unwrap();
+        let existing =
+            t.clients.iter().find(|(_, c)| c.owner == owner && c.minor == minor).map(|(id, _)| *id);
+        if let Some(id) = existing {
+            let c = t.clients.get_mut(&id).expect("found");
+            if c.verifier == verifier {
+                c.last_seen = Instant::now();
+                return Ok((id, c.confirmed, c.confirm, c.create_seq));
+            }
+            // The client restarted: what the old incarnation held is gone.
+            drop_client(&mut t, id);
+        }
+        if t.clients.len() >= MAX_CLIENTS {
+            return Err(Status::DELAY.into());
+        }
+        let id = self.client_id();
+        let confirm = self.verifier();
+        t.clients.insert(
+            id,
+            Client {
+                owner: owner.to_vec(),
+                verifier,
+                confirmed: false,
+                confirm,
+                minor,
+                create_seq: 1,
+                last_create: None,
+                last_seen: Instant::now(),
+                sessions: Vec::new(),
+                owners: HashMap::new(),
+                reclaimed: false,
+            },
+        );
+        Ok((id, false, confirm, 1))
+    }
+
+    /// Runs `f` on client `id` and counts as hearing from it (renews its lease).
+    pub fn with_client<T>(&self, id: u64, f: impl FnOnce(&mut Client) -> OpResult<T>) -> OpResult<T> {
+        let mut t = self.tables.lock().unwrap();
+        match t.clients.get_mut(&id) {
+            Some(c) => {
+                c.last_seen = Instant::now();
+                f(c)
+            }
+            None => Err(Status::STALE_CLIENTID.into()),
+        }
+    }
+
+    /// SETCLIENTID_CONFIRM.
+    pub fn confirm(&self, id: u64, verifier: [u8; 8]) -> OpResult {
+        self.with_client(id, |c| {
+            if c.confirm != verifier {
+                return Err(Status::STALE_CLIENTID.into());
+            }
+            c.confirmed = true;
+            Ok(())
+        })
+    }
+
+    /// DESTROY_CLIENTID: refused while the client has sessions.
+    pub fn destroy_client(&self, id: u64) -> OpResult {
+        let mut t = self.tables.lock().unwrap();
+        let Some(c) = t.clients.get(&id) else { return Err(Status::STALE_CLIENTID.into()) };
+        if !c.sessions.is_empty() {
+            return Err(Status::CLIENTID_BUSY.into());
+        }
+        drop_client(&mut t, id);
+        Ok(())
+    }
+
+    /// Clients not heard from for a lease lose their state; returns the opens they held, for
+    /// the caller to close.
+    pub fn expire(&self) -> Vec<Open> {
+        let mut t = self.tables.lock().unwrap();
+        let lease = self.lease;
+        let gone: Vec<u64> =
+            t.clients.iter().filter(|(_, c)| c.last_seen.elapsed() > lease).map(|(id, _)| *id).collect();
+        gone.into_iter().flat_map(|id| drop_client(&mut t, id)).collect()
+    }
+
+    // ----- sessions ------------------------------------------------------------------------
+
+    pub fn add_session(&self, client: u64, make: impl FnOnce([u8; 16]) -> Session) -> OpResult<Arc<Session>> {
+        let mut t = self.tables.lock().unwrap();
+        let Some(c) = t.clients.get_mut(&client) else { return Err(Status::STALE_CLIENTID.into()) };
+        if c.sessions.len() >= MAX_SESSIONS_PER_CLIENT {
+            return Err(Status::RESOURCE.into());
+        }
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&client.to_be_bytes());
+        id[8..].copy_from_slice(&self.fresh().to_be_bytes());
+        c.sessions.push(id);
+        c.confirmed = true;
+        let session = Arc::new(make(id));
+        t.sessions.insert(id, session.clone());
+        Ok(session)
+    }
+
+    pub fn session(&self, id: &[u8; 16]) -> OpResult<Arc<Session>> {
+        let mut t = self.tables.lock().unwrap();
+        let session = t.sessions.get(id).cloned().ok_or(Status::BADSESSION)?;
+        if let Some(c) = t.clients.get_mut(&session.client) {
+            c.last_seen = Instant::now();
+        }
+        Ok(session)
+    }
+
+    pub fn destroy_session(&self, id: &[u8; 16]) -> OpResult {
+        let mut t = self.tables.lock().unwrap();
+        let session = t.sessions.remove(id).ok_or(Status::BADSESSION)?;
+        if let Some(c) = t.clients.get_mut(&session.client) {
+            c.sessions.retain(|s| s != id);
+        }
+        Ok(())
+    }
+
+    // ----- opens ---------------------------------------------------------------------------
+
+    fn stateid_other(&self) -> [u8; 12] {
+        let mut other = [0u8; 12];
+        other[..4].copy_from_slice(&self.boot.to_be_bytes());
+        other[4..].copy_from_slice(&self.fresh().to_be_bytes());
+        other
+    }
+
+    /// Checks a share reservation against the other opens of `ino` (by other owners).
+    fn share_conflict(t: &Tables, ino: Ino, client: u64, owner: &[u8], access: u32, deny: u32) -> bool {
+        t.opens.values().any(|o| {
+            o.ino == ino
+                && !(o.client == client && o.owner == owner)
+                && (o.deny & access != 0 || o.access & deny != 0)
+        })
+    }
+
+    /// OPEN: the owner's open of `ino` (upgraded if it had one), and its stateid. `handle` is
+    /// the engine handle, opened by the caller before the state's lock is taken.
+    pub fn open(
+        &self,
+        client: u64,
+        owner: &[u8],
+        ino: Ino,
+        access: u32,
+        deny: u32,
+        handle: Arc<OpenHandle>,
+    ) -> OpResult<Stateid> {
+        let mut t = self.tables.lock().unwrap();
+        if Self::share_conflict(&t, ino, client, owner, access, deny) {
+            return Err(Status::SHARE_DENIED.into());
+        }
+        if let Some((other, open)) =
+            t.opens.iter_mut().find(|(_, o)| o.ino == ino && o.client == client && o.owner == owner)
+        {
+            open.access |= access;
+            open.deny |= deny;
+            open.seqid = open.seqid.wrapping_add(1).max(1);
+            return Ok(Stateid { seqid: open.seqid, other: *other });
+        }
+        if t.opens.values().filter(|o| o.client == client).count() >= MAX_OPENS_PER_CLIENT {
+            return Err(Status::RESOURCE.into());
+        }
+        let other = self.stateid_other();
+        t.opens.insert(other, Open { client, owner: owner.to_vec(), ino, seqid: 1, access, deny, handle });
+        Ok(Stateid { seqid: 1, other })
+    }
+
+    /// Checks that `id` names a current open (of `ino`), and runs `f` on it.
+    pub fn with_open<T>(
+        &self,
+        id: &Stateid,
+        minor: u32,
+        f: impl FnOnce(&mut Open) -> OpResult<T>,
+    ) -> OpResult<T> {
+        let mut t = self.tables.lock().unwrap();
+        let boot = self.boot;
+        let open = t.opens.get(&id.other).ok_or_else(|| {
+            if id.other[..4] != boot.to_be_bytes() {
+                Status::STALE_STATEID
+            } else {
+                Status::BAD_STATEID
+            }
+        })?;
+        // NFSv4.1: a seqid of 0 means whatever the state's current one is.
+        if !(minor >= 1 && id.seqid == 0) {
+            if id.seqid < open.seqid {
+                return Err(Status::OLD_STATEID.into());
+            }
+            if id.seqid > open.seqid {
+                return Err(Status::BAD_STATEID.into());
+            }
+        }
+        let client = open.client;
+        if let Some(c) = t.clients.get_mut(&client) {
+            c.last_seen = Instant::now();
+        }
+        let open = t.opens.get_mut(&id.other).expect("found above");
+        f(open)
+    }
+
+    /// CLOSE: forgets the open and returns it (its handle is for the caller to let go).
+    pub fn close(&self, id: &Stateid, minor: u32) -> OpResult<Open> {
+        self.with_open(id, minor, |_| Ok(()))?;
+        Ok(self.tables.lock().unwrap().opens.remove(&id.other).expect("checked"))
+    }
+
+    /// Whether another open of `ino` remains (the engine handle stays open until none does).
+    pub fn is_open(&self, ino: Ino) -> bool {
+        self.tables.lock().unwrap().opens.values().any(|o| o.ino == ino)
+    }
+
+    /// TEST_STATEID's answer for one stateid.
+    pub fn test(&self, id: &Stateid) -> Status {
+        match self.with_open(id, 1, |_| Ok(())) {
+            Ok(()) => Status::OK,
+            Err(fail) => fail.status,
+        }
+    }
+}
+
+/// Removes a client with its sessions and opens; returns the opens.
+fn drop_client(t: &mut Tables, id: u64) -> Vec<Open> {
+    if let Some(c) = t.clients.remove(&id) {
+        for s in &c.sessions {
+            t.sessions.remove(s);
+        }
+    }
+    let ids: Vec<[u8; 12]> = t.opens.iter().filter(|(_, o)| o.client == id).map(|(k, _)| *k).collect();
+    ids.into_iter().filter_map(|k| t.opens.remove(&k)).collect()
+}
+
+impl Session {
+    /// SEQUENCE: claims slot `slot` for request `seqid`.
+    pub fn begin(&self, slot: u32, seqid: u32, cache: bool) -> OpResult<SlotUse> {
+        let mut slots = self.slots.lock().unwrap();
+        let s = slots.get_mut(slot as usize).ok_or(Status::BADSLOT)?;
+        if seqid == s.seqid.wrapping_add(1) {
+            if s.busy {
+                return Err(Status::DELAY.into());
+            }
+            s.busy = true;
+            s.seqid = seqid;
+            s.reply = None;
+            return Ok(SlotUse::New { cache });
+        }
+        if seqid == s.seqid {
+            if s.busy {
+                return Err(Status::DELAY.into());
+            }
+            return match &s.reply {
+                Some(reply) => Ok(SlotUse::Replay(reply.clone())),
+                None => Err(Status::RETRY_UNCACHED_REP.into()),
+            };
+        }
+        Err(Status::SEQ_MISORDERED.into())
+    }
+
+    /// The request in `slot` is answered: its reply is kept if it was to be cached.
+    pub fn finish(&self, slot: u32, reply: Option<Vec<u8>>) {
+        if let Some(s) = self.slots.lock().unwrap().get_mut(slot as usize) {
+            s.busy = false;
+            s.reply = reply;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(slots: usize) -> Session {
+        Session {
+            id: [0; 16],
+            client: 1,
+            slots: Mutex::new((0..slots).map(|_| Slot::default()).collect()),
+            max_request: 1 << 20,
+            max_response: 1 << 20,
+            max_cached: 4096,
+            max_ops: 16,
+        }
+    }
+
+    #[test]
+    fn slots_run_each_request_once_and_replay_what_was_cached() {
+        let s = session(2);
+        assert!(matches!(s.begin(0, 1, true), Ok(SlotUse::New { cache: true })));
+        assert_eq!(s.begin(0, 1, true).err().unwrap().status, Status::DELAY, "still running");
+        s.finish(0, Some(b"reply".to_vec()));
+        assert!(matches!(s.begin(0, 1, true), Ok(SlotUse::Replay(r)) if r == b"reply"));
+        assert_eq!(s.begin(0, 3, false).err().unwrap().status, Status::SEQ_MISORDERED);
+        assert!(matches!(s.begin(0, 2, false), Ok(SlotUse::New { cache: false })));
+        s.finish(0, None);
+        assert_eq!(s.begin(0, 2, false).err().unwrap().status, Status::RETRY_UNCACHED_REP);
+        assert_eq!(s.begin(2, 1, false).err().unwrap().status, Status::BADSLOT);
+    }
+
+    #[test]
+    fn a_client_that_restarts_loses_its_old_record_and_expired_clients_go() {
+        let state = State::new(Duration::ZERO);
+        let (a, _, _, _) = state.exchange(b"host-a", [1; 8], 1).unwrap();
+        let (same, ..) = state.exchange(b"host-a", [1; 8], 1).unwrap();
+        assert_eq!(a, same);
+        let (b, ..) = state.exchange(b"host-a", [2; 8], 1).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(state.with_client(a, |_| Ok(())).err().unwrap().status, Status::STALE_CLIENTID);
+        std::thread::sleep(Duration::from_millis(2));
+        state.expire();
+        assert!(state.with_client(b, |_| Ok(())).is_err(), "a zero lease expires at once");
+    }
+}

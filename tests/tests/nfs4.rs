@@ -1,0 +1,256 @@
+//! NFSv4.1 and NFSv4.0 over the wire: the `nfs-rs` client (4.1), a COMPOUND client of our own
+//! for forged and malformed input (4.0), and what is written read back through FUSE and
+//! NFSv3. (libnfs-utils over NFSv4.0 is in nfs.rs, beside its NFSv3 twin.) There is no
+//! kernel NFS client here.
+
+use bytes::Bytes;
+use elasticfs_tests::nfs::{self as v3, Gateway};
+use elasticfs_tests::nfs4::{names, Op, Wire};
+use elasticfs_tests::{fuse_available, pattern, MetaService, S3Server, Volume};
+use nfs_rs::Mount;
+
+const BAD_STATEID: u32 = 10025;
+const STALE_STATEID: u32 = 10023;
+const BADHANDLE: u32 = 10001;
+const STALE: u32 = 70;
+const NOFILEHANDLE: u32 = 10020;
+const OP_ILLEGAL: u32 = 10044;
+const MINOR_VERS_MISMATCH: u32 = 10021;
+const OP_NOT_IN_SESSION: u32 = 10071;
+const STALE_CLIENTID: u32 = 10022;
+const BAD_SEQID: u32 = 10026;
+const BADXDR: u32 = 10036;
+const RESOURCE: u32 = 10018;
+
+async fn mount41(gw: &Gateway) -> Box<dyn Mount> {
+    elasticfs_tests::nfs4::mount41(gw.port).await
+}
+
+/// Writes `data` to a new file `path` in transfers of the mount's write size, and commits.
+async fn write_file(m: &dyn Mount, path: &str, data: &[u8]) -> Bytes {
+    let made = m.create_path(path, Some(0o644)).await.unwrap();
+    let wsize = m.get_max_write_size() as usize;
+    for (i, piece) in data.chunks(wsize).enumerate() {
+        m.write(made.fh.clone(), (i * wsize) as u64, Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    m.commit(made.fh.clone(), 0, 0).await.unwrap();
+    made.fh
+}
+
+async fn read_file(m: &dyn Mount, path: &str) -> Vec<u8> {
+    let fh = m.lookup_path(path).await.unwrap().fh;
+    let size = m.getattr(fh.clone()).await.unwrap().filesize as usize;
+    let mut back = Vec::new();
+    while back.len() < size {
+        let piece = m.read(fh.clone(), back.len() as u64, m.get_max_read_size()).await.unwrap();
+        assert!(!piece.is_empty(), "a short read at {} of {size}", back.len());
+        back.extend_from_slice(&piece);
+    }
+    back
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nfs41_files_and_directories_round_trip() {
+    let vol = Volume::local();
+    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
+    let m = mount41(&gw).await;
+    assert!(m.get_max_write_size() >= 512 << 10 && m.get_max_read_size() >= 512 << 10);
+    m.mkdir_path("/dir", 0o755).await.unwrap();
+    let data = pattern(7, 3 << 20);
+    write_file(m.as_ref(), "/dir/file", &data).await;
+    let attr = m.getattr_path("/dir/file").await.unwrap();
+    assert_eq!(attr.filesize, data.len() as u64);
+    assert_eq!(attr.file_mode & 0o7777, 0o644);
+    assert!(read_file(m.as_ref(), "/dir/file").await == data, "read back differs");
+    assert_eq!(names(m.as_ref(), "/dir").await, vec!["file"]);
+    m.rename_path("/dir/file", "/dir/renamed").await.unwrap();
+    m.symlink_path("renamed", "/dir/link").await.unwrap();
+    assert_eq!(m.readlink_path("/dir/link").await.unwrap(), "renamed");
+    m.link_path("/dir/renamed", "/dir/hard").await.unwrap();
+    assert_eq!(m.getattr_path("/dir/renamed").await.unwrap().nlink, 2);
+    assert_eq!(names(m.as_ref(), "/dir").await, vec!["hard", "link", "renamed"]);
+    assert!(m.rmdir_path("/dir").await.is_err(), "a directory with entries is not removed");
+    for name in ["link", "renamed", "hard"] {
+        m.remove_path(&format!("/dir/{name}")).await.unwrap();
+    }
+    m.rmdir_path("/dir").await.unwrap();
+    assert!(m.lookup_path("/dir").await.is_err());
+    m.umount().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nfs4_fuse_and_nfs3_see_each_others_files() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let service = MetaService::start("5s");
+    let vol = Volume::shared(&service, &s3);
+    let mount = vol.mount_named("fuse", "", None);
+    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
+    let m = mount41(&gw).await;
+    let (mut nfs3, root) = v3::client(gw.port, 0, 0).await;
+
+    // NFSv4.1 → FUSE and NFSv3.
+    let data = pattern(31, 5_000_000);
+    write_file(m.as_ref(), "/from-v4", &data).await;
+    assert!(std::fs::read(mount.path.join("from-v4")).unwrap() == data, "FUSE read differs");
+    let fh = v3::lookup(&mut nfs3, &root, "from-v4").await.unwrap();
+    assert!(v3::read_all(&mut nfs3, &fh, 1 << 20).await.unwrap() == data, "NFSv3 read differs");
+
+    // FUSE → NFSv4.1, and a rewrite seen on the next read.
+    let other = pattern(32, 2_000_000);
+    std::fs::write(mount.path.join("from-fuse"), &other).unwrap();
+    assert!(read_file(m.as_ref(), "/from-fuse").await == other, "NFSv4.1 read differs");
+    let newer = pattern(33, 2_500_000);
+    std::fs::write(mount.path.join("from-fuse"), &newer).unwrap();
+    assert!(read_file(m.as_ref(), "/from-fuse").await == newer, "NFSv4.1 served stale data");
+
+    // NFSv3 → NFSv4.1.
+    let third = pattern(34, 1_000_000);
+    let file = v3::create(&mut nfs3, &root, "from-v3", 0o644).await.unwrap();
+    v3::write(&mut nfs3, &file, 0, &third, nfs3_client::nfs3_types::nfs3::stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    assert!(read_file(m.as_ref(), "/from-v3").await == third, "NFSv4.1 read of an NFSv3 file differs");
+    let mut listed = names(m.as_ref(), "/").await;
+    listed.retain(|n| n.starts_with("from-"));
+    assert_eq!(listed, vec!["from-fuse", "from-v3", "from-v4"]);
+    m.umount().await.unwrap();
+    mount.unmount();
+}
+
+#[test]
+fn nfs40_checks_handles_stateids_and_sequence_ids() {
+    let vol = Volume::local();
+    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
+    let mut w = Wire::connect(gw.port);
+    let client = w.client("owner-a");
+    let open =
+        |seqid, name: &str, create| Op::Open { client, owner: "o1".into(), seqid, name: name.into(), create };
+    let opened = w.call(0, &[Op::PutRootFh, open(1, "f", true), Op::GetFh]);
+    assert_eq!(opened.status, 0, "{opened:?}");
+    let (stateid, fh) = (opened.results[1].stateid, opened.results[2].fh.clone());
+    let wrote =
+        w.call(0, &[Op::PutFh(fh.clone()), Op::Write { stateid, offset: 0, data: b"hello".to_vec() }]);
+    assert_eq!(wrote.status, 0, "{wrote:?}");
+    let read = w.call(0, &[Op::PutFh(fh.clone()), Op::Read { stateid, offset: 0, count: 100 }]);
+    assert_eq!(read.last().data, b"hello");
+
+    // Forged and stale stateids, and a stateid of another file.
+    let mut forged = stateid;
+    forged[10] ^= 0xff;
+    let status = |w: &mut Wire, ops: &[Op]| w.call(0, ops).status;
+    assert_eq!(
+        status(&mut w, &[Op::PutFh(fh.clone()), Op::Read { stateid: forged, offset: 0, count: 1 }]),
+        BAD_STATEID
+    );
+    let mut before_restart = stateid;
+    before_restart[4..8].copy_from_slice(&[0; 4]);
+    assert_eq!(
+        status(&mut w, &[Op::PutFh(fh.clone()), Op::Read { stateid: before_restart, offset: 0, count: 1 }]),
+        STALE_STATEID
+    );
+    let mut future = stateid;
+    future[3] += 5;
+    assert_eq!(
+        status(&mut w, &[Op::PutFh(fh.clone()), Op::Read { stateid: future, offset: 0, count: 1 }]),
+        BAD_STATEID
+    );
+    let other = w.call(0, &[Op::PutRootFh, open(2, "g", true), Op::GetFh]);
+    let other_fh = other.results[2].fh.clone();
+    assert_eq!(
+        status(&mut w, &[Op::PutFh(other_fh.clone()), Op::Read { stateid, offset: 0, count: 1 }]),
+        BAD_STATEID
+    );
+    let close_other = Op::Close { seqid: 3, stateid: other.results[1].stateid };
+    assert_eq!(status(&mut w, &[Op::PutFh(other_fh), close_other]), 0);
+
+    // Handles: garbage, and one of a removed file (closed: an open file lives on until its
+    // CLOSE, as on Linux's server).
+    assert_eq!(status(&mut w, &[Op::PutFh(b"not a handle".to_vec())]), BADHANDLE);
+    assert_eq!(status(&mut w, &[Op::Lookup("f".into())]), NOFILEHANDLE);
+    let mut remove = Vec::new();
+    remove.extend(1u32.to_be_bytes());
+    remove.extend(b"g\0\0\0");
+    assert_eq!(status(&mut w, &[Op::PutRootFh, Op::Raw(28, remove)]), 0);
+    assert_eq!(status(&mut w, &[Op::PutFh(opened.results[2].fh.clone()), Op::GetFh]), 0);
+    assert_eq!(status(&mut w, &[Op::PutFh(other.results[2].fh.clone()), Op::GetFh]), STALE);
+
+    // Sequence ids: the owner's next is 4; 7 is out of order. An unknown client is stale.
+    assert_eq!(status(&mut w, &[Op::PutRootFh, open(7, "f", false)]), BAD_SEQID);
+    let stranger = Op::Open { client: 12345, owner: "x".into(), seqid: 1, name: "f".into(), create: false };
+    assert_eq!(status(&mut w, &[Op::PutRootFh, stranger]), STALE_CLIENTID);
+
+    // CLOSE ends the stateid.
+    let closed = w.call(0, &[Op::PutFh(fh.clone()), Op::Close { seqid: 4, stateid }]);
+    assert_eq!(closed.status, 0, "{closed:?}");
+    assert_eq!(status(&mut w, &[Op::PutFh(fh), Op::Read { stateid, offset: 0, count: 1 }]), BAD_STATEID);
+
+    // Unknown operations, minor versions and session rules.
+    let illegal = w.call(0, &[Op::PutRootFh, Op::Raw(99, Vec::new())]);
+    assert_eq!((illegal.status, illegal.last().op), (OP_ILLEGAL, OP_ILLEGAL));
+    let v41_only = w.call(0, &[Op::Raw(53, Vec::new())]);
+    assert_eq!(v41_only.status, OP_ILLEGAL, "SEQUENCE is not an NFSv4.0 operation");
+    let future_minor = w.call(2, &[Op::PutRootFh]);
+    assert_eq!((future_minor.status, future_minor.results.len()), (MINOR_VERS_MISMATCH, 0));
+    assert_eq!(w.call(1, &[Op::PutRootFh]).status, OP_NOT_IN_SESSION);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_compounds_never_stop_the_gateway() {
+    let vol = Volume::local();
+    let gw = Gateway::start(&vol, "gw", &[]);
+    let mut w = Wire::connect(gw.port);
+    // A valid COMPOUND cut short at every length: an error reply each time, never a hang.
+    let mut args = Vec::new();
+    args.extend(4u32.to_be_bytes());
+    args.extend(b"tag!");
+    args.extend([0, 0, 0, 0, 0, 0, 0, 3]);
+    args.extend(24u32.to_be_bytes()); // PUTROOTFH
+    args.extend(15u32.to_be_bytes()); // LOOKUP "name"
+    args.extend(4u32.to_be_bytes());
+    args.extend(b"name");
+    args.extend(9u32.to_be_bytes()); // GETATTR {1 word: type}
+    args.extend([0, 0, 0, 1, 0, 0, 0, 2]);
+    for cut in 0..args.len() {
+        let reply = w.raw(&args[..cut]).expect("a reply to a truncated COMPOUND");
+        let accept = u32::from_be_bytes(reply[..4].try_into().unwrap());
+        if accept == 0 {
+            let status = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+            assert!([BADXDR, 2].contains(&status), "cut at {cut}: status {status}");
+        } else {
+            assert_eq!(accept, 4, "cut at {cut}: GARBAGE_ARGS");
+        }
+    }
+    // An operation count far past what follows, and far past the limit.
+    let mut many = Vec::new();
+    many.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+    many.extend(u32::MAX.to_be_bytes());
+    many.extend(24u32.to_be_bytes());
+    let reply = w.raw(&many).unwrap();
+    assert_eq!(u32::from_be_bytes(reply[4..8].try_into().unwrap()), RESOURCE);
+    // Random operations with random arguments, on fresh connections.
+    let mut seed = 7u64;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) as u32
+    };
+    for _ in 0..2000 {
+        let mut args: Vec<u8> = vec![0, 0, 0, 0, 0, 0, 0, (next() % 2) as u8];
+        let ops = next() % 6;
+        args.extend(ops.to_be_bytes());
+        for _ in 0..ops {
+            args.extend((next() % 60).to_be_bytes());
+            for _ in 0..next() % 12 {
+                let word = if next() % 3 == 0 { next() } else { next() % 64 };
+                args.extend(word.to_be_bytes());
+            }
+        }
+        if w.raw(&args).is_none() {
+            w = Wire::connect(gw.port);
+        }
+    }
+    let m = mount41(&gw).await;
+    m.getattr_path("/").await.unwrap();
+}
