@@ -427,7 +427,10 @@ impl fuser::Filesystem for FuseAdapter {
         match self.fs.test_lock(ino.0, &req) {
             Ok(Some(holder)) => {
                 let typ = if holder.kind == LockKind::Write { libc::F_WRLCK } else { libc::F_RDLCK };
-                reply.locked(holder.start, holder.end, typ, holder.pid)
+                // The kernel takes no offset past OFFSET_MAX (it answers EIO): a lock "to the
+                // end" set by an NFS client ends at u64::MAX.
+                let offset_max = i64::MAX as u64;
+                reply.locked(holder.start.min(offset_max), holder.end.min(offset_max), typ, holder.pid)
             }
             Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
             Err(e) => reply.error(errno(&e)),

@@ -101,14 +101,10 @@ impl Gateway {
             tick.tick().await;
             let gateway = self.clone();
             let failed = tokio::task::spawn_blocking(move || {
-                // NFSv4 clients that stopped renewing lose their opens; then idle handles close.
-                for open in gateway.v4.expire() {
-                    let ino = open.ino;
-                    drop(open);
-                    if !gateway.v4.is_open(ino) {
-                        let _ = gateway.open.close(ino);
-                    }
-                }
+                // NFSv4 clients that stopped renewing lose their opens and locks; then idle
+                // handles close.
+                gateway.let_go(gateway.v4.expire());
+                gateway.release_locks(gateway.v4.take_orphaned());
                 gateway.open.close_idle(IDLE_CLOSE)
             })
             .await;

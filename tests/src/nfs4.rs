@@ -56,6 +56,25 @@ pub enum Op {
         offset: u64,
         data: Vec<u8>,
     },
+    /// A write lock on the whole file by a new lock-owner `owner`, through an open.
+    Lock {
+        client: u64,
+        owner: String,
+        open_seqid: u32,
+        open_stateid: [u8; 16],
+    },
+    /// LOCKT of a write lock on the whole file for lock-owner `owner`.
+    Lockt {
+        client: u64,
+        owner: String,
+    },
+    /// LOCKU of the whole file.
+    Locku {
+        seqid: u32,
+        stateid: [u8; 16],
+    },
+    /// RENEW of a client's lease.
+    Renew(u64),
     /// Any operation number with arguments packed by the caller.
     Raw(u32, Vec<u8>),
 }
@@ -154,6 +173,28 @@ impl Op {
                 words(out, &[2]); // FILE_SYNC4
                 put_opaque(out, data);
             }
+            Op::Lock { client, owner, open_seqid, open_stateid } => {
+                // WRITE_LT, no reclaim, offset 0, length "to the end", a new lock-owner.
+                words(out, &[12, 2, 0, 0, 0, u32::MAX, u32::MAX, 1, *open_seqid]);
+                out.extend(open_stateid);
+                words(out, &[0]); // the lock-owner's first seqid
+                out.extend(client.to_be_bytes());
+                put_opaque(out, owner.as_bytes());
+            }
+            Op::Lockt { client, owner } => {
+                words(out, &[13, 2, 0, 0, u32::MAX, u32::MAX]);
+                out.extend(client.to_be_bytes());
+                put_opaque(out, owner.as_bytes());
+            }
+            Op::Locku { seqid, stateid } => {
+                words(out, &[14, 2, *seqid]);
+                out.extend(stateid);
+                words(out, &[0, 0, u32::MAX, u32::MAX]);
+            }
+            Op::Renew(client) => {
+                words(out, &[30]);
+                out.extend(client.to_be_bytes());
+            }
             Op::Raw(op, args) => {
                 words(out, &[*op]);
                 out.extend(args);
@@ -193,7 +234,7 @@ impl Cursor<'_> {
 /// client knows (the rest of the reply is then not decoded).
 fn decode_body(op: u32, c: &mut Cursor<'_>, r: &mut OpResult) -> bool {
     match op {
-        22 | 24 | 15 | 36 | 30 => {}
+        22 | 24 | 15 | 36 | 30 | 13 => {}
         10 => r.fh = c.opaque(),
         35 => {
             r.clientid = c.u64();
@@ -206,7 +247,7 @@ fn decode_body(op: u32, c: &mut Cursor<'_>, r: &mut OpResult) -> bool {
             c.skip_bitmap();
             assert_eq!(c.u32(), 0, "no delegation");
         }
-        4 => r.stateid = c.bytes(16).try_into().unwrap(),
+        4 | 12 | 14 => r.stateid = c.bytes(16).try_into().unwrap(),
         25 => {
             c.u32(); // eof
             r.data = c.opaque();

@@ -4,6 +4,7 @@
 //! kernel NFS client here.
 
 use bytes::Bytes;
+use elasticfs_tests::locks::{hold, lock_state};
 use elasticfs_tests::nfs::{self as v3, Gateway};
 use elasticfs_tests::nfs4::{names, Op, Wire};
 use elasticfs_tests::{fuse_available, pattern, MetaService, S3Server, Volume};
@@ -21,6 +22,7 @@ const STALE_CLIENTID: u32 = 10022;
 const BAD_SEQID: u32 = 10026;
 const BADXDR: u32 = 10036;
 const RESOURCE: u32 = 10018;
+const DENIED: u32 = 10010;
 
 async fn mount41(gw: &Gateway) -> Box<dyn Mount> {
     elasticfs_tests::nfs4::mount41(gw.port).await
@@ -69,6 +71,11 @@ async fn nfs41_files_and_directories_round_trip() {
     m.link_path("/dir/renamed", "/dir/hard").await.unwrap();
     assert_eq!(m.getattr_path("/dir/renamed").await.unwrap().nlink, 2);
     assert_eq!(names(m.as_ref(), "/dir").await, vec!["hard", "link", "renamed"]);
+    // A lock through an open, over NFSv4.1.
+    let opened = m.open_path_stateful("/dir/renamed", nfs_rs::OPEN_BOTH).await.unwrap();
+    let token = m.lock_open_stateful(&opened, 2, 0, 4096).await.unwrap();
+    m.unlock_stateful(token).await.unwrap();
+    m.close_stateful(opened).await.unwrap();
     assert!(m.rmdir_path("/dir").await.is_err(), "a directory with entries is not removed");
     for name in ["link", "renamed", "hard"] {
         m.remove_path(&format!("/dir/{name}")).await.unwrap();
@@ -253,4 +260,100 @@ async fn malformed_compounds_never_stop_the_gateway() {
     }
     let m = mount41(&gw).await;
     m.getattr_path("/").await.unwrap();
+}
+
+/// An open of `name` in the export's root by a new 4.0 client: (client, stateid, handle).
+fn open_for_locking(w: &mut Wire, owner: &str, name: &str) -> (u64, [u8; 16], Vec<u8>) {
+    let client = w.client(owner);
+    let open = Op::Open { client, owner: "open-owner".into(), seqid: 1, name: name.into(), create: true };
+    let opened = w.call(0, &[Op::PutRootFh, open, Op::GetFh]);
+    assert_eq!(opened.status, 0, "{opened:?}");
+    (client, opened.results[1].stateid, opened.results[2].fh.clone())
+}
+
+#[test]
+fn nfs4_and_fuse_locks_exclude_each_other_across_gateways() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let service = MetaService::start("5s");
+    let vol = Volume::shared(&service, &s3);
+    let mount = vol.mount_named("fuse", "", None);
+    let gw_a = Gateway::start(&vol, "gw-a", &["--squash", "none"]);
+    let gw_b = Gateway::start(&vol, "gw-b", &["--squash", "none"]);
+    let path = mount.path.join("locked");
+    std::fs::write(&path, b"x").unwrap();
+
+    // An NFSv4 lock through gateway A holds off FUSE, and another NFSv4 client on B.
+    let mut a = Wire::connect(gw_a.port);
+    let (client_a, open_a, fh) = open_for_locking(&mut a, "host-a", "locked");
+    let lock = Op::Lock { client: client_a, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open_a };
+    let locked = a.call(0, &[Op::PutFh(fh.clone()), lock]);
+    assert_eq!(locked.status, 0, "{locked:?}");
+    assert!(lock_state(&path).starts_with("held"), "FUSE sees the NFSv4 lock");
+    let mut fuse_try = elasticfs_tests::locks::lock_tool(&["hold", path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&fuse_try.stdout).trim(), "busy");
+    let mut b = Wire::connect(gw_b.port);
+    let (client_b, open_b, fh_b) = open_for_locking(&mut b, "host-b", "locked");
+    let lock_b = |seqid| Op::Lock {
+        client: client_b,
+        owner: "lock-owner".into(),
+        open_seqid: seqid,
+        open_stateid: open_b,
+    };
+    assert_eq!(b.call(0, &[Op::PutFh(fh_b.clone()), lock_b(2)]).status, DENIED);
+    assert_eq!(
+        b.call(0, &[Op::PutFh(fh_b.clone()), Op::Lockt { client: client_b, owner: "t".into() }]).status,
+        DENIED
+    );
+
+    // Unlocked: FUSE takes the lock, and NFSv4 is refused in turn.
+    let unlock = Op::Locku { seqid: 1, stateid: locked.results[1].stateid };
+    assert_eq!(a.call(0, &[Op::PutFh(fh), unlock]).status, 0);
+    assert_eq!(lock_state(&path), "unlocked");
+    let mut holder = hold(&path);
+    let lockt = Op::Lockt { client: client_b, owner: "t".into() };
+    assert_eq!(b.call(0, &[Op::PutFh(fh_b.clone()), lockt]).status, DENIED);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // The FUSE process is gone and its lock with it.
+    let relock = b.call(0, &[Op::PutFh(fh_b), lock_b(3)]);
+    assert_eq!(relock.status, 0, "{relock:?}");
+    fuse_try = elasticfs_tests::locks::lock_tool(&["hold", path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&fuse_try.stdout).trim(), "busy");
+    drop(b);
+    mount.unmount();
+}
+
+#[test]
+fn a_client_that_stops_renewing_loses_its_locks_after_the_lease() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let service = MetaService::start("5s");
+    let vol = Volume::shared(&service, &s3);
+    let mount = vol.mount_named("fuse", "", None);
+    let gw = Gateway::start(&vol, "gw", &["--squash", "none", "--lease-time", "2"]);
+    let path = mount.path.join("leased");
+    std::fs::write(&path, b"x").unwrap();
+    let mut w = Wire::connect(gw.port);
+    let (client, open, fh) = open_for_locking(&mut w, "host", "leased");
+    let lock = Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open };
+    assert_eq!(w.call(0, &[Op::PutFh(fh), lock]).status, 0);
+    // Renewing keeps it past the lease time.
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert_eq!(w.call(0, &[Op::Renew(client)]).status, 0);
+    }
+    assert!(lock_state(&path).starts_with("held"), "a renewing client keeps its lock");
+    // Silent: the lock goes once the lease has run out (bounded wait, no timing asserted).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lock_state(&path) != "unlocked" {
+        assert!(std::time::Instant::now() < deadline, "the expired client's lock is still held");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(w.call(0, &[Op::Renew(client)]).status, STALE_CLIENTID, "the client's state is gone");
+    mount.unmount();
 }

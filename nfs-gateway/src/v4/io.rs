@@ -44,7 +44,7 @@ enum Claim<'a> {
 
 impl Compound<'_> {
     /// The open-owner's client: its session's in 4.1, the one it names (confirmed) in 4.0.
-    fn owner_client(&self, named: u64) -> OpResult<u64> {
+    pub(super) fn owner_client(&self, named: u64) -> OpResult<u64> {
         if let Some(client) = self.session_client() {
             return Ok(client);
         }
@@ -61,7 +61,7 @@ impl Compound<'_> {
     /// NFSv4.0's open-owner sequence: each request carries the next seqid. (A retransmitted
     /// request is refused with BAD_SEQID rather than answered from a cache; over TCP a client
     /// resends only after a reconnection.)
-    fn owner_seqid(&self, client: u64, owner: &[u8], seqid: u32) -> OpResult {
+    pub(super) fn owner_seqid(&self, client: u64, owner: &[u8], seqid: u32) -> OpResult {
         if self.minor >= 1 {
             return Ok(());
         }
@@ -246,7 +246,7 @@ struct Access {
 
 impl Compound<'_> {
     /// A stateid from the wire, with 4.1's "current stateid" replaced by the COMPOUND's.
-    fn real_stateid(&self, id: Stateid) -> OpResult<Stateid> {
+    pub(super) fn real_stateid(&self, id: Stateid) -> OpResult<Stateid> {
         if self.minor >= 1 && id == Stateid::CURRENT {
             return self.current_stateid.ok_or_else(|| Status::BAD_STATEID.into());
         }
@@ -262,7 +262,9 @@ impl Compound<'_> {
             checks::data_file(self.who, attr, may)?;
             return Ok(Access { handle: self.gw.open.get(attr.ino)?, opened: false });
         }
-        let handle = self.gw.v4.with_open(&id, self.minor, |open| {
+        // A lock stateid stands for the open it came through.
+        let id = if self.gw.v4.is_lock(&id) { self.gw.v4.open_of_lock(&id, self.minor)? } else { id };
+        let handle = self.gw.v4.with_open(&id, 1, |open| {
             if open.ino != attr.ino {
                 return Err(Status::BAD_STATEID.into());
             }
@@ -352,9 +354,12 @@ impl Compound<'_> {
         let id = self.real_stateid(stateid(r)?)?;
         let (client, owner) = self.gw.v4.with_open(&id, self.minor, |o| Ok((o.client, o.owner.clone())))?;
         self.owner_seqid(client, &owner, seqid)?;
-        let open = self.gw.v4.close(&id, self.minor)?;
+        let (open, locks) = self.gw.v4.close(&id, self.minor)?;
         let ino = open.ino;
         drop(open);
+        // Locks taken through the open go with it (RFC 8881 section 18.2.4 lets a server
+        // release them rather than refuse the CLOSE).
+        self.gw.release_locks(locks);
         // The last open of the file here: its handle closes, committing what was written.
         if !self.gw.v4.is_open(ino) {
             self.gw.open.close(ino)?;

@@ -3,11 +3,12 @@
 //!
 //! A COMPOUND runs its operations in order against a current (and a saved) file handle and
 //! stops at the first that fails. Each operation lives with its kind: `names` (file handles,
-//! attributes, the namespace), `io` (opens, reads and writes), `sessions` (clients, leases,
+//! attributes, the namespace), `io` (opens, reads and writes), `locks`, `sessions` (clients, leases,
 //! sessions and the 4.0 client operations); `state` holds what they share.
 
 mod attrs;
 mod io;
+mod locks;
 mod names;
 mod sessions;
 pub mod state;
@@ -262,7 +263,9 @@ impl Compound<'_> {
             op::GETATTR => self.getattr(r, w)?,
             op::GETFH => self.getfh(w)?,
             op::LINK => self.link(r, w)?,
-            op::LOCK | op::LOCKT | op::LOCKU => return Err(Status::NOTSUPP.into()),
+            op::LOCK => self.lock(r, w)?,
+            op::LOCKT => self.lockt(r)?,
+            op::LOCKU => self.locku(r, w)?,
             op::LOOKUP => self.lookup(r)?,
             op::LOOKUPP => self.lookupp()?,
             op::NVERIFY => self.verify(r, false)?,

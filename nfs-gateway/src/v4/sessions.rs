@@ -253,7 +253,9 @@ impl Compound<'_> {
 
     pub(super) fn destroy_clientid(&mut self, r: &mut Reader<'_>) -> OpResult {
         let id = r.u64()?;
-        self.gw.v4.destroy_client(id)
+        let released = self.gw.v4.destroy_client(id)?;
+        self.gw.let_go(released);
+        Ok(())
     }
 
     pub(super) fn reclaim_complete(&mut self, r: &mut Reader<'_>) -> OpResult {
@@ -280,9 +282,14 @@ impl Compound<'_> {
         Ok(())
     }
 
-    /// FREE_STATEID: an open's stateid is freed by CLOSE, not here.
+    /// FREE_STATEID: a lock stateid goes with its locks; an open's is freed by CLOSE.
     pub(super) fn free_stateid(&mut self, r: &mut Reader<'_>) -> OpResult {
         let id = stateid(r)?;
+        if self.gw.v4.is_lock(&id) {
+            let locks = self.gw.v4.free_lock(&id)?;
+            self.gw.release_locks(locks);
+            return Ok(());
+        }
         match self.gw.v4.test(&id) {
             Status::OK => Err(Status::LOCKS_HELD.into()),
             status => Err(status.into()),
@@ -310,13 +317,6 @@ impl Compound<'_> {
 
     pub(super) fn renew(&mut self, r: &mut Reader<'_>) -> OpResult {
         let id = r.u64()?;
-        self.gw.v4.with_client(id, |_| Ok(()))
-    }
-
-    /// RELEASE_LOCKOWNER: the gateway holds no NFSv4 locks yet, so there is nothing to free.
-    pub(super) fn release_lockowner(&mut self, r: &mut Reader<'_>) -> OpResult {
-        let id = r.u64()?;
-        r.opaque(1024)?;
         self.gw.v4.with_client(id, |_| Ok(()))
     }
 }

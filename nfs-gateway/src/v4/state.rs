@@ -54,6 +54,28 @@ pub struct Open {
     pub handle: Arc<OpenHandle>,
 }
 
+/// A lock-owner's locks on one file (its lock stateid): the locks themselves are in the
+/// metadata store's lock table, under `key`, where every client of the file system sees them.
+pub struct LockState {
+    pub client: u64,
+    pub owner: Vec<u8>,
+    pub key: u64,
+    pub ino: Ino,
+    /// The open the lock-owner came through (its CLOSE releases the locks).
+    pub open: [u8; 12],
+    pub seqid: u32,
+}
+
+/// Locks to release in the engine: (file, lock owner key).
+pub type HeldLocks = Vec<(Ino, u64)>;
+
+/// What a client that went away held: its opens (their handles to let go) and its locks.
+#[derive(Default)]
+pub struct Released {
+    pub opens: Vec<Open>,
+    pub locks: HeldLocks,
+}
+
 pub struct Client {
     pub owner: Vec<u8>,
     pub verifier: [u8; 8],
@@ -95,6 +117,7 @@ struct Tables {
     clients: HashMap<u64, Client>,
     sessions: HashMap<[u8; 16], Arc<Session>>,
     opens: HashMap<[u8; 12], Open>,
+    locks: HashMap<[u8; 12], LockState>,
 }
 
 pub struct State {
@@ -103,6 +126,9 @@ pub struct State {
     pub lease: Duration,
     next: AtomicU64,
     tables: Mutex<Tables>,
+    /// Locks of client records replaced by a restarted client, for the lease reaper to
+    /// release in the engine (a lock table round trip is not made under the state's lock).
+    orphaned: Mutex<HeldLocks>,
 }
 
 /// What happened to a SEQUENCE's slot.
@@ -118,7 +144,7 @@ impl State {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
-        State { boot, lease, next: AtomicU64::new(1), tables: Mutex::default() }
+        State { boot, lease, next: AtomicU64::new(1), tables: Mutex::default(), orphaned: Mutex::default() }
     }
 
     fn fresh(&self) -> u64 {
@@ -158,7 +184,11 @@ impl State {
                 return Ok((id, c.confirmed, c.confirm, c.create_seq));
             }
             // The client restarted: what the old incarnation held is gone.
-            drop_client(&mut t, id);
+            let old = drop_client(&mut t, id);
+            drop(t);
+            self.orphaned.lock().unwrap().extend(old.locks);
+            drop(old.opens);
+            return self.exchange(owner, verifier, minor);
         }
         if t.clients.len() >= MAX_CLIENTS {
             return Err(Status::DELAY.into());
@@ -208,24 +238,29 @@ impl State {
     }
 
     /// DESTROY_CLIENTID: refused while the client has sessions.
-    pub fn destroy_client(&self, id: u64) -> OpResult {
+    pub fn destroy_client(&self, id: u64) -> OpResult<Released> {
         let mut t = self.tables.lock().unwrap();
         let Some(c) = t.clients.get(&id) else { return Err(Status::STALE_CLIENTID.into()) };
         if !c.sessions.is_empty() {
             return Err(Status::CLIENTID_BUSY.into());
         }
-        drop_client(&mut t, id);
-        Ok(())
+        Ok(drop_client(&mut t, id))
     }
 
-    /// Clients not heard from for a lease lose their state; returns the opens they held, for
-    /// the caller to close.
-    pub fn expire(&self) -> Vec<Open> {
+    /// Clients not heard from for a lease lose their state; returns what they held, for the
+    /// caller to close and unlock.
+    pub fn expire(&self) -> Released {
         let mut t = self.tables.lock().unwrap();
         let lease = self.lease;
         let gone: Vec<u64> =
             t.clients.iter().filter(|(_, c)| c.last_seen.elapsed() > lease).map(|(id, _)| *id).collect();
-        gone.into_iter().flat_map(|id| drop_client(&mut t, id)).collect()
+        let mut released = Released::default();
+        for id in gone {
+            let r = drop_client(&mut t, id);
+            released.opens.extend(r.opens);
+            released.locks.extend(r.locks);
+        }
+        released
     }
 
     // ----- sessions ------------------------------------------------------------------------
@@ -346,10 +381,106 @@ impl State {
         f(open)
     }
 
-    /// CLOSE: forgets the open and returns it (its handle is for the caller to let go).
-    pub fn close(&self, id: &Stateid, minor: u32) -> OpResult<Open> {
+    /// CLOSE: forgets the open and the lock states that came through it, and returns them
+    /// (the handle is for the caller to let go, the locks to release).
+    pub fn close(&self, id: &Stateid, minor: u32) -> OpResult<(Open, HeldLocks)> {
         self.with_open(id, minor, |_| Ok(()))?;
-        Ok(self.tables.lock().unwrap().opens.remove(&id.other).expect("checked"))
+        let mut t = self.tables.lock().unwrap();
+        let open = t.opens.remove(&id.other).expect("checked");
+        let locks = remove_locks(&mut t, |l| l.open == id.other);
+        Ok((open, locks))
+    }
+
+    /// The lock state of `owner` (of `client`) on the file of open `open`, made if it has none.
+    /// Returns its stateid and engine key.
+    pub fn lock_state(
+        &self,
+        client: u64,
+        owner: &[u8],
+        open: &Stateid,
+        minor: u32,
+    ) -> OpResult<(Stateid, u64)> {
+        let ino = self.with_open(open, minor, |o| {
+            if o.client != client {
+                return Err(Status::BAD_STATEID.into());
+            }
+            Ok(o.ino)
+        })?;
+        let mut t = self.tables.lock().unwrap();
+        if let Some((other, l)) =
+            t.locks.iter().find(|(_, l)| l.client == client && l.owner == owner && l.ino == ino)
+        {
+            return Ok((Stateid { seqid: l.seqid, other: *other }, l.key));
+        }
+        let key = lock_key(client, owner);
+        let other = self.stateid_other();
+        t.locks
+            .insert(other, LockState { client, owner: owner.to_vec(), key, ino, open: open.other, seqid: 0 });
+        Ok((Stateid { seqid: 0, other }, key))
+    }
+
+    /// Checks that `id` names a current lock state, and runs `f` on it.
+    pub fn with_lock<T>(
+        &self,
+        id: &Stateid,
+        minor: u32,
+        f: impl FnOnce(&mut LockState) -> OpResult<T>,
+    ) -> OpResult<T> {
+        let mut t = self.tables.lock().unwrap();
+        let boot = self.boot;
+        let l = t.locks.get_mut(&id.other).ok_or_else(|| {
+            if id.other[..4] != boot.to_be_bytes() {
+                Status::STALE_STATEID
+            } else {
+                Status::BAD_STATEID
+            }
+        })?;
+        if !(minor >= 1 && id.seqid == 0) && id.seqid != l.seqid {
+            return Err(if id.seqid < l.seqid { Status::OLD_STATEID } else { Status::BAD_STATEID }.into());
+        }
+        let client = l.client;
+        let result = f(l);
+        if let Some(c) = t.clients.get_mut(&client) {
+            c.last_seen = Instant::now();
+        }
+        result
+    }
+
+    /// The open behind a lock stateid (READ and WRITE may name either).
+    pub fn open_of_lock(&self, id: &Stateid, minor: u32) -> OpResult<Stateid> {
+        let other = self.with_lock(id, minor, |l| Ok(l.open))?;
+        Ok(Stateid { seqid: 0, other })
+    }
+
+    /// RELEASE_LOCKOWNER: forgets the owner's lock states; returns the locks to release.
+    pub fn release_lock_owner(&self, client: u64, owner: &[u8]) -> HeldLocks {
+        remove_locks(&mut self.tables.lock().unwrap(), |l| l.client == client && l.owner == owner)
+    }
+
+    /// FREE_STATEID of a lock stateid: forgets it; returns its locks to release.
+    pub fn free_lock(&self, id: &Stateid) -> OpResult<HeldLocks> {
+        self.with_lock(id, 1, |_| Ok(()))?;
+        let removed = self.tables.lock().unwrap().locks.remove(&id.other);
+        Ok(removed.map(|l| (l.ino, l.key)).into_iter().collect())
+    }
+
+    /// Moves a lock state to its next seqid (after a LOCK or LOCKU); returns the new stateid.
+    pub fn bump_lock(&self, other: &[u8; 12]) -> OpResult<Stateid> {
+        let mut t = self.tables.lock().unwrap();
+        let l = t.locks.get_mut(other).ok_or(Status::BAD_STATEID)?;
+        l.seqid = l.seqid.wrapping_add(1).max(1);
+        Ok(Stateid { seqid: l.seqid, other: *other })
+    }
+
+    /// The engine handle of open `other`.
+    pub fn open_handle(&self, other: &[u8; 12]) -> OpResult<Arc<OpenHandle>> {
+        let t = self.tables.lock().unwrap();
+        Ok(t.opens.get(other).ok_or(Status::BAD_STATEID)?.handle.clone())
+    }
+
+    /// Locks left by replaced client records, for the caller to release.
+    pub fn take_orphaned(&self) -> HeldLocks {
+        std::mem::take(&mut self.orphaned.lock().unwrap())
     }
 
     /// Whether another open of `ino` remains (the engine handle stays open until none does).
@@ -357,24 +488,43 @@ impl State {
         self.tables.lock().unwrap().opens.values().any(|o| o.ino == ino)
     }
 
-    /// TEST_STATEID's answer for one stateid.
+    /// TEST_STATEID's answer for one stateid (an open's or a lock state's).
     pub fn test(&self, id: &Stateid) -> Status {
-        match self.with_open(id, 1, |_| Ok(())) {
+        match self.with_open(id, 1, |_| Ok(())).or_else(|_| self.with_lock(id, 1, |_| Ok(()))) {
             Ok(()) => Status::OK,
             Err(fail) => fail.status,
         }
     }
+
+    /// Whether `id` names a lock state.
+    pub fn is_lock(&self, id: &Stateid) -> bool {
+        self.tables.lock().unwrap().locks.contains_key(&id.other)
+    }
 }
 
-/// Removes a client with its sessions and opens; returns the opens.
-fn drop_client(t: &mut Tables, id: u64) -> Vec<Open> {
+/// Removes a client with its sessions, opens and lock states; returns what it held.
+fn drop_client(t: &mut Tables, id: u64) -> Released {
     if let Some(c) = t.clients.remove(&id) {
         for s in &c.sessions {
             t.sessions.remove(s);
         }
     }
     let ids: Vec<[u8; 12]> = t.opens.iter().filter(|(_, o)| o.client == id).map(|(k, _)| *k).collect();
-    ids.into_iter().filter_map(|k| t.opens.remove(&k)).collect()
+    let opens = ids.into_iter().filter_map(|k| t.opens.remove(&k)).collect();
+    Released { opens, locks: remove_locks(t, |l| l.client == id) }
+}
+
+/// Removes the lock states `which` selects; returns their locks.
+fn remove_locks(t: &mut Tables, which: impl Fn(&LockState) -> bool) -> HeldLocks {
+    let ids: Vec<[u8; 12]> = t.locks.iter().filter(|(_, l)| which(l)).map(|(k, _)| *k).collect();
+    ids.into_iter().filter_map(|k| t.locks.remove(&k)).map(|l| (l.ino, l.key)).collect()
+}
+
+/// The engine's lock owner for an NFSv4 lock-owner: a hash of the client and its owner bytes,
+/// unique within this gateway's session of the file system.
+pub fn lock_key(client: u64, owner: &[u8]) -> u64 {
+    let hash = elasticfs_core::hash_of(&[&client.to_be_bytes()[..], owner].concat());
+    u64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
 }
 
 impl Session {

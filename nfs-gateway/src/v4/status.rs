@@ -34,6 +34,7 @@ impl Status {
     pub const BADTYPE: Status = Status(10007);
     pub const DELAY: Status = Status(10008);
     pub const SAME: Status = Status(10009);
+    pub const DENIED: Status = Status(10010);
     pub const SHARE_DENIED: Status = Status(10015);
     pub const RESOURCE: Status = Status(10018);
     pub const NOFILEHANDLE: Status = Status(10020);
