@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The NFS gateway beside a FUSE mount of the same engine, on this machine: 1 GiB sequential
-# write and read (dd through FUSE; nfs-cp in and nfs-cat out through the gateway) in ROUNDS
-# rounds, each frontend on a fresh file system, alternating which goes first; then
-# READDIRPLUS of a 100,000-entry directory (nfs-ls) and small-file creates over NFS (a raw-RPC
-# client below: CREATE calls on one connection, as a client's `touch` would send).
-# Needs a release build and libnfs-utils. Everything (source, metadata, chunks, caches) lives
+# write and read (dd through FUSE; nfs-cp in and nfs-cat out over NFSv3; the nfs-rs client
+# over NFSv4.1, 1 MiB calls, 4 in flight) in ROUNDS rounds, each frontend on a fresh file
+# system, the order rotating; then READDIRPLUS of a 100,000-entry directory (nfs-ls) and
+# small-file creates over NFSv3 (a raw-RPC client below: CREATE calls on one connection, as a
+# client's `touch` would send) and over NFSv4.1 (OPEN with create, then CLOSE).
+# Needs a release build (with `cargo build --release -p elasticfs-benches --example nfs41_io`)
+# and libnfs-utils. Everything (source, metadata, chunks, caches) lives
 # in tmpfs, so that the frontends are what is measured, not this machine's disk (whose speed
 # swings between runs) nor an object store.
 #   benches/nfs_vs_fuse.sh [ROUNDS] [WORKDIR]   (3, /dev/shm/nfs-vs-fuse; wiped before and after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=$PWD/target/release/elasticfs
+NFS41=$PWD/target/release/examples/nfs41_io
 ROUNDS=${1:-3}
 W=${2:-/dev/shm/nfs-vs-fuse}
 SIZE_MIB=1024
@@ -75,18 +78,30 @@ nfs_round() {
   stop_gateway
 }
 
+nfs41_round() {
+  start_gateway
+  sync
+  t0=$(now); $NFS41 put "$P" "$SOURCE" nfs41.bin > /dev/null; t1=$(now)
+  WRITE=$(rate $SIZE_MIB "$t0" "$t1")
+  drop
+  t0=$(now); $NFS41 get "$P" nfs41.bin > /dev/null; t1=$(now)
+  READ=$(rate $SIZE_MIB "$t0" "$t1")
+  stop_gateway
+}
+
 # --- sequential throughput ------------------------------------------------------------------
 rounds=()
+orders=("fuse nfs nfs41" "nfs nfs41 fuse" "nfs41 fuse nfs")
 for round in $(seq "$ROUNDS"); do
-  if (( round % 2 )); then order="fuse nfs"; else order="nfs fuse"; fi
+  order=${orders[$(( (round - 1) % 3 ))]}
   for frontend in $order; do
-    # A file system of its own, so that neither write is deduplicated against the other's.
+    # A file system of its own, so that no write is deduplicated against another's.
     fresh_file_system
     "${frontend}_round"
     declare "${frontend}_write=$WRITE" "${frontend}_read=$READ"
   done
-  echo "round $round ($order): fuse write $fuse_write read $fuse_read MiB/s; nfs write $nfs_write read $nfs_read MiB/s"
-  rounds+=("$fuse_write $fuse_read $nfs_write $nfs_read")
+  echo "round $round ($order): fuse write $fuse_write read $fuse_read MiB/s; nfs3 write $nfs_write read $nfs_read MiB/s; nfs4.1 write $nfs41_write read $nfs41_read MiB/s"
+  rounds+=("$fuse_write $fuse_read $nfs_write $nfs_read $nfs41_write $nfs41_read")
 done
 python3 - "${rounds[@]}" <<'EOF'
 import statistics, sys
@@ -94,8 +109,10 @@ rounds = [list(map(float, r.split())) for r in sys.argv[1:]]
 med = lambda i: statistics.median(r[i] for r in rounds)
 ratio = lambda nfs, fuse: statistics.median(r[nfs] / r[fuse] for r in rounds)
 print(f"median fuse seq write MiB/s: {med(0):.1f}  read: {med(1):.1f}")
-print(f"median nfs seq write MiB/s: {med(2):.1f}  read: {med(3):.1f}")
-print(f"median of the rounds' NFS/FUSE ratios: write {ratio(2, 0):.2f}x, read {ratio(3, 1):.2f}x")
+print(f"median nfs3 seq write MiB/s: {med(2):.1f}  read: {med(3):.1f}")
+print(f"median nfs4.1 seq write MiB/s: {med(4):.1f}  read: {med(5):.1f}")
+print(f"median of the rounds' NFSv3/FUSE ratios: write {ratio(2, 0):.2f}x, read {ratio(3, 1):.2f}x")
+print(f"median of the rounds' NFSv4.1/FUSE ratios: write {ratio(4, 0):.2f}x, read {ratio(5, 1):.2f}x")
 EOF
 
 # --- directory listing and creates ----------------------------------------------------------
@@ -138,6 +155,8 @@ start = time.perf_counter()
 for i in range(count):
     reply = call(3 + i, 100003, 8, opaque(dir_fh) + opaque(b"f%06d" % i) + struct.pack(">7I", 0, 0, 0, 0, 0, 0, 0))
     assert struct.unpack(">I", reply[24:28])[0] == 0, f"CREATE {i} failed"
-print(f"nfs creates/s: {count / (time.perf_counter() - start):.0f}")
+print(f"nfs3 creates/s: {count / (time.perf_counter() - start):.0f}")
 EOF
+t0=$(now); $NFS41 creates "$P" creates41 $CREATES; t1=$(now)
+echo "nfs4.1 creates/s: $(rate $CREATES "$t0" "$t1") (its mount is in the time)"
 stop_gateway

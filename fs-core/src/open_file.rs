@@ -300,7 +300,10 @@ impl OpenFile {
 }
 
 /// Per-handle sequential-read detection: the readahead window doubles while reads follow each
-/// other and falls back to nothing on a seek.
+/// other and falls back to nothing on a seek. Reads a little out of order still follow: an NFS
+/// client keeps several READs of one stream in flight and the gateway serves them on several
+/// threads, so they reach the engine shuffled (strict order made such a stream look random:
+/// no readahead, and every read a fetch of its own).
 #[derive(Default)]
 pub(crate) struct Readahead {
     pub(crate) next_offset: u64,
@@ -308,6 +311,10 @@ pub(crate) struct Readahead {
     /// Blocks before this index have been prefetched already.
     pub(crate) prefetched_until: u64,
 }
+
+/// How far (in reads of its size) a read may land from where the stream had got to and still
+/// continue it.
+const REORDERED_READS: u64 = 8;
 
 impl Readahead {
     /// Whether the last read did not follow the one before it.
@@ -323,14 +330,16 @@ impl Readahead {
         block_size: u64,
         max_window: u64,
     ) -> Option<(u64, u64)> {
-        let sequential = offset == self.next_offset;
-        self.next_offset = offset + len;
-        if !sequential {
+        let shuffled = self.window_blocks > 0
+            && offset.abs_diff(self.next_offset) <= len.saturating_mul(REORDERED_READS);
+        if offset != self.next_offset && !shuffled {
+            self.next_offset = offset + len;
             self.window_blocks = 0;
             return None;
         }
+        self.next_offset = self.next_offset.max(offset + len);
         self.window_blocks = (self.window_blocks * 2).clamp(1, max_window.max(1));
-        let next_block = (offset + len).div_ceil(block_size);
+        let next_block = self.next_offset.div_ceil(block_size);
         let start = next_block.max(self.prefetched_until);
         let end = next_block + self.window_blocks;
         if start >= end {
@@ -338,5 +347,31 @@ impl Readahead {
         }
         self.prefetched_until = end;
         Some((start, end - start))
+    }
+}
+
+#[cfg(test)]
+mod readahead_tests {
+    use super::Readahead;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn reads_a_little_out_of_order_keep_the_window_and_a_seek_drops_it() {
+        let mut r = Readahead::default();
+        let bs = 4 * MIB;
+        assert!(r.on_read(0, MIB, bs, 8).is_some(), "a read from the start is sequential");
+        // In flight together and served shuffled: 2, 1, 3.
+        r.on_read(2 * MIB, MIB, bs, 8);
+        assert!(!r.is_random());
+        r.on_read(MIB, MIB, bs, 8);
+        assert!(!r.is_random(), "a read behind the stream's end, within reach, continues it");
+        r.on_read(3 * MIB, MIB, bs, 8);
+        assert!(!r.is_random());
+        assert_eq!(r.next_offset, 4 * MIB, "an earlier read never moves the stream back");
+        assert!(r.on_read(512 * MIB, MIB, bs, 8).is_none());
+        assert!(r.is_random(), "a seek far away is a random read");
+        assert!(r.on_read(100 * MIB, 4096, bs, 8).is_none());
+        assert!(r.on_read(100 * MIB + 3 * 4096, 4096, bs, 8).is_none(), "near a random read is still random");
     }
 }

@@ -48,13 +48,16 @@ impl FileSystem {
                 // Past the inline size the block will most likely fill: one allocation of the
                 // whole block instead of a doubling series of copies.
                 let reserve = (within + n as u64 > self.inline_threshold).then_some(bs);
-                let full = st.change_patch(index, |patch| {
+                let (was_full, full) = st.change_patch(index, |patch| {
+                    let was_full = patch.covers(bs);
                     patch.write(within, &rest[..n], reserve);
-                    patch.covers(bs)
+                    (was_full, patch.covers(bs))
                 });
                 // Filled up to its end by this stream (a later piece of one write follows the
-                // piece before it).
-                if full && within + n as u64 == bs && (sequential || pos > offset) {
+                // piece before it), or filled by this write at last: a stream's writes served
+                // out of order (an NFS client's several in flight) fill a block in the middle.
+                // A block already full is being rewritten in place and stays buffered.
+                if full && ((within + n as u64 == bs && (sequential || pos > offset)) || !was_full) {
                     self.seal(&mut st, index, slots.pop());
                 }
                 pos += n as u64;

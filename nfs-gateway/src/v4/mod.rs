@@ -205,7 +205,7 @@ impl Gateway {
                 }
             }
         }
-        w.position();
+        // The header's words are in the packed part; a READ's data pieces stay where they are.
         w.set_u32(header, last.0);
         w.set_u32(count_at, done);
         let mut record = Record { packed: w.packed, data: w.data };
