@@ -51,6 +51,12 @@ impl LockTable {
         }
     }
 
+    /// Records locks this client holds that it did not set itself (taken over from a dead
+    /// process), so that releasing them is not skipped.
+    pub(crate) fn held_by_this_client(&self, locks: &[(Ino, u64)]) {
+        self.owners.lock().unwrap().extend(locks.iter().copied());
+    }
+
     /// Releases every lock `owner` holds on `ino` (close, process exit).
     #[instrument(level = "debug", skip(self))]
     pub(crate) fn release(&self, ino: Ino, owner: u64) -> FsResult<()> {

@@ -4,7 +4,7 @@ use crate::audit::Audit;
 use crate::block::{Block, BlockChange, Compaction};
 use crate::error::{MetaError, MetaResult};
 use crate::locks::{LockRecord, LockRequest};
-use crate::session::SessionRecord;
+use crate::session::{SessionId, SessionRecord};
 use crate::throughput::{Lease, LeaseRequest, ThroughputSettings, ThroughputStatus};
 use crate::types::{Attr, ChunkHash, DirEntry, FileKind, Ino, SetAttr, Superblock, Timestamp, Usage};
 
@@ -243,6 +243,9 @@ pub trait MetaStore: Send + Sync + 'static {
     fn get_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<Option<LockRecord>>;
     /// Releases every lock this session's `owner` holds on `ino` (at close or process exit).
     fn release_locks(&self, ino: Ino, owner: u64) -> MetaResult<()>;
+    /// Moves every lock of session `from` (a process of this client that died) to this session
+    /// and ends `from`; returns the locks taken over as (file, owner).
+    fn adopt_session(&self, from: SessionId) -> MetaResult<Vec<(Ino, u64)>>;
     /// Ends this client's session now, at a clean shutdown: its locks and chunk intents go,
     /// and the files it held open after unlinking them are removed, instead of waiting for the
     /// lease or the next mount. A metadata service's client does this when it is dropped.

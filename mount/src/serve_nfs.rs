@@ -67,7 +67,8 @@ pub fn serve(args: NfsArgs) -> Result<()> {
     let meta = MetaAccess::new(args.meta, args.token_file.or_else(|| opts.token_file.clone()));
     let (runtime, listener) = listening::bind(&args.listen, "elasticfs-nfs")?;
     let addr = listener.local_addr()?;
-    let fs = Arc::new(volume::open_filesystem(&meta, Path::new(&format!("nfs://{addr}")), &opts)?);
+    let label = format!("nfs://{addr}");
+    let fs = Arc::new(volume::open_filesystem(&meta, Path::new(&label), &opts)?);
     if export.allow.is_empty() && !addr.ip().is_loopback() {
         warn!("serving {addr} to every address: restrict clients with --allow CIDR");
     }
@@ -79,6 +80,11 @@ pub fn serve(args: NfsArgs) -> Result<()> {
         .transpose()?;
     let gc = crate::collect::start_client_gc(&fs, &meta, &opts)?;
     let gateway = Gateway::new(fs.clone(), export);
+    // A gateway restarted on the same address takes over what its killed predecessor held,
+    // and gives NFSv4 clients a grace period to reclaim it.
+    if let Some(locks) = gateway.take_over(&label)? {
+        info!(locks, lease = args.lease_time, "took over an earlier gateway's session: grace period started");
+    }
     listening::announce(addr)?;
     let served = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -105,6 +105,7 @@ impl Gateway {
                 // handles close.
                 gateway.let_go(gateway.v4.expire());
                 gateway.release_locks(gateway.v4.take_orphaned());
+                gateway.release_locks(gateway.v4.end_grace_if_due());
                 gateway.open.close_idle(IDLE_CLOSE)
             })
             .await;

@@ -56,12 +56,20 @@ pub enum Op {
         offset: u64,
         data: Vec<u8>,
     },
-    /// A write lock on the whole file by a new lock-owner `owner`, through an open.
+    /// OPEN (CLAIM_PREVIOUS) of the current file handle, reclaiming an open after a restart.
+    OpenPrevious {
+        client: u64,
+        owner: String,
+        seqid: u32,
+    },
+    /// A write lock on the whole file by a new lock-owner `owner`, through an open (a reclaim
+    /// after a restart if `reclaim`).
     Lock {
         client: u64,
         owner: String,
         open_seqid: u32,
         open_stateid: [u8; 16],
+        reclaim: bool,
     },
     /// LOCKT of a write lock on the whole file for lock-owner `owner`.
     Lockt {
@@ -173,9 +181,16 @@ impl Op {
                 words(out, &[2]); // FILE_SYNC4
                 put_opaque(out, data);
             }
-            Op::Lock { client, owner, open_seqid, open_stateid } => {
-                // WRITE_LT, no reclaim, offset 0, length "to the end", a new lock-owner.
-                words(out, &[12, 2, 0, 0, 0, u32::MAX, u32::MAX, 1, *open_seqid]);
+            Op::OpenPrevious { client, owner, seqid } => {
+                words(out, &[18, *seqid, 3, 0]);
+                out.extend(client.to_be_bytes());
+                put_opaque(out, owner.as_bytes());
+                // OPEN4_NOCREATE, CLAIM_PREVIOUS with no delegation.
+                words(out, &[0, 1, 0]);
+            }
+            Op::Lock { client, owner, open_seqid, open_stateid, reclaim } => {
+                // WRITE_LT, offset 0, length "to the end", a new lock-owner.
+                words(out, &[12, 2, u32::from(*reclaim), 0, 0, u32::MAX, u32::MAX, 1, *open_seqid]);
                 out.extend(open_stateid);
                 words(out, &[0]); // the lock-owner's first seqid
                 out.extend(client.to_be_bytes());

@@ -30,13 +30,14 @@ struct Subject {
 
 type Case = fn(&Subject);
 
-const CASES: [(&str, Case); 12] = [
+const CASES: [(&str, Case); 13] = [
     ("rename cycles and link counts", rename_refuses_cycles_and_keeps_link_counts),
     ("rename modes", rename_replace_noreplace_and_exchange),
     ("unlink of a closed file", unlink_removes_a_closed_file_in_the_same_transaction),
     ("readdir cookies", readdir_resumes_from_any_cookie_exactly_once),
     ("names", names_are_checked),
     ("sessions, locks, orphans", ending_a_session_releases_its_locks_and_reclaims_its_orphans),
+    ("a session taken over", a_session_taken_over_hands_its_locks_to_the_new_one),
     ("large files", large_files_commit_truncate_and_go_in_steps),
     ("extended attributes", extended_attributes_live_and_die_with_their_inode),
     ("durability", everything_acknowledged_is_there_when_reopened),
@@ -298,6 +299,40 @@ fn ending_a_session_releases_its_locks_and_reclaims_its_orphans(subject: &Subjec
     b.release_locks(file, 7).unwrap();
     b.end_own_session().unwrap();
     assert!(subject.store.orphans().unwrap().is_empty());
+}
+
+/// A restarted gateway takes over its dead process's session: the locks move to the new
+/// session (still excluding others), and the old session is gone.
+fn a_session_taken_over_hands_its_locks_to_the_new_one(subject: &Subject) {
+    let (old, other) = ((subject.client)("/gw-old"), (subject.client)("/other"));
+    let file = mkfile(old.as_ref(), ROOT_INO, "f");
+    let write = |owner, start, end| LockRequest { owner, pid: 0, kind: LockKind::Write, start, end };
+    old.set_lock(file, &write(7, 0, 9)).unwrap();
+    old.set_lock(file, &write(8, 20, 29)).unwrap();
+    let old_id =
+        subject.store.sessions().unwrap().iter().find(|r| r.client.mountpoint == "/gw-old").unwrap().id;
+    let new = (subject.client)("/gw-new");
+    let mut taken = new.adopt_session(old_id).unwrap();
+    taken.sort_unstable();
+    assert_eq!(taken, vec![(file, 7), (file, 8)]);
+    assert!(subject.store.sessions().unwrap().iter().all(|r| r.id != old_id), "the old session ended");
+    assert_eq!(other.set_lock(file, &write(1, 0, 0)), Err(MetaError::WouldBlock), "still locked");
+    // The new session holds them as its own: it may change and release them.
+    new.set_lock(file, &write(7, 0, 19)).unwrap();
+    new.release_locks(file, 7).unwrap();
+    other.set_lock(file, &write(1, 0, 9)).unwrap();
+    assert_eq!(other.set_lock(file, &write(1, 20, 20)), Err(MetaError::WouldBlock));
+    assert!(
+        new.adopt_session(new_session_id(subject, "/gw-new")).is_err(),
+        "a session cannot take itself over"
+    );
+    for s in [new, other] {
+        s.end_own_session().unwrap();
+    }
+}
+
+fn new_session_id(subject: &Subject, mountpoint: &str) -> u64 {
+    subject.store.sessions().unwrap().iter().find(|r| r.client.mountpoint == mountpoint).unwrap().id
 }
 
 /// A file of 100 blocks (etcd takes 16 per transaction) is committed, truncated and removed:

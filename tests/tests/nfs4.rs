@@ -23,6 +23,8 @@ const BAD_SEQID: u32 = 10026;
 const BADXDR: u32 = 10036;
 const RESOURCE: u32 = 10018;
 const DENIED: u32 = 10010;
+const GRACE: u32 = 10013;
+const NO_GRACE: u32 = 10033;
 
 async fn mount41(gw: &Gateway) -> Box<dyn Mount> {
     elasticfs_tests::nfs4::mount41(gw.port).await
@@ -288,7 +290,13 @@ fn nfs4_and_fuse_locks_exclude_each_other_across_gateways() {
     // An NFSv4 lock through gateway A holds off FUSE, and another NFSv4 client on B.
     let mut a = Wire::connect(gw_a.port);
     let (client_a, open_a, fh) = open_for_locking(&mut a, "host-a", "locked");
-    let lock = Op::Lock { client: client_a, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open_a };
+    let lock = Op::Lock {
+        client: client_a,
+        owner: "lock-owner".into(),
+        open_seqid: 2,
+        open_stateid: open_a,
+        reclaim: false,
+    };
     let locked = a.call(0, &[Op::PutFh(fh.clone()), lock]);
     assert_eq!(locked.status, 0, "{locked:?}");
     assert!(lock_state(&path).starts_with("held"), "FUSE sees the NFSv4 lock");
@@ -301,6 +309,7 @@ fn nfs4_and_fuse_locks_exclude_each_other_across_gateways() {
         owner: "lock-owner".into(),
         open_seqid: seqid,
         open_stateid: open_b,
+        reclaim: false,
     };
     assert_eq!(b.call(0, &[Op::PutFh(fh_b.clone()), lock_b(2)]).status, DENIED);
     assert_eq!(
@@ -340,7 +349,8 @@ fn a_client_that_stops_renewing_loses_its_locks_after_the_lease() {
     std::fs::write(&path, b"x").unwrap();
     let mut w = Wire::connect(gw.port);
     let (client, open, fh) = open_for_locking(&mut w, "host", "leased");
-    let lock = Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open };
+    let lock =
+        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: false };
     assert_eq!(w.call(0, &[Op::PutFh(fh), lock]).status, 0);
     // Renewing keeps it past the lease time.
     for _ in 0..4 {
@@ -355,5 +365,86 @@ fn a_client_that_stops_renewing_loses_its_locks_after_the_lease() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(w.call(0, &[Op::Renew(client)]).status, STALE_CLIENTID, "the client's state is gone");
+    mount.unmount();
+}
+
+#[test]
+fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    // The killed gateway's session outlives its restart (its locks stay held meanwhile).
+    let service = MetaService::start("30s");
+    let vol = Volume::shared(&service, &s3);
+    let mount = vol.mount_named("fuse", "", None);
+    let mut gw = Gateway::start(&vol, "gw", &["--squash", "none", "--lease-time", "3"]);
+    let (kept, lost) = (mount.path.join("kept"), mount.path.join("lost"));
+    std::fs::write(&kept, b"x").unwrap();
+    std::fs::write(&lost, b"x").unwrap();
+    let mut w = Wire::connect(gw.port);
+    let (client, open, fh) = open_for_locking(&mut w, "host", "kept");
+    let lock =
+        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: false };
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), lock]).status, 0);
+    let mut gone = Wire::connect(gw.port);
+    let (gone_client, gone_open, gone_fh) = open_for_locking(&mut gone, "gone-host", "lost");
+    let lock = Op::Lock {
+        client: gone_client,
+        owner: "o".into(),
+        open_seqid: 2,
+        open_stateid: gone_open,
+        reclaim: false,
+    };
+    assert_eq!(gone.call(0, &[Op::PutFh(gone_fh), lock]).status, 0);
+
+    gw.kill();
+    gw.restart();
+    assert!(lock_state(&kept).starts_with("held"), "the lock outlived the gateway's kill");
+    assert!(lock_state(&lost).starts_with("held"), "an unreclaimed lock is held through the grace period");
+    // In the grace period only reclaims are served.
+    let mut other = Wire::connect(gw.port);
+    let other_client = other.client("other-host");
+    let other_open = |seqid| Op::Open {
+        client: other_client,
+        owner: "oo".into(),
+        seqid,
+        name: "kept".into(),
+        create: false,
+    };
+    assert_eq!(other.call(0, &[Op::PutRootFh, other_open(1)]).status, GRACE);
+    // The client comes back: its open and lock, reclaimed.
+    let mut w = Wire::connect(gw.port);
+    let client = w.client("host");
+    let reopened = w
+        .call(0, &[Op::PutFh(fh.clone()), Op::OpenPrevious { client, owner: "open-owner".into(), seqid: 1 }]);
+    assert_eq!(reopened.status, 0, "{reopened:?}");
+    let open = reopened.last().stateid;
+    let reclaim =
+        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: true };
+    let reclaimed = w.call(0, &[Op::PutFh(fh.clone()), reclaim]);
+    assert_eq!(reclaimed.status, 0, "{reclaimed:?}");
+
+    // After the grace period (bounded wait): new opens are served, the reclaimed lock holds
+    // off the others, the unreclaimed one is gone, and reclaims are refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seqid = 2;
+    loop {
+        let status = other.call(0, &[Op::PutRootFh, other_open(seqid)]).status;
+        seqid += 1;
+        if status != GRACE {
+            assert_eq!(status, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the grace period never ended");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    while lock_state(&lost) != "unlocked" {
+        assert!(std::time::Instant::now() < deadline, "the unreclaimed lock was never released");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(lock_state(&kept).starts_with("held"), "the reclaimed lock is held");
+    let again = Op::Lock { client, owner: "late".into(), open_seqid: 3, open_stateid: open, reclaim: true };
+    assert_eq!(w.call(0, &[Op::PutFh(fh), again]).status, NO_GRACE);
     mount.unmount();
 }

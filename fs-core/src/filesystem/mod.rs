@@ -229,6 +229,24 @@ impl FileSystem {
         self.locks.release(ino, owner)
     }
 
+    /// Takes over the sessions of earlier processes that served `label` from this host (a
+    /// restarted NFS gateway's killed predecessor): their locks become this client's, and
+    /// those sessions end. Returns the locks taken over as (file, owner), or `None` if there
+    /// was no such session.
+    pub fn take_over_sessions(&self, label: &str) -> FsResult<Option<Vec<(Ino, u64)>>> {
+        let me = elasticfs_metadata::ClientInfo::this_process(label);
+        let mut taken = None;
+        for old in self.meta.sessions()? {
+            if old.client.host == me.host && old.client.mountpoint == label && old.client.pid != me.pid {
+                taken.get_or_insert_with(Vec::new).extend(self.meta.adopt_session(old.id)?);
+            }
+        }
+        if let Some(taken) = &taken {
+            self.locks.held_by_this_client(taken);
+        }
+        Ok(taken)
+    }
+
     /// Sets or releases a lock through handle `fh`, with the consistency NFS gives locks: an
     /// unlock first commits what the handle's file wrote, and a granted lock makes this client
     /// see what others committed before it (the caller drops its own caches of the file).

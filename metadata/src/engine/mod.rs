@@ -796,4 +796,9 @@ impl<K: Kv> MetaStore for Engine<K> {
     fn release_locks(&self, ino: Ino, owner: u64) -> MetaResult<()> {
         self.release_locks_in(ino, owner)
     }
+
+    #[instrument(level = "debug", skip(self))]
+    fn adopt_session(&self, from: SessionId) -> MetaResult<Vec<(Ino, u64)>> {
+        self.adopt_session_in(from)
+    }
 }

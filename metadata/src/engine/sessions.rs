@@ -173,6 +173,34 @@ impl<K: Kv> Engine<K> {
         Ok(orphans.len())
     }
 
+    /// Moves the locks of session `from` to this session, then ends `from`: a restarted NFS
+    /// gateway takes over what its killed process held, so that nobody else takes those
+    /// locks before its clients reclaim them. Returns the locks taken over (file, owner).
+    pub(super) fn adopt_session_in(&self, from: SessionId) -> MetaResult<Vec<(Ino, u64)>> {
+        let session = self.session;
+        if session == NO_SESSION || from == session || from == NO_SESSION {
+            return Err(MetaError::Invalid("a session is taken over by another session".into()));
+        }
+        let mut taken = Vec::new();
+        for (key, raw) in self.scan_all(&[keys::LOCKS])? {
+            let held: Vec<LockRecord> = decode(&raw)?;
+            if !held.iter().any(|l| l.session == from) {
+                continue;
+            }
+            let ino = keys::first_number(&key)?;
+            self.update_locks(ino, |held| {
+                held.iter_mut().filter(|l| l.session == from).for_each(|l| l.session = session);
+                Ok(())
+            })?;
+            taken.extend(held.iter().filter(|l| l.session == from).map(|l| (ino, l.owner)));
+        }
+        taken.sort_unstable();
+        taken.dedup();
+        self.end_session(from)?;
+        info!(session, from, locks = taken.len(), "took over a session");
+        Ok(taken)
+    }
+
     pub(super) fn session_records(&self) -> MetaResult<Vec<SessionRecord>> {
         self.scan_all(&[keys::SESSION])?.iter().map(|(_, v)| decode(v)).collect()
     }

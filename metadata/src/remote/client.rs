@@ -592,4 +592,8 @@ impl MetaStore for RemoteStore {
     fn release_locks(&self, ino: Ino, owner: u64) -> MetaResult<()> {
         self.call(&Request::ReleaseLocks(ino, owner))
     }
+
+    fn adopt_session(&self, from: SessionId) -> MetaResult<Vec<(Ino, u64)>> {
+        self.call(&Request::AdoptSession(from))
+    }
 }

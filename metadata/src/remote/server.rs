@@ -326,6 +326,7 @@ impl MetaServer {
             Request::SetLock(ino, req) => encode(store.set_lock(ino, &req)),
             Request::GetLock(ino, req) => encode(store.get_lock(ino, &req)),
             Request::ReleaseLocks(ino, owner) => encode(store.release_locks(ino, owner)),
+            Request::AdoptSession(from) => encode(store.adopt_session(from)),
             Request::ProtectChunk(hash) => encode(store.protect_chunk(&hash)),
             Request::CondemnChunks(hashes, before) => encode(store.condemn_chunks(&hashes, before)),
             Request::CondemnedChunks => encode(store.condemned_chunks()),

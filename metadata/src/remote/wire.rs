@@ -23,7 +23,7 @@ use crate::types::{ChunkHash, Ino, SetAttr, Superblock, Timestamp};
 
 pub const MAGIC: [u8; 4] = *b"EFSM";
 /// Bumped whenever a message changes shape; a client and a service must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// Largest request frame a server accepts (inline data is at most 1 MiB per block).
 pub const MAX_REQUEST_FRAME: usize = 16 << 20;
 /// Largest reply frame a client accepts (chunk lists of a large file system are long).
@@ -103,6 +103,7 @@ pub enum Request {
     SetLock(Ino, LockRequest),
     GetLock(Ino, LockRequest),
     ReleaseLocks(Ino, u64),
+    AdoptSession(SessionId),
     ProtectChunk(ChunkHash),
     CondemnChunks(Vec<ChunkHash>, Timestamp),
     CondemnedChunks,

@@ -40,6 +40,8 @@ enum Claim<'a> {
     Name(&'a [u8]),
     /// The current file handle (4.1's CLAIM_FH).
     Current,
+    /// The current file handle, reclaimed after a restart (CLAIM_PREVIOUS).
+    Previous,
 }
 
 impl Compound<'_> {
@@ -97,13 +99,23 @@ impl Compound<'_> {
         };
         let claim = match r.u32()? {
             0 => Claim::Name(new_component(r)?),
+            // CLAIM_PREVIOUS: an open the client held before the gateway restarted, of the
+            // current file handle, without a delegation (none is ever granted).
+            1 => match r.u32()? {
+                0 => Claim::Previous,
+                _ => return Err(Status::RECLAIM_BAD.into()),
+            },
             4 if self.minor >= 1 => Claim::Current,
-            // State from before a restart is not kept, so there is no grace period to
-            // reclaim in; no delegation is ever granted to claim through.
-            1 | 5 | 6 => return Err(Status::NO_GRACE.into()),
+            // No delegation is ever granted to claim through.
+            5 | 6 => return Err(Status::NO_GRACE.into()),
             2 | 3 => return Err(Status::BAD_STATEID.into()),
             _ => return Err(Status::INVAL.into()),
         };
+        match claim {
+            Claim::Previous if !self.gw.v4.in_grace() => return Err(Status::NO_GRACE.into()),
+            Claim::Name(_) | Claim::Current if self.gw.v4.in_grace() => return Err(Status::GRACE.into()),
+            _ => {}
+        }
         if access == 0 || deny > 3 {
             return Err(Status::INVAL.into());
         }
@@ -111,7 +123,7 @@ impl Compound<'_> {
         self.owner_seqid(client, owner, seqid)?;
 
         let (dir, opened) = match claim {
-            Claim::Current => {
+            Claim::Current | Claim::Previous => {
                 let file = self.current()?;
                 (None, Opened { file, fh: None, attrset: Bitmap::default(), created: false })
             }

@@ -59,6 +59,16 @@ fn lock_owner_seq_key(owner: &[u8]) -> Vec<u8> {
 }
 
 impl Gateway {
+    /// At start: takes over what an earlier process serving `label` from this host held (a
+    /// gateway killed and restarted) and, if there was one, opens the grace period in which
+    /// its clients reclaim their opens and locks. Returns the number of locks taken over.
+    pub fn take_over(&self, label: &str) -> elasticfs_core::FsResult<Option<usize>> {
+        let Some(adopted) = self.fs.take_over_sessions(label)? else { return Ok(None) };
+        let count = adopted.len();
+        self.v4.start_grace(adopted);
+        Ok(Some(count))
+    }
+
     /// Lets go of what ended NFSv4 state held: its engine handles (the last open of a file
     /// here closes it, committing its writes) and its locks.
     pub(crate) fn let_go(&self, released: Released) {
@@ -117,10 +127,17 @@ impl Compound<'_> {
             self.owner_seqid(client, &lock_owner_seq_key(&owner), lock_seqid)?;
             (lock_id, key)
         };
-        if reclaim {
-            return Err(Status::NO_GRACE.into());
+        // After a restart, the grace period serves reclaims only; a reclaim names a lock the
+        // gateway took over from its killed process, held under the same key.
+        match (reclaim, self.gw.v4.in_grace()) {
+            (true, false) => return Err(Status::NO_GRACE.into()),
+            (false, true) => return Err(Status::GRACE.into()),
+            _ => {}
         }
         let (ino, handle) = self.lock_target(&lock_id)?;
+        if reclaim {
+            self.gw.v4.reclaimed(ino, key);
+        }
         let req = LockRequest { owner: key, pid: 0, kind, start, end };
         match self.gw.fs.set_lock(handle, ino, &req, false) {
             Ok(()) => {}
@@ -143,7 +160,11 @@ impl Compound<'_> {
         if file.kind != elasticfs_core::metadata::FileKind::File {
             return Err(Status::INVAL.into());
         }
-        let req = LockRequest { owner: lock_key(client, owner), pid: 0, kind, start, end };
+        if self.gw.v4.in_grace() {
+            return Err(Status::GRACE.into());
+        }
+        let client_owner = self.gw.v4.client_owner(client)?;
+        let req = LockRequest { owner: lock_key(&client_owner, owner), pid: 0, kind, start, end };
         match self.gw.fs.test_lock(file.ino, &req)? {
             None => Ok(()),
             held => Err(denied(held)),

@@ -5,7 +5,7 @@
 //! with STALE_CLIENTID / STALE_STATEID (their first word is the gateway's boot time), and the
 //! clients establish their state again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,6 +129,17 @@ pub struct State {
     /// Locks of client records replaced by a restarted client, for the lease reaper to
     /// release in the engine (a lock table round trip is not made under the state's lock).
     orphaned: Mutex<HeldLocks>,
+    /// After a restart: the grace period in which clients reclaim what they held.
+    grace: Mutex<Option<Grace>>,
+}
+
+/// The grace period after a restart (RFC 8881 section 8.4.2): until `until`, only reclaims
+/// are served; the locks taken over from the killed process stay held (excluding every other
+/// client of the file system) until reclaimed or the period ends.
+struct Grace {
+    until: Instant,
+    adopted: HashSet<(Ino, u64)>,
+    reclaimed: HashSet<(Ino, u64)>,
 }
 
 /// What happened to a SEQUENCE's slot.
@@ -144,7 +155,14 @@ impl State {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
-        State { boot, lease, next: AtomicU64::new(1), tables: Mutex::default(), orphaned: Mutex::default() }
+        State {
+            boot,
+            lease,
+            next: AtomicU64::new(1),
+            tables: Mutex::default(),
+            orphaned: Mutex::default(),
+            grace: Mutex::default(),
+        }
     }
 
     fn fresh(&self) -> u64 {
@@ -161,6 +179,40 @@ impl State {
 
     pub fn lease_secs(&self) -> u32 {
         self.lease.as_secs() as u32
+    }
+
+    // ----- grace -----------------------------------------------------------------------------
+
+    /// Starts the grace period (one lease long) with the locks taken over from the process
+    /// before this one.
+    pub fn start_grace(&self, adopted: Vec<(Ino, u64)>) {
+        let until = Instant::now() + self.lease;
+        let adopted = adopted.into_iter().collect();
+        *self.grace.lock().unwrap() = Some(Grace { until, adopted, reclaimed: HashSet::new() });
+    }
+
+    pub fn in_grace(&self) -> bool {
+        self.grace.lock().unwrap().as_ref().is_some_and(|g| Instant::now() < g.until)
+    }
+
+    /// A client reclaimed its lock `key` on `ino`.
+    pub fn reclaimed(&self, ino: Ino, key: u64) {
+        if let Some(g) = self.grace.lock().unwrap().as_mut() {
+            g.reclaimed.insert((ino, key));
+        }
+    }
+
+    /// Ends the grace period once it is over; returns the locks taken over that nobody
+    /// reclaimed, for the caller to release.
+    pub fn end_grace_if_due(&self) -> HeldLocks {
+        let mut grace = self.grace.lock().unwrap();
+        match grace.as_ref() {
+            Some(g) if Instant::now() >= g.until => {
+                let g = grace.take().expect("checked");
+                g.adopted.difference(&g.reclaimed).copied().collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     // ----- clients -------------------------------------------------------------------------
@@ -212,6 +264,11 @@ impl State {
             },
         );
         Ok((id, false, confirm, 1))
+    }
+
+    /// The owner string of client `id`.
+    pub fn client_owner(&self, id: u64) -> OpResult<Vec<u8>> {
+        self.with_client(id, |c| Ok(c.owner.clone()))
     }
 
     /// Runs `f` on client `id` and counts as hearing from it (renews its lease).
@@ -412,7 +469,7 @@ impl State {
         {
             return Ok((Stateid { seqid: l.seqid, other: *other }, l.key));
         }
-        let key = lock_key(client, owner);
+        let key = lock_key(&t.clients.get(&client).ok_or(Status::STALE_CLIENTID)?.owner, owner);
         let other = self.stateid_other();
         t.locks
             .insert(other, LockState { client, owner: owner.to_vec(), key, ino, open: open.other, seqid: 0 });
@@ -520,10 +577,13 @@ fn remove_locks(t: &mut Tables, which: impl Fn(&LockState) -> bool) -> HeldLocks
     ids.into_iter().filter_map(|k| t.locks.remove(&k)).map(|l| (l.ino, l.key)).collect()
 }
 
-/// The engine's lock owner for an NFSv4 lock-owner: a hash of the client and its owner bytes,
-/// unique within this gateway's session of the file system.
-pub fn lock_key(client: u64, owner: &[u8]) -> u64 {
-    let hash = elasticfs_core::hash_of(&[&client.to_be_bytes()[..], owner].concat());
+/// The engine's lock owner for an NFSv4 lock-owner: a hash of its client's owner string (which
+/// a client keeps across restarts of either side, unlike its client id) and its own bytes, so
+/// that a reclaim after a gateway restart names the lock it held.
+pub fn lock_key(client_owner: &[u8], owner: &[u8]) -> u64 {
+    let hash = elasticfs_core::hash_of(
+        &[&(client_owner.len() as u64).to_be_bytes()[..], client_owner, owner].concat(),
+    );
     u64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
 }
 

@@ -35,6 +35,7 @@ impl Status {
     pub const DELAY: Status = Status(10008);
     pub const SAME: Status = Status(10009);
     pub const DENIED: Status = Status(10010);
+    pub const GRACE: Status = Status(10013);
     pub const SHARE_DENIED: Status = Status(10015);
     pub const RESOURCE: Status = Status(10018);
     pub const NOFILEHANDLE: Status = Status(10020);
@@ -49,6 +50,7 @@ impl Status {
     pub const RESTOREFH: Status = Status(10030);
     pub const ATTRNOTSUPP: Status = Status(10032);
     pub const NO_GRACE: Status = Status(10033);
+    pub const RECLAIM_BAD: Status = Status(10034);
     pub const BADXDR: Status = Status(10036);
     pub const LOCKS_HELD: Status = Status(10037);
     pub const OPENMODE: Status = Status(10038);
