@@ -26,6 +26,23 @@ const DENIED: u32 = 10010;
 const GRACE: u32 = 10013;
 const NO_GRACE: u32 = 10033;
 
+/// A file system on a metadata service (sessions of `lease`) and S3, mounted with FUSE: for
+/// gateways and a mount to share one namespace and one lock table.
+struct Shared {
+    mount: elasticfs_tests::Mount,
+    vol: Volume,
+    _service: MetaService,
+    _s3: S3Server,
+}
+
+fn shared(lease: &str) -> Shared {
+    let s3 = S3Server::start();
+    let service = MetaService::start(lease);
+    let vol = Volume::shared(&service, &s3);
+    let mount = vol.mount_named("fuse", "", None);
+    Shared { mount, vol, _service: service, _s3: s3 }
+}
+
 async fn mount41(gw: &Gateway) -> Box<dyn Mount> {
     elasticfs_tests::nfs4::mount41(gw.port).await
 }
@@ -92,10 +109,7 @@ async fn nfs4_fuse_and_nfs3_see_each_others_files() {
     if !fuse_available() {
         return;
     }
-    let s3 = S3Server::start();
-    let service = MetaService::start("5s");
-    let vol = Volume::shared(&service, &s3);
-    let mount = vol.mount_named("fuse", "", None);
+    let Shared { mount, vol, _service, _s3 } = shared("5s");
     let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
     let m = mount41(&gw).await;
     let (mut nfs3, root) = v3::client(gw.port, 0, 0).await;
@@ -278,10 +292,7 @@ fn nfs4_and_fuse_locks_exclude_each_other_across_gateways() {
     if !fuse_available() {
         return;
     }
-    let s3 = S3Server::start();
-    let service = MetaService::start("5s");
-    let vol = Volume::shared(&service, &s3);
-    let mount = vol.mount_named("fuse", "", None);
+    let Shared { mount, vol, _service, _s3 } = shared("5s");
     let gw_a = Gateway::start(&vol, "gw-a", &["--squash", "none"]);
     let gw_b = Gateway::start(&vol, "gw-b", &["--squash", "none"]);
     let path = mount.path.join("locked");
@@ -340,10 +351,7 @@ fn a_client_that_stops_renewing_loses_its_locks_after_the_lease() {
     if !fuse_available() {
         return;
     }
-    let s3 = S3Server::start();
-    let service = MetaService::start("5s");
-    let vol = Volume::shared(&service, &s3);
-    let mount = vol.mount_named("fuse", "", None);
+    let Shared { mount, vol, _service, _s3 } = shared("5s");
     let gw = Gateway::start(&vol, "gw", &["--squash", "none", "--lease-time", "2"]);
     let path = mount.path.join("leased");
     std::fs::write(&path, b"x").unwrap();
@@ -373,11 +381,8 @@ fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
     if !fuse_available() {
         return;
     }
-    let s3 = S3Server::start();
     // The killed gateway's session outlives its restart (its locks stay held meanwhile).
-    let service = MetaService::start("30s");
-    let vol = Volume::shared(&service, &s3);
-    let mount = vol.mount_named("fuse", "", None);
+    let Shared { mount, vol, _service, _s3 } = shared("30s");
     let mut gw = Gateway::start(&vol, "gw", &["--squash", "none", "--lease-time", "3"]);
     let (kept, lost) = (mount.path.join("kept"), mount.path.join("lost"));
     std::fs::write(&kept, b"x").unwrap();

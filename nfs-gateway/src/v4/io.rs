@@ -249,6 +249,15 @@ struct Opened {
     created: bool,
 }
 
+/// READ, WRITE and COMMIT are for regular files.
+fn regular_file(attr: &Attr) -> OpResult {
+    match attr.kind {
+        FileKind::File => Ok(()),
+        FileKind::Dir => Err(Status::ISDIR.into()),
+        _ => Err(Status::INVAL.into()),
+    }
+}
+
 /// The handle a READ or WRITE goes through, and whether an open (rather than a special
 /// stateid) stands behind it.
 struct Access {
@@ -298,11 +307,7 @@ impl Compound<'_> {
             count = count.min(s.session.max_response.saturating_sub(1024));
         }
         let attr = self.current()?;
-        match attr.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(Status::ISDIR.into()),
-            _ => return Err(Status::INVAL.into()),
-        }
+        regular_file(&attr)?;
         let access = self.data_access(id, &attr, SHARE_ACCESS_READ)?;
         if !access.opened {
             self.gw.fs.revalidate(access.handle.fh, &attr)?;
@@ -321,11 +326,7 @@ impl Compound<'_> {
         let data = r.opaque(MAX_IO as usize)?;
         self.writable()?;
         let attr = self.current()?;
-        match attr.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(Status::ISDIR.into()),
-            _ => return Err(Status::INVAL.into()),
-        }
+        regular_file(&attr)?;
         let access = self.data_access(id, &attr, SHARE_ACCESS_WRITE)?;
         self.gw.fs.drop_privileges_for_write(attr, self.who)?;
         self.gw.fs.write(access.handle.fh, offset, data)?;
@@ -347,11 +348,7 @@ impl Compound<'_> {
         let _offset = r.u64()?;
         let _count = r.u32()?;
         let attr = self.current()?;
-        match attr.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(Status::ISDIR.into()),
-            _ => return Err(Status::INVAL.into()),
-        }
+        regular_file(&attr)?;
         // Without a handle there is nothing uncommitted: closing it committed it, or (if
         // that failed) changed the verifier, so that the client writes again.
         if let Some(handle) = self.gw.open.existing(attr.ino) {

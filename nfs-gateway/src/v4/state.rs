@@ -405,6 +405,15 @@ impl State {
         Ok(Stateid { seqid: 1, other })
     }
 
+    /// Why a stateid names no state: it is from before this gateway's start, or not ours.
+    fn unknown(&self, id: &Stateid) -> Status {
+        if id.other[..4] != self.boot.to_be_bytes() {
+            Status::STALE_STATEID
+        } else {
+            Status::BAD_STATEID
+        }
+    }
+
     /// Checks that `id` names a current open (of `ino`), and runs `f` on it.
     pub fn with_open<T>(
         &self,
@@ -413,23 +422,8 @@ impl State {
         f: impl FnOnce(&mut Open) -> OpResult<T>,
     ) -> OpResult<T> {
         let mut t = self.tables.lock().unwrap();
-        let boot = self.boot;
-        let open = t.opens.get(&id.other).ok_or_else(|| {
-            if id.other[..4] != boot.to_be_bytes() {
-                Status::STALE_STATEID
-            } else {
-                Status::BAD_STATEID
-            }
-        })?;
-        // NFSv4.1: a seqid of 0 means whatever the state's current one is.
-        if !(minor >= 1 && id.seqid == 0) {
-            if id.seqid < open.seqid {
-                return Err(Status::OLD_STATEID.into());
-            }
-            if id.seqid > open.seqid {
-                return Err(Status::BAD_STATEID.into());
-            }
-        }
+        let open = t.opens.get(&id.other).ok_or_else(|| self.unknown(id))?;
+        current(id, open.seqid, minor)?;
         let client = open.client;
         if let Some(c) = t.clients.get_mut(&client) {
             c.last_seen = Instant::now();
@@ -484,17 +478,8 @@ impl State {
         f: impl FnOnce(&mut LockState) -> OpResult<T>,
     ) -> OpResult<T> {
         let mut t = self.tables.lock().unwrap();
-        let boot = self.boot;
-        let l = t.locks.get_mut(&id.other).ok_or_else(|| {
-            if id.other[..4] != boot.to_be_bytes() {
-                Status::STALE_STATEID
-            } else {
-                Status::BAD_STATEID
-            }
-        })?;
-        if !(minor >= 1 && id.seqid == 0) && id.seqid != l.seqid {
-            return Err(if id.seqid < l.seqid { Status::OLD_STATEID } else { Status::BAD_STATEID }.into());
-        }
+        let l = t.locks.get_mut(&id.other).ok_or_else(|| self.unknown(id))?;
+        current(id, l.seqid, minor)?;
         let client = l.client;
         let result = f(l);
         if let Some(c) = t.clients.get_mut(&client) {
@@ -556,6 +541,19 @@ impl State {
     /// Whether `id` names a lock state.
     pub fn is_lock(&self, id: &Stateid) -> bool {
         self.tables.lock().unwrap().locks.contains_key(&id.other)
+    }
+}
+
+/// Checks a stateid's seqid against its state's: an older one is OLD_STATEID, a newer one
+/// BAD_STATEID; in NFSv4.1 a seqid of 0 means whatever the current one is.
+fn current(id: &Stateid, seqid: u32, minor: u32) -> OpResult {
+    if minor >= 1 && id.seqid == 0 {
+        return Ok(());
+    }
+    match id.seqid.cmp(&seqid) {
+        std::cmp::Ordering::Less => Err(Status::OLD_STATEID.into()),
+        std::cmp::Ordering::Greater => Err(Status::BAD_STATEID.into()),
+        std::cmp::Ordering::Equal => Ok(()),
     }
 }
 
