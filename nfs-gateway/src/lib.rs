@@ -73,6 +73,13 @@ impl Gateway {
         })
     }
 
+    /// Unstable writes may have been lost (a commit at close failed): a new write verifier
+    /// makes clients send them again.
+    fn writes_lost(&self) {
+        warn!("clients will resend their unstable writes");
+        self.verifier.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn write_verifier(&self) -> writeverf3 {
         writeverf3(self.verifier.load(Ordering::Relaxed).to_be_bytes())
     }
@@ -110,8 +117,8 @@ impl Gateway {
             })
             .await;
             for (ino, e) in failed.unwrap_or_default() {
-                warn!(ino, "committing an idle file failed ({e}); clients will resend their unstable writes");
-                self.verifier.fetch_add(1, Ordering::Relaxed);
+                warn!(ino, "committing an idle file failed ({e})");
+                self.writes_lost();
             }
         }
     }

@@ -453,3 +453,17 @@ fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
     assert_eq!(w.call(0, &[Op::PutFh(fh), again]).status, NO_GRACE);
     mount.unmount();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nfs41_committed_data_survives_a_gateway_kill() {
+    let vol = Volume::local();
+    let mut gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
+    let m = mount41(&gw).await;
+    let data = pattern(41, 6_000_000);
+    // UNSTABLE WRITEs, then COMMIT: durable once COMMIT is answered.
+    write_file(m.as_ref(), "/committed", &data).await;
+    gw.kill();
+    gw.restart();
+    let m = mount41(&gw).await;
+    assert!(read_file(m.as_ref(), "/committed").await == data, "committed data lost in a kill");
+}

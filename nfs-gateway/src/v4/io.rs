@@ -369,9 +369,10 @@ impl Compound<'_> {
         // Locks taken through the open go with it (RFC 8881 section 18.2.4 lets a server
         // release them rather than refuse the CLOSE).
         self.gw.release_locks(locks);
-        // The last open of the file here: its handle closes, committing what was written.
+        // The last open of the file here: its handle closes, committing what was written. If
+        // that fails, unstable writes are lost: the verifier changes, as for NFSv3.
         if !self.gw.v4.is_open(ino) {
-            self.gw.open.close(ino)?;
+            self.gw.open.close(ino).inspect_err(|_| self.gw.writes_lost())?;
         }
         // RFC 8881 section 18.2.4: a CLOSE's stateid is meaningless; 4.0 clients get the
         // next seqid.

@@ -78,6 +78,7 @@ impl Gateway {
             if !self.v4.is_open(ino) {
                 if let Err(e) = self.open.close(ino) {
                     tracing::warn!(ino, "closing a file an NFSv4 client left open: {e}");
+                    self.writes_lost();
                 }
             }
         }
