@@ -41,6 +41,11 @@ pub struct NfsArgs {
     /// NFSv4's lease in seconds: a client not heard from for this long loses its opens.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3600))]
     lease_time: u64,
+    /// Take over a failed gateway that listened on ADDR (host:port, as `elasticfs status`
+    /// shows it: nfs://ADDR), whose clients now reach this one: its locks are kept for them to
+    /// reclaim in the grace period. Only for a gateway that is down; may repeat.
+    #[arg(long, value_name = "ADDR")]
+    take_over: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9568).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
@@ -82,7 +87,8 @@ pub fn serve(args: NfsArgs) -> Result<()> {
     let gateway = Gateway::new(fs.clone(), export);
     // A gateway restarted on the same address takes over what its killed predecessor held,
     // and gives NFSv4 clients a grace period to reclaim it.
-    if let Some(locks) = gateway.take_over(&label)? {
+    let failed: Vec<String> = args.take_over.iter().map(|addr| format!("nfs://{addr}")).collect();
+    if let Some(locks) = gateway.take_over(&label, &failed)? {
         info!(locks, lease = args.lease_time, "took over an earlier gateway's session: grace period started");
     }
     listening::announce(addr)?;

@@ -467,3 +467,41 @@ async fn nfs41_committed_data_survives_a_gateway_kill() {
     let m = mount41(&gw).await;
     assert!(read_file(m.as_ref(), "/committed").await == data, "committed data lost in a kill");
 }
+
+#[test]
+fn a_second_gateway_takes_over_a_failed_ones_clients() {
+    if !fuse_available() {
+        return;
+    }
+    let Shared { mount, vol, _service, _s3 } = shared("30s");
+    let mut gw_a = Gateway::start(&vol, "gw-a", &["--squash", "none", "--lease-time", "3"]);
+    let path = mount.path.join("moved");
+    std::fs::write(&path, b"x").unwrap();
+    let mut w = Wire::connect(gw_a.port);
+    let (client, open, fh) = open_for_locking(&mut w, "host", "moved");
+    let lock =
+        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: false };
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), lock]).status, 0);
+    gw_a.kill();
+    let failed = format!("127.0.0.1:{}", gw_a.port);
+    let gw_b =
+        Gateway::start(&vol, "gw-b", &["--squash", "none", "--lease-time", "3", "--take-over", &failed]);
+    assert!(lock_state(&path).starts_with("held"), "the failed gateway's lock is kept");
+    // The client, now at B, reclaims; a newcomer waits out the grace period.
+    let mut w = Wire::connect(gw_b.port);
+    let client = w.client("host");
+    let reopened = w
+        .call(0, &[Op::PutFh(fh.clone()), Op::OpenPrevious { client, owner: "open-owner".into(), seqid: 1 }]);
+    assert_eq!(reopened.status, 0, "{reopened:?}");
+    let open = reopened.last().stateid;
+    let reclaim =
+        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: true };
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), reclaim]).status, 0);
+    let mut other = Wire::connect(gw_b.port);
+    let other_client = other.client("other-host");
+    let other_open =
+        Op::Open { client: other_client, owner: "oo".into(), seqid: 1, name: "moved".into(), create: false };
+    assert_eq!(other.call(0, &[Op::PutRootFh, other_open]).status, GRACE);
+    assert!(lock_state(&path).starts_with("held"));
+    mount.unmount();
+}

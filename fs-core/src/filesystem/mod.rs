@@ -229,15 +229,17 @@ impl FileSystem {
         self.locks.release(ino, owner)
     }
 
-    /// Takes over the sessions of earlier processes that served `label` from this host (a
-    /// restarted NFS gateway's killed predecessor): their locks become this client's, and
-    /// those sessions end. Returns the locks taken over as (file, owner), or `None` if there
-    /// was no such session.
-    pub fn take_over_sessions(&self, label: &str) -> FsResult<Option<Vec<(Ino, u64)>>> {
+    /// Takes over the sessions of other processes that served `label` (a restarted NFS
+    /// gateway's killed predecessor on this host, or with `any_host` a failed gateway whose
+    /// address this one now serves): their locks become this client's, and those sessions end.
+    /// Returns the locks taken over as (file, owner), or `None` if there was no such session.
+    pub fn take_over_sessions(&self, label: &str, any_host: bool) -> FsResult<Option<Vec<(Ino, u64)>>> {
         let me = elasticfs_metadata::ClientInfo::this_process(label);
         let mut taken = None;
         for old in self.meta.sessions()? {
-            if old.client.host == me.host && old.client.mountpoint == label && old.client.pid != me.pid {
+            let same_host = old.client.host == me.host;
+            let other_process = !same_host || old.client.pid != me.pid;
+            if (any_host || same_host) && old.client.mountpoint == label && other_process {
                 taken.get_or_insert_with(Vec::new).extend(self.meta.adopt_session(old.id)?);
             }
         }

@@ -59,11 +59,19 @@ fn lock_owner_seq_key(owner: &[u8]) -> Vec<u8> {
 }
 
 impl Gateway {
-    /// At start: takes over what an earlier process serving `label` from this host held (a
-    /// gateway killed and restarted) and, if there was one, opens the grace period in which
-    /// its clients reclaim their opens and locks. Returns the number of locks taken over.
-    pub fn take_over(&self, label: &str) -> elasticfs_core::FsResult<Option<usize>> {
-        let Some(adopted) = self.fs.take_over_sessions(label)? else { return Ok(None) };
+    /// At start: takes over what other processes serving the addresses in `labels` held (this
+    /// gateway's own address, killed and restarted on this host, first; then the addresses of
+    /// failed gateways it replaces, from any host) and, if there were any, opens the grace
+    /// period in which their clients reclaim their opens and locks. Returns the number of
+    /// locks taken over.
+    pub fn take_over(&self, own: &str, failed: &[String]) -> elasticfs_core::FsResult<Option<usize>> {
+        let mut adopted: Option<Vec<_>> = self.fs.take_over_sessions(own, false)?;
+        for label in failed {
+            if let Some(locks) = self.fs.take_over_sessions(label, true)? {
+                adopted.get_or_insert_with(Vec::new).extend(locks);
+            }
+        }
+        let Some(adopted) = adopted else { return Ok(None) };
         let count = adopted.len();
         self.v4.start_grace(adopted);
         Ok(Some(count))
