@@ -99,6 +99,8 @@ pub(crate) struct Compactor {
     runtime: tokio::runtime::Handle,
     inline_threshold: u64,
     running: Mutex<HashSet<(Ino, u64)>>,
+    /// Set when the file system shuts down: no background compaction starts after it.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Compactor {
@@ -116,6 +118,7 @@ impl Compactor {
             runtime,
             inline_threshold,
             running: Mutex::new(HashSet::new()),
+            closing: Default::default(),
         })
     }
 
@@ -142,6 +145,25 @@ impl Compactor {
         }
     }
 
+    /// Stops starting background compactions and waits (up to `within`) for those under
+    /// way: they upload through the engine's runtime, which must outlive them (a PUT on a
+    /// runtime being dropped panics).
+    pub(crate) fn shut_down(&self, within: std::time::Duration) {
+        // Under the lock `start` takes to register a compaction, so that none slips in after.
+        {
+            let _running = self.running.lock().unwrap();
+            self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let until = std::time::Instant::now() + within;
+        while !self.running.lock().unwrap().is_empty() {
+            if std::time::Instant::now() >= until {
+                warn!("background compactions still running at shutdown; they are abandoned");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Compacts block `index` in the background if it wants it and nothing compacts it yet.
     fn start(self: &Arc<Self>, ino: Ino, index: u64, block: &Block) {
         if plan(block).is_none() {
@@ -149,6 +171,9 @@ impl Compactor {
         }
         {
             let mut running = self.running.lock().unwrap();
+            if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             if running.len() >= RUNNING_AT_MOST || !running.insert((ino, index)) {
                 // Busy, or already under way: the next commit or read of this block asks again.
                 return;

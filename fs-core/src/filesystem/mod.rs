@@ -535,5 +535,7 @@ impl Drop for FileSystem {
         if let Err(e) = self.flush_all() {
             warn!("committing open files at shutdown failed: {e}");
         }
+        // Before the runtime goes with the fields: background compactions upload through it.
+        self.compactor.shut_down(std::time::Duration::from_secs(30));
     }
 }
