@@ -420,3 +420,143 @@ fn change_info(w: &mut Writer, before: &Attr, after: Option<&Attr>) {
     w.u64(attrs::change_of(before));
     w.u64(after.map_or(attrs::change_of(before), attrs::change_of));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, OnceLock};
+
+    use elasticfs_core::metadata::{MetaStore, SledStore, Superblock};
+    use elasticfs_core::{open_object_store, ChunkStore, FileSystem, FsConfig, Identity};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ExportConfig;
+
+    /// One gateway over a fresh file system (sled in a temporary directory, an in-memory
+    /// bucket), shared by the cases.
+    fn gateway() -> &'static Arc<Gateway> {
+        static GATEWAY: OnceLock<(tempfile::TempDir, Arc<Gateway>)> = OnceLock::new();
+        &GATEWAY
+            .get_or_init(|| {
+                let dir = tempfile::tempdir().unwrap();
+                let sb = Superblock::new("compound", 1 << 20, 1024, "memory://");
+                let meta: Arc<dyn MetaStore> =
+                    Arc::new(SledStore::format(&dir.path().join("meta"), &sb, 0, 0).unwrap());
+                let store = open_object_store("memory://").unwrap();
+                let fs = FileSystem::new(meta, ChunkStore::new(store, 0), FsConfig::default()).unwrap();
+                (dir, Gateway::new(Arc::new(fs), ExportConfig::default()))
+            })
+            .1
+    }
+
+    fn args(minor: u32, ops: &[(u32, Vec<u32>)]) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.opaque(b"prop");
+        w.u32(minor);
+        w.u32(ops.len() as u32);
+        for (op, words) in ops {
+            w.u32(*op);
+            words.iter().for_each(|v| w.u32(*v));
+        }
+        w.packed
+    }
+
+    /// A 4.1 session of the shared gateway, and the next sequence id of its slot 0.
+    fn session() -> &'static ([u8; 16], std::sync::atomic::AtomicU32) {
+        static SESSION: OnceLock<([u8; 16], std::sync::atomic::AtomicU32)> = OnceLock::new();
+        SESSION.get_or_init(|| {
+            let mut exchange = Writer::default();
+            exchange.fixed(&[1; 8]);
+            exchange.opaque(b"property-test");
+            [0, 0, 0].into_iter().for_each(|v| exchange.u32(v)); // flags, SP4_NONE, no impl id
+            let reply = run_one(1, op::EXCHANGE_ID, &exchange.packed);
+            let mut r = Reader::new(&reply);
+            let client = r.u64().unwrap();
+            let mut create = Writer::default();
+            create.u64(client);
+            create.u32(r.u32().unwrap());
+            create.u32(0);
+            for _ in 0..2 {
+                [0, 1 << 20, 1 << 20, 4096, 16, 4, 0].into_iter().for_each(|v| create.u32(v));
+            }
+            [0x4000_0000, 1, 0].into_iter().for_each(|v| create.u32(v)); // program, AUTH_NONE
+            let reply = run_one(1, op::CREATE_SESSION, &create.packed);
+            (reply[..16].try_into().unwrap(), std::sync::atomic::AtomicU32::new(1))
+        })
+    }
+
+    /// Runs one operation alone and returns its result body (it must succeed).
+    fn run_one(minor: u32, opnum: u32, arguments: &[u8]) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.opaque(b"prop");
+        w.u32(minor);
+        w.u32(1);
+        w.u32(opnum);
+        w.fixed(arguments);
+        let record = gateway().compound(&w.packed, &Identity::root()).unwrap();
+        assert_eq!(header(&record), (0, 1), "{opnum} failed");
+        // status, tag "prop", count, then the result's opnum and status.
+        record.packed[crate::rpc::SUCCESS_HEADER + 24..].to_vec()
+    }
+
+    /// What a COMPOUND of `minor` starts with so that its operations get to run: PUTROOTFH,
+    /// after a SEQUENCE of the shared session in 4.1.
+    fn prefix(minor: u32) -> Vec<(u32, Vec<u32>)> {
+        let mut ops = Vec::new();
+        if minor == 1 {
+            let (id, next) = session();
+            let seqid = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut words: Vec<u32> =
+                id.chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect();
+            words.extend([seqid, 0, 0, 0]);
+            ops.push((op::SEQUENCE, words));
+        }
+        ops.push((op::PUTROOTFH, Vec::new()));
+        ops
+    }
+
+    /// The reply's status and result count, checked for shape.
+    fn header(record: &Record) -> (u32, u32) {
+        let mut r = Reader::new(&record.packed[crate::rpc::SUCCESS_HEADER..]);
+        let status = r.u32().unwrap();
+        assert_eq!(r.opaque(MAX_TAG).unwrap(), b"prop");
+        (status, r.u32().unwrap())
+    }
+
+    #[test]
+    fn a_valid_compound_is_answered_in_full() {
+        let record =
+            gateway().compound(&args(0, &[(op::PUTROOTFH, vec![]), (op::GETFH, vec![])]), &Identity::root());
+        assert_eq!(header(&record.unwrap()), (0, 2));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Operations of every number with arguments of random words (small ones, which reach
+        /// past the first length checks, and any), cut anywhere: every COMPOUND whose header
+        /// decodes gets a well-formed reply with no more results than operations, whose last
+        /// status is the COMPOUND's; nothing panics.
+        #[test]
+        fn any_compound_gets_a_well_formed_reply(
+            minor in 0u32..3,
+            ops in proptest::collection::vec(
+                (0u32..64, proptest::collection::vec(prop_oneof![0u32..40, any::<u32>()], 0..10)),
+                0..6,
+            ),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let ops: Vec<_> = if minor <= 1 { prefix(minor).into_iter().chain(ops).collect() } else { ops };
+            let full = args(minor, &ops);
+            let cut = cut.index(full.len() + 1);
+            for input in [&full[..], &full[..cut]] {
+                let Some(record) = gateway().compound(input, &Identity::root()) else { continue };
+                let (status, count) = header(&record);
+                prop_assert!(count as usize <= ops.len().max(1));
+                if minor > 1 {
+                    prop_assert_eq!((status, count), (Status::MINOR_VERS_MISMATCH.0, 0));
+                }
+            }
+        }
+    }
+}
