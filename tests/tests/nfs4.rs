@@ -186,8 +186,12 @@ fn nfs40_checks_handles_stateids_and_sequence_ids() {
         status(&mut w, &[Op::PutFh(other_fh.clone()), Op::Read { stateid, offset: 0, count: 1 }]),
         BAD_STATEID
     );
-    let close_other = Op::Close { seqid: 3, stateid: other.results[1].stateid };
-    assert_eq!(status(&mut w, &[Op::PutFh(other_fh), close_other]), 0);
+    let close_other = || Op::Close { seqid: 3, stateid: other.results[1].stateid };
+    let closed = w.call(0, &[Op::PutFh(other_fh.clone()), close_other()]);
+    assert_eq!(closed.status, 0);
+    // A retransmission of the owner's last request gets the reply it got, not a second run.
+    let again = w.call(0, &[Op::PutFh(other_fh), close_other()]);
+    assert_eq!((again.status, again.last().stateid), (0, closed.last().stateid), "replayed");
 
     // Handles: garbage, and one of a removed file (closed: an open file lives on until its
     // CLOSE, as on Linux's server).

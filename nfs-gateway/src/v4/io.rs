@@ -10,7 +10,7 @@ use elasticfs_core::metadata::{Attr, FileKind};
 use elasticfs_core::{CreateMode, MAY_READ, MAY_WRITE};
 
 use super::attrs::{self, SetRequest};
-use super::state::Stateid;
+use super::state::{OwnerSeq, Stateid};
 use super::status::{OpResult, Status};
 use super::xdr::{Bitmap, Reader, Writer};
 use super::{change_info, new_component, put_stateid, stateid, Compound};
@@ -26,6 +26,24 @@ const OPEN4_RESULT_LOCKTYPE_POSIX: u32 = 4;
 const OPEN_DELEGATE_NONE: u32 = 0;
 const UNSTABLE4: u32 = 0;
 const FILE_SYNC4: u32 = 2;
+
+/// A retransmitted NFSv4.0 request's earlier reply.
+pub(super) struct Replay {
+    status: Status,
+    body: Vec<u8>,
+}
+
+impl Replay {
+    /// Answers with the earlier reply: its body, and its status.
+    pub(super) fn answer(self, w: &mut Writer) -> OpResult {
+        if self.status == Status::OK {
+            w.fixed(&self.body);
+            Ok(())
+        } else {
+            Err(super::status::Fail { status: self.status, body: self.body })
+        }
+    }
+}
 
 /// How an OPEN asked for its file to be created.
 enum How {
@@ -60,24 +78,39 @@ impl Compound<'_> {
         Ok(named)
     }
 
-    /// NFSv4.0's open-owner sequence: each request carries the next seqid. (A retransmitted
-    /// request is refused with BAD_SEQID rather than answered from a cache; over TCP a client
-    /// resends only after a reconnection.)
-    pub(super) fn owner_seqid(&self, client: u64, owner: &[u8], seqid: u32) -> OpResult {
+    /// NFSv4.0's owner sequences: each request of an open-owner or lock-owner carries the next
+    /// seqid; the last one again is a retransmission, answered with the reply it got (`Some`);
+    /// any other is BAD_SEQID. The reply of a new request is kept when the COMPOUND driver
+    /// has it (see `Compound::sequenced`).
+    pub(super) fn owner_seqid(&mut self, client: u64, owner: &[u8], seqid: u32) -> OpResult<Option<Replay>> {
         if self.minor >= 1 {
-            return Ok(());
+            return Ok(None);
         }
-        self.gw.v4.with_client(client, |c| {
+        let replay = self.gw.v4.with_client(client, |c| {
             if !c.owners.contains_key(owner) && c.owners.len() >= super::state::MAX_OPENS_PER_CLIENT {
                 return Err(Status::RESOURCE.into());
             }
-            let last = c.owners.entry(owner.to_vec()).or_insert(seqid.wrapping_sub(1));
-            if seqid != last.wrapping_add(1) {
+            let seq = c
+                .owners
+                .entry(owner.to_vec())
+                .or_insert(OwnerSeq { seqid: seqid.wrapping_sub(1), reply: None });
+            if seqid == seq.seqid {
+                return match &seq.reply {
+                    Some((status, body)) => Ok(Some(Replay { status: *status, body: body.clone() })),
+                    None => Err(Status::BAD_SEQID.into()),
+                };
+            }
+            if seqid != seq.seqid.wrapping_add(1) {
                 return Err(Status::BAD_SEQID.into());
             }
-            *last = seqid;
-            Ok(())
-        })
+            seq.seqid = seqid;
+            seq.reply = None;
+            Ok(None)
+        })?;
+        if replay.is_none() {
+            self.sequenced = Some((client, owner.to_vec()));
+        }
+        Ok(replay)
     }
 
     pub(super) fn open(&mut self, r: &mut Reader<'_>, w: &mut Writer) -> OpResult {
@@ -120,7 +153,9 @@ impl Compound<'_> {
             return Err(Status::INVAL.into());
         }
         let client = self.owner_client(named_client)?;
-        self.owner_seqid(client, owner, seqid)?;
+        if let Some(replay) = self.owner_seqid(client, owner, seqid)? {
+            return replay.answer(w);
+        }
 
         let (dir, opened) = match claim {
             Claim::Current | Claim::Previous => {
@@ -361,8 +396,16 @@ impl Compound<'_> {
     pub(super) fn close(&mut self, r: &mut Reader<'_>, w: &mut Writer) -> OpResult {
         let seqid = r.u32()?;
         let id = self.real_stateid(stateid(r)?)?;
-        let (client, owner) = self.gw.v4.with_open(&id, self.minor, |o| Ok((o.client, o.owner.clone())))?;
-        self.owner_seqid(client, &owner, seqid)?;
+        let owner = self.gw.v4.with_open(&id, self.minor, |o| Ok((o.client, o.owner.clone())));
+        let (client, owner) = match (owner, self.minor) {
+            (Ok(owner), _) => owner,
+            // A retransmitted 4.0 CLOSE names an open that is gone: its owner's last reply.
+            (Err(fail), 0) => self.gw.v4.closed_owner(&id).ok_or(fail)?,
+            (Err(fail), _) => return Err(fail),
+        };
+        if let Some(replay) = self.owner_seqid(client, &owner, seqid)? {
+            return replay.answer(w);
+        }
         let (open, locks) = self.gw.v4.close(&id, self.minor)?;
         let ino = open.ino;
         drop(open);
@@ -392,7 +435,9 @@ impl Compound<'_> {
         let id = stateid(r)?;
         let seqid = r.u32()?;
         let (client, owner) = self.gw.v4.with_open(&id, 0, |o| Ok((o.client, o.owner.clone())))?;
-        self.owner_seqid(client, &owner, seqid)?;
+        if let Some(replay) = self.owner_seqid(client, &owner, seqid)? {
+            return replay.answer(w);
+        }
         let next = self.gw.v4.with_open(&id, 0, |o| {
             o.seqid = o.seqid.wrapping_add(1);
             Ok(Stateid { seqid: o.seqid, other: id.other })
@@ -407,7 +452,9 @@ impl Compound<'_> {
         let access = r.u32()? & SHARE_ACCESS_MASK;
         let deny = r.u32()?;
         let (client, owner) = self.gw.v4.with_open(&id, self.minor, |o| Ok((o.client, o.owner.clone())))?;
-        self.owner_seqid(client, &owner, seqid)?;
+        if let Some(replay) = self.owner_seqid(client, &owner, seqid)? {
+            return replay.answer(w);
+        }
         let next = self.gw.v4.with_open(&id, self.minor, |o| {
             // Only to modes the open already has.
             if access == 0 || access & !o.access != 0 || deny & !o.deny != 0 {

@@ -6,7 +6,7 @@
 
 use elasticfs_core::metadata::{Ino, LockKind, LockRecord, LockRequest};
 
-use super::state::{lock_key, HeldLocks, Released, Stateid};
+use super::state::{lock_key, HeldLocks, OwnerSeq, Released, Stateid};
 use super::status::{Fail, OpResult, Status};
 use super::xdr::{Reader, Writer};
 use super::{put_stateid, stateid, Compound};
@@ -118,12 +118,14 @@ impl Compound<'_> {
             let client = self.owner_client(named_client)?;
             let (open_client, open_owner) =
                 self.gw.v4.with_open(&open_id, self.minor, |o| Ok((o.client, o.owner.clone())))?;
-            self.owner_seqid(open_client, &open_owner, open_seqid)?;
+            if let Some(replay) = self.owner_seqid(open_client, &open_owner, open_seqid)? {
+                return replay.answer(w);
+            }
             // A new lock-owner starts its sequence here (again, if an earlier LOCK that would
             // have made it was refused).
             if self.minor == 0 {
                 self.gw.v4.with_client(client, |c| {
-                    c.owners.insert(lock_owner_seq_key(owner), lock_seqid);
+                    c.owners.insert(lock_owner_seq_key(owner), OwnerSeq { seqid: lock_seqid, reply: None });
                     Ok(())
                 })?;
             }
@@ -133,7 +135,9 @@ impl Compound<'_> {
             let lock_seqid = r.u32()?;
             let (client, owner, key) =
                 self.gw.v4.with_lock(&lock_id, self.minor, |l| Ok((l.client, l.owner.clone(), l.key)))?;
-            self.owner_seqid(client, &lock_owner_seq_key(&owner), lock_seqid)?;
+            if let Some(replay) = self.owner_seqid(client, &lock_owner_seq_key(&owner), lock_seqid)? {
+                return replay.answer(w);
+            }
             (lock_id, key)
         };
         // After a restart, the grace period serves reclaims only; a reclaim names a lock the
@@ -187,7 +191,9 @@ impl Compound<'_> {
         let (start, end) = range(r.u64()?, r.u64()?)?;
         let (client, owner, key) =
             self.gw.v4.with_lock(&lock_id, self.minor, |l| Ok((l.client, l.owner.clone(), l.key)))?;
-        self.owner_seqid(client, &lock_owner_seq_key(&owner), seqid)?;
+        if let Some(replay) = self.owner_seqid(client, &lock_owner_seq_key(&owner), seqid)? {
+            return replay.answer(w);
+        }
         let (ino, handle) = self.lock_target(&lock_id)?;
         let req = LockRequest { owner: key, pid: 0, kind: LockKind::Unlock, start, end };
         self.gw.fs.set_lock(handle, ino, &req, false)?;

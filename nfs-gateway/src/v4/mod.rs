@@ -114,6 +114,9 @@ struct Compound<'g> {
     /// limits.
     ops: u32,
     request_len: usize,
+    /// NFSv4.0: the owner (client, owner key) whose sequence the running operation advanced,
+    /// for its reply to be kept for a retransmission.
+    sequenced: Option<(u64, Vec<u8>)>,
 }
 
 impl Gateway {
@@ -153,6 +156,7 @@ impl Gateway {
             session: None,
             ops: count,
             request_len: args.len(),
+            sequenced: None,
         };
         let mut done = 0;
         let mut last = Status::OK;
@@ -187,6 +191,13 @@ impl Gateway {
                 Ok(()) => c.run(opnum, &mut r, &mut w),
             };
             done += 1;
+            if let Some((client, owner)) = c.sequenced.take() {
+                let (status, body) = match &outcome {
+                    Ok(_) => (Status::OK, w.packed[body_at..].to_vec()),
+                    Err(fail) => (fail.status, fail.body.clone()),
+                };
+                self.v4.remember_reply(client, &owner, status, body);
+            }
             match outcome {
                 Ok(Some(replay)) => {
                     // A retried request: its cached reply is the whole answer.

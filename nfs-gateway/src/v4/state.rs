@@ -88,9 +88,16 @@ pub struct Client {
     pub last_create: Option<(u32, Vec<u8>)>,
     last_seen: Instant,
     pub sessions: Vec<[u8; 16]>,
-    /// NFSv4.0: each open-owner's last seqid.
-    pub owners: HashMap<Vec<u8>, u32>,
+    /// NFSv4.0: each open-owner's and lock-owner's last seqid and the reply it got.
+    pub owners: HashMap<Vec<u8>, OwnerSeq>,
     pub reclaimed: bool,
+}
+
+/// NFSv4.0: where an owner's sequence stands (RFC 7530 section 9.1.7): its last seqid, and
+/// the status and result body that request got, for a retransmission of it.
+pub struct OwnerSeq {
+    pub seqid: u32,
+    pub reply: Option<(Status, Vec<u8>)>,
 }
 
 /// One slot of a session's table: the last request's sequence id and, if the client asked
@@ -118,7 +125,13 @@ struct Tables {
     sessions: HashMap<[u8; 16], Arc<Session>>,
     opens: HashMap<[u8; 12], Open>,
     locks: HashMap<[u8; 12], LockState>,
+    /// NFSv4.0: the owners of recently closed opens, so that a retransmitted CLOSE finds the
+    /// owner whose reply it gets (oldest first; at most `RECENTLY_CLOSED`).
+    closed: std::collections::VecDeque<([u8; 12], u64, Vec<u8>)>,
 }
+
+/// Closed opens remembered for retransmitted CLOSEs.
+const RECENTLY_CLOSED: usize = 4096;
 
 pub struct State {
     /// The gateway's start, in seconds: the first word of its client ids and stateids.
@@ -264,6 +277,14 @@ impl State {
             },
         );
         Ok((id, false, confirm, 1))
+    }
+
+    /// Keeps the reply to an owner's last sequenced request, for its retransmission.
+    pub fn remember_reply(&self, client: u64, owner: &[u8], status: Status, body: Vec<u8>) {
+        let mut t = self.tables.lock().unwrap();
+        if let Some(seq) = t.clients.get_mut(&client).and_then(|c| c.owners.get_mut(owner)) {
+            seq.reply = Some((status, body));
+        }
     }
 
     /// The owner string of client `id`.
@@ -439,7 +460,17 @@ impl State {
         let mut t = self.tables.lock().unwrap();
         let open = t.opens.remove(&id.other).expect("checked");
         let locks = remove_locks(&mut t, |l| l.open == id.other);
+        if t.closed.len() >= RECENTLY_CLOSED {
+            t.closed.pop_front();
+        }
+        t.closed.push_back((id.other, open.client, open.owner.clone()));
         Ok((open, locks))
+    }
+
+    /// The client and owner of a recently closed open (for a retransmitted CLOSE).
+    pub fn closed_owner(&self, id: &Stateid) -> Option<(u64, Vec<u8>)> {
+        let t = self.tables.lock().unwrap();
+        t.closed.iter().rev().find(|(other, ..)| *other == id.other).map(|(_, c, o)| (*c, o.clone()))
     }
 
     /// The lock state of `owner` (of `client`) on the file of open `open`, made if it has none.
