@@ -91,8 +91,8 @@ impl Gateway {
         self.spawn();
     }
 
-    /// A libnfs URL of `path` on this gateway (`/` is the export; a file in it is `//name`).
-    /// libnfs's URL of `path` over NFS `version` 3 or 4 (its NFSv4 is 4.0).
+    /// A libnfs URL of `path` on this gateway over NFS `version` 3 or 4 (libnfs's NFSv4 is
+    /// 4.0); `/` is the export, so a file in it is `//name`.
     pub fn url(&self, path: &str, version: u32) -> String {
         format!("nfs://127.0.0.1/{path}?version={version}&nfsport={0}&mountport={0}", self.port)
     }
