@@ -202,7 +202,7 @@ impl Gateway {
     fn changeable_dir(&self, fh: &nfs_fh3, who: &Identity) -> Nfs<Attr> {
         self.writable()?;
         let dir = self.resolve_dir(fh)?;
-        allow(who.may(&dir, MAY_WRITE | MAY_EXEC))?;
+        crate::checks::may_change_dir(who, &dir).map_err(fs_err)?;
         Ok(dir)
     }
 

@@ -196,7 +196,7 @@ impl From<Vec<u8>> for Record {
 }
 
 impl Record {
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.packed.len() + self.data.iter().map(Bytes::len).sum::<usize>()
     }
 

@@ -282,6 +282,12 @@ async fn malformed_compounds_never_stop_the_gateway() {
     m.getattr_path("/").await.unwrap();
 }
 
+/// LOCK of a whole file by lock-owner "lock-owner" through `open` (made by
+/// `open_for_locking`: its open-owner's second request), or its reclaim after a restart.
+fn first_lock(client: u64, open: [u8; 16], reclaim: bool) -> Op {
+    Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim }
+}
+
 /// An open of `name` in the export's root by a new 4.0 client: (client, stateid, handle).
 fn open_for_locking(w: &mut Wire, owner: &str, name: &str) -> (u64, [u8; 16], Vec<u8>) {
     let client = w.client(owner);
@@ -305,13 +311,7 @@ fn nfs4_and_fuse_locks_exclude_each_other_across_gateways() {
     // An NFSv4 lock through gateway A holds off FUSE, and another NFSv4 client on B.
     let mut a = Wire::connect(gw_a.port);
     let (client_a, open_a, fh) = open_for_locking(&mut a, "host-a", "locked");
-    let lock = Op::Lock {
-        client: client_a,
-        owner: "lock-owner".into(),
-        open_seqid: 2,
-        open_stateid: open_a,
-        reclaim: false,
-    };
+    let lock = first_lock(client_a, open_a, false);
     let locked = a.call(0, &[Op::PutFh(fh.clone()), lock]);
     assert_eq!(locked.status, 0, "{locked:?}");
     assert!(lock_state(&path).starts_with("held"), "FUSE sees the NFSv4 lock");
@@ -361,8 +361,7 @@ fn a_client_that_stops_renewing_loses_its_locks_after_the_lease() {
     std::fs::write(&path, b"x").unwrap();
     let mut w = Wire::connect(gw.port);
     let (client, open, fh) = open_for_locking(&mut w, "host", "leased");
-    let lock =
-        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: false };
+    let lock = first_lock(client, open, false);
     assert_eq!(w.call(0, &[Op::PutFh(fh), lock]).status, 0);
     // Renewing keeps it past the lease time.
     for _ in 0..4 {
@@ -393,8 +392,7 @@ fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
     std::fs::write(&lost, b"x").unwrap();
     let mut w = Wire::connect(gw.port);
     let (client, open, fh) = open_for_locking(&mut w, "host", "kept");
-    let lock =
-        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: false };
+    let lock = first_lock(client, open, false);
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), lock]).status, 0);
     let mut gone = Wire::connect(gw.port);
     let (gone_client, gone_open, gone_fh) = open_for_locking(&mut gone, "gone-host", "lost");
@@ -429,8 +427,7 @@ fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
         .call(0, &[Op::PutFh(fh.clone()), Op::OpenPrevious { client, owner: "open-owner".into(), seqid: 1 }]);
     assert_eq!(reopened.status, 0, "{reopened:?}");
     let open = reopened.last().stateid;
-    let reclaim =
-        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: true };
+    let reclaim = first_lock(client, open, true);
     let reclaimed = w.call(0, &[Op::PutFh(fh.clone()), reclaim]);
     assert_eq!(reclaimed.status, 0, "{reclaimed:?}");
 
@@ -483,8 +480,7 @@ fn a_second_gateway_takes_over_a_failed_ones_clients() {
     std::fs::write(&path, b"x").unwrap();
     let mut w = Wire::connect(gw_a.port);
     let (client, open, fh) = open_for_locking(&mut w, "host", "moved");
-    let lock =
-        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: false };
+    let lock = first_lock(client, open, false);
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), lock]).status, 0);
     gw_a.kill();
     let failed = format!("127.0.0.1:{}", gw_a.port);
@@ -498,8 +494,7 @@ fn a_second_gateway_takes_over_a_failed_ones_clients() {
         .call(0, &[Op::PutFh(fh.clone()), Op::OpenPrevious { client, owner: "open-owner".into(), seqid: 1 }]);
     assert_eq!(reopened.status, 0, "{reopened:?}");
     let open = reopened.last().stateid;
-    let reclaim =
-        Op::Lock { client, owner: "lock-owner".into(), open_seqid: 2, open_stateid: open, reclaim: true };
+    let reclaim = first_lock(client, open, true);
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), reclaim]).status, 0);
     let mut other = Wire::connect(gw_b.port);
     let other_client = other.client("other-host");

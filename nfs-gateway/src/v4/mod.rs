@@ -379,15 +379,16 @@ impl Compound<'_> {
 
     /// Ends a SEQUENCE'd COMPOUND: frees its slot, with the reply kept if it was asked for.
     fn finish_session(&self, s: InSession, record: &mut Record) {
-        let cached = s.cache.then(|| {
+        // Measured before copying: a reply too big to cache (a READ's) is not copied at all.
+        let len = record.len() - crate::rpc::SUCCESS_HEADER;
+        let cached = (s.cache && len <= s.session.max_cached as usize).then(|| {
             let mut reply = record.packed[crate::rpc::SUCCESS_HEADER..].to_vec();
             for piece in &record.data {
                 reply.extend_from_slice(piece);
             }
             reply
         });
-        let too_big = cached.as_ref().is_some_and(|r| r.len() > s.session.max_cached as usize);
-        s.session.finish(s.slot, if too_big { None } else { cached });
+        s.session.finish(s.slot, cached);
     }
 }
 

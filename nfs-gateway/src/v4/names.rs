@@ -117,7 +117,7 @@ impl Compound<'_> {
         let asked = r.bitmap()?;
         let given = r.opaque(64 << 10)?;
         attrs::check_readable(&asked)?;
-        if !asked.intersection(&attrs::supported(self.minor)).eq(&trimmed(&asked)) {
+        if asked.intersection(&attrs::supported(self.minor)).trimmed() != asked.trimmed() {
             return Err(Status::ATTRNOTSUPP.into());
         }
         let attr = self.gw.fs.with_local_changes(self.current()?);
@@ -181,7 +181,7 @@ impl Compound<'_> {
         let mut room = maxcount.saturating_sub(8 + 4 + 4 + 128);
         w.fixed(&COOKIE_VERIFIER);
         let mut taken = 0usize;
-        let with_attrs = !trimmed(&requested).is_empty();
+        let with_attrs = !requested.is_empty();
         let from = cookie.max(2);
         let mut entry = Writer::default();
         let mut add = |ino, next: u64, name: &[u8], attr: Option<&Attr>| -> bool {
@@ -353,12 +353,6 @@ impl Compound<'_> {
 /// The verifier of our READDIR cookies: they stay valid for ever (an entry's cookie is fixed
 /// when it is made), so it never changes.
 const COOKIE_VERIFIER: [u8; 8] = *b"elasticf";
-
-/// The bitmap without its trailing zero words (for comparisons).
-fn trimmed(map: &Bitmap) -> Bitmap {
-    let words = map.0.iter().rposition(|w| *w != 0).map_or(0, |last| last + 1);
-    Bitmap(map.0[..words].to_vec())
-}
 
 /// The attributes of an entry that vanished while listed: rdattr_error (NOENT) if asked,
 /// and its number.

@@ -143,6 +143,12 @@ impl Bitmap {
     pub fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
     }
+
+    /// The same set without trailing zero words (for writing it, and comparing it).
+    pub fn trimmed(&self) -> &[u32] {
+        let words = self.0.iter().rposition(|w| *w != 0).map_or(0, |last| last + 1);
+        &self.0[..words]
+    }
 }
 
 /// Writes XDR: packed bytes, then file data kept as the engine's pieces when nothing follows
@@ -211,9 +217,9 @@ impl Writer {
 
     pub fn bitmap(&mut self, map: &Bitmap) {
         // Trailing zero words say nothing.
-        let words = map.0.iter().rposition(|w| *w != 0).map_or(0, |last| last + 1);
-        self.u32(words as u32);
-        for word in &map.0[..words] {
+        let words = map.trimmed();
+        self.u32(words.len() as u32);
+        for word in words {
             self.u32(*word);
         }
     }
