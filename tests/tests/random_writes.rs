@@ -334,6 +334,18 @@ fn sigkill_in_the_middle_of_a_compaction_loses_nothing_fsynced() {
         writer.write(&f, 1, first_block).unwrap();
         writer.fsync(&f).unwrap();
     }
+    // Background compactions the first fifteen started upload first (else one of their PUTs
+    // could take the sixteenth's one pass below, and hold its fsync instead): the bucket
+    // stops growing. Bounded; nothing is asserted of the time.
+    let mut last = (s3.bucket_objects(), std::time::Instant::now());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while last.1.elapsed() < std::time::Duration::from_secs(1) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = s3.bucket_objects();
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        }
+    }
     // The sixteenth's slice is let through; the compaction it starts uploads next, and waits.
     s3.hold_puts_after(1);
     writer.write(&f, 1, first_block).unwrap();
