@@ -225,7 +225,8 @@ pub enum MetaCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum NfsCommand {
-    /// Serve the file system over NFSv3 (NFS and MOUNT on one TCP port, no portmapper).
+    /// Serve the file system over NFSv3, NFSv4.0 and NFSv4.1 (NFS and MOUNT on one TCP port, no
+    /// portmapper).
     Serve(crate::serve_nfs::NfsArgs),
 }
 

@@ -28,7 +28,7 @@ pub struct NfsArgs {
     /// Without any, every address is allowed.
     #[arg(long)]
     allow: Vec<String>,
-    /// Refuse every change with NFS3ERR_ROFS.
+    /// Refuse every change (NFS3ERR_ROFS, NFS4ERR_ROFS).
     #[arg(long)]
     read_only: bool,
     /// Map uid 0 (root), every uid (all), or none to the anonymous ids.

@@ -54,8 +54,11 @@ pub enum Op {
     Write {
         stateid: [u8; 16],
         offset: u64,
+        stable: Stable,
         data: Vec<u8>,
     },
+    /// COMMIT of the whole file.
+    Commit,
     /// OPEN (CLAIM_PREVIOUS) of the current file handle, reclaiming an open after a restart.
     OpenPrevious {
         client: u64,
@@ -85,6 +88,13 @@ pub enum Op {
     Renew(u64),
     /// Any operation number with arguments packed by the caller.
     Raw(u32, Vec<u8>),
+}
+
+/// How durable a WRITE must be when its reply comes (stable_how4).
+#[derive(Clone, Copy)]
+pub enum Stable {
+    Unstable = 0,
+    FileSync = 2,
 }
 
 /// What a result carried that the tests use.
@@ -174,12 +184,15 @@ impl Op {
                 out.extend(offset.to_be_bytes());
                 words(out, &[*count]);
             }
-            Op::Write { stateid, offset, data } => {
+            Op::Write { stateid, offset, stable, data } => {
                 words(out, &[38]);
                 out.extend(stateid);
                 out.extend(offset.to_be_bytes());
-                words(out, &[2]); // FILE_SYNC4
+                words(out, &[*stable as u32]);
                 put_opaque(out, data);
+            }
+            Op::Commit => {
+                words(out, &[5, 0, 0, 0]);
             }
             Op::OpenPrevious { client, owner, seqid } => {
                 words(out, &[18, *seqid, 3, 0]);
@@ -268,8 +281,11 @@ fn decode_body(op: u32, c: &mut Cursor<'_>, r: &mut OpResult) -> bool {
             r.data = c.opaque();
         }
         38 => {
-            c.bytes(16);
+            c.u32(); // count
+            c.u32(); // committed
+            r.verifier = c.bytes(8).try_into().unwrap();
         }
+        5 => r.verifier = c.bytes(8).try_into().unwrap(),
         _ => return false,
     }
     true

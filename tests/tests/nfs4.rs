@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use elasticfs_tests::locks::{hold, lock_state};
 use elasticfs_tests::nfs::{self as v3, Gateway};
-use elasticfs_tests::nfs4::{names, Op, Wire};
+use elasticfs_tests::nfs4::{names, Op, Stable, Wire};
 use elasticfs_tests::{fuse_available, pattern, MetaService, S3Server, Volume};
 use nfs_rs::Mount;
 
@@ -154,8 +154,13 @@ fn nfs40_checks_handles_stateids_and_sequence_ids() {
     let opened = w.call(0, &[Op::PutRootFh, open(1, "f", true), Op::GetFh]);
     assert_eq!(opened.status, 0, "{opened:?}");
     let (stateid, fh) = (opened.results[1].stateid, opened.results[2].fh.clone());
-    let wrote =
-        w.call(0, &[Op::PutFh(fh.clone()), Op::Write { stateid, offset: 0, data: b"hello".to_vec() }]);
+    let wrote = w.call(
+        0,
+        &[
+            Op::PutFh(fh.clone()),
+            Op::Write { stateid, offset: 0, stable: Stable::FileSync, data: b"hello".to_vec() },
+        ],
+    );
     assert_eq!(wrote.status, 0, "{wrote:?}");
     let read = w.call(0, &[Op::PutFh(fh.clone()), Op::Read { stateid, offset: 0, count: 100 }]);
     assert_eq!(read.last().data, b"hello");
