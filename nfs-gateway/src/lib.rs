@@ -111,7 +111,6 @@ impl Gateway {
                 // NFSv4 clients that stopped renewing lose their opens and locks; then idle
                 // handles close.
                 gateway.let_go(gateway.v4.expire());
-                gateway.release_locks(gateway.v4.take_orphaned());
                 gateway.release_locks(gateway.v4.end_grace_if_due());
                 gateway.open.close_idle(IDLE_CLOSE)
             })

@@ -1,6 +1,7 @@
-//! A small NFSv4.0 COMPOUND client over a blocking TCP stream, for what the `nfs-rs` client
-//! does not let a test send: forged stateids and handles, unknown operations, truncated and
-//! random COMPOUNDs. Results are decoded for the operations it sends.
+//! A small NFSv4 COMPOUND client (4.0, and 4.1's session operations) over a blocking TCP
+//! stream, for what the `nfs-rs` client does not let a test send: forged stateids and handles,
+//! unknown operations, truncated and random COMPOUNDs, other principals. Results are decoded
+//! for the operations it sends.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -86,6 +87,28 @@ pub enum Op {
     },
     /// RENEW of a client's lease.
     Renew(u64),
+    /// NFSv4.1's EXCHANGE_ID with `flags`, no state protection and no implementation id.
+    ExchangeId {
+        owner: String,
+        verifier: [u8; 8],
+        flags: u32,
+    },
+    /// NFSv4.1's CREATE_SESSION asking for 8 slots and these sizes on the fore channel.
+    CreateSession {
+        client: u64,
+        sequence: u32,
+        flags: u32,
+        max_request: u32,
+        max_response: u32,
+        max_cached: u32,
+    },
+    /// NFSv4.1's SEQUENCE.
+    Sequence {
+        session: [u8; 16],
+        seqid: u32,
+        slot: u32,
+        cache: bool,
+    },
     /// Any operation number with arguments packed by the caller.
     Raw(u32, Vec<u8>),
 }
@@ -106,6 +129,9 @@ pub struct OpResult {
     pub stateid: [u8; 16],
     pub clientid: u64,
     pub verifier: [u8; 8],
+    /// EXCHANGE_ID's next CREATE_SESSION sequence id.
+    pub sequence: u32,
+    pub session: [u8; 16],
     pub data: Vec<u8>,
 }
 
@@ -223,6 +249,25 @@ impl Op {
                 words(out, &[30]);
                 out.extend(client.to_be_bytes());
             }
+            Op::ExchangeId { owner, verifier, flags } => {
+                words(out, &[42]);
+                out.extend(verifier);
+                put_opaque(out, owner.as_bytes());
+                words(out, &[*flags, 0, 0]); // SP4_NONE, no implementation id
+            }
+            Op::CreateSession { client, sequence, flags, max_request, max_response, max_cached } => {
+                words(out, &[43]);
+                out.extend(client.to_be_bytes());
+                words(out, &[*sequence, *flags]);
+                words(out, &[0, *max_request, *max_response, *max_cached, 16, 8, 0]);
+                words(out, &[0, 4096, 4096, 0, 2, 1, 0]); // the back channel
+                words(out, &[0x4000_0000, 1, 0]); // a callback program, AUTH_NONE
+            }
+            Op::Sequence { session, seqid, slot, cache } => {
+                words(out, &[53]);
+                out.extend(session);
+                words(out, &[*seqid, *slot, *slot, u32::from(*cache)]);
+            }
             Op::Raw(op, args) => {
                 words(out, &[*op]);
                 out.extend(args);
@@ -286,22 +331,57 @@ fn decode_body(op: u32, c: &mut Cursor<'_>, r: &mut OpResult) -> bool {
             r.verifier = c.bytes(8).try_into().unwrap();
         }
         5 => r.verifier = c.bytes(8).try_into().unwrap(),
+        42 => {
+            r.clientid = c.u64();
+            r.sequence = c.u32();
+            c.u32(); // flags
+            c.u32(); // SP4_NONE
+            c.u64(); // server owner: minor id
+            c.opaque(); // major id
+            c.opaque(); // scope
+            for _ in 0..c.u32() {
+                c.opaque();
+                c.opaque();
+                c.u64();
+                c.u32();
+            }
+        }
+        43 => {
+            r.session = c.bytes(16).try_into().unwrap();
+            c.bytes(8); // sequence, flags
+            for _ in 0..2 {
+                c.bytes(24);
+                let rdma = c.u32() as usize;
+                c.bytes(4 * rdma);
+            }
+        }
+        53 => {
+            r.session = c.bytes(16).try_into().unwrap();
+            c.bytes(20);
+        }
         _ => return false,
     }
     true
 }
 
-/// A connection to the gateway speaking NFSv4 COMPOUNDs as root (AUTH_SYS 0/0).
+/// A connection to the gateway speaking NFSv4 COMPOUNDs (as root, AUTH_SYS 0/0, unless made
+/// with [`Wire::connect_as`]).
 pub struct Wire {
     stream: TcpStream,
     xid: u32,
+    uid: u32,
 }
 
 impl Wire {
     pub fn connect(port: u16) -> Wire {
+        Wire::connect_as(port, 0)
+    }
+
+    /// A connection whose calls carry AUTH_SYS uid and gid `uid`.
+    pub fn connect_as(port: u16, uid: u32) -> Wire {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-        Wire { stream, xid: 1 }
+        Wire { stream, xid: 1, uid }
     }
 
     /// Sends COMPOUND arguments as given (after the RPC header) and returns the reply from
@@ -309,11 +389,11 @@ impl Wire {
     pub fn raw(&mut self, args: &[u8]) -> Option<Vec<u8>> {
         self.xid += 1;
         let mut body = Vec::new();
-        // CALL, RPC 2, NFS 4, COMPOUND, AUTH_SYS of 24 bytes (stamp, "t", uid 0, gid 0, no
+        // CALL, RPC 2, NFS 4, COMPOUND, AUTH_SYS of 24 bytes (stamp, "t", uid, gid, no
         // groups), a null verifier.
         words(&mut body, &[self.xid, 0, 2, 100_003, 4, 1, 1, 24, 0]);
         put_opaque(&mut body, b"t");
-        words(&mut body, &[0, 0, 0, 0, 0]);
+        words(&mut body, &[self.uid, self.uid, 0, 0, 0]);
         body.extend(args);
         let mut record = (0x8000_0000u32 | body.len() as u32).to_be_bytes().to_vec();
         record.extend(body);

@@ -25,6 +25,15 @@ const RESOURCE: u32 = 10018;
 const DENIED: u32 = 10010;
 const GRACE: u32 = 10013;
 const NO_GRACE: u32 = 10033;
+const NOENT: u32 = 2;
+const INVAL: u32 = 22;
+const TOOSMALL: u32 = 10005;
+const CLID_INUSE: u32 = 10017;
+const NOT_SAME: u32 = 10027;
+const BADSESSION: u32 = 10052;
+const REP_TOO_BIG: u32 = 10066;
+const REP_TOO_BIG_TO_CACHE: u32 = 10067;
+const NOT_ONLY_OP: u32 = 10081;
 
 /// A file system on a metadata service (sessions of `lease`) and S3, mounted with FUSE: for
 /// gateways and a mount to share one namespace and one lock table.
@@ -141,6 +150,69 @@ async fn nfs4_fuse_and_nfs3_see_each_others_files() {
     assert_eq!(listed, vec!["from-fuse", "from-v3", "from-v4"]);
     m.umount().await.unwrap();
     mount.unmount();
+}
+
+/// EXCHANGE_ID and CREATE_SESSION as RFC 8881 sections 18.35 and 18.36 have them: flags,
+/// principals, a client's reboot, and the sizes a session was given.
+#[test]
+fn nfs41_client_records_and_sessions_follow_the_rfc() {
+    let vol = Volume::local();
+    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
+    let (mut alice, mut bob) = (Wire::connect_as(gw.port, 1000), Wire::connect_as(gw.port, 1001));
+    let exchange = |verifier, flags| Op::ExchangeId { owner: "host".into(), verifier: [verifier; 8], flags };
+    // Undefined flags, the server's own flag, an update of no record, company: all refused.
+    assert_eq!(alice.call(1, &[exchange(1, 4)]).status, INVAL);
+    assert_eq!(alice.call(1, &[exchange(1, 0x8000_0000)]).status, INVAL);
+    assert_eq!(alice.call(1, &[exchange(1, 0x4000_0000)]).status, NOENT);
+    assert_eq!(alice.call(1, &[exchange(1, 0), Op::PutRootFh]).status, NOT_ONLY_OP);
+    let made = alice.call(1, &[exchange(1, 0)]);
+    assert_eq!(made.status, 0, "{made:?}");
+    let (client, sequence) = (made.last().clientid, made.last().sequence);
+    let create = |client, sequence, flags, max_response, max_cached| Op::CreateSession {
+        client,
+        sequence,
+        flags,
+        max_request: 8192,
+        max_response,
+        max_cached,
+    };
+    // Only the principal that made a record confirms it; flags and sizes are checked.
+    assert_eq!(bob.call(1, &[create(client, sequence, 0, 8192, 8192)]).status, CLID_INUSE);
+    assert_eq!(alice.call(1, &[create(client, sequence, 8, 8192, 8192)]).status, INVAL);
+    assert_eq!(alice.call(1, &[create(client, sequence, 0, 100, 100)]).status, TOOSMALL);
+    let created = alice.call(1, &[create(client, sequence, 0, 1024, 512)]);
+    assert_eq!(created.status, 0, "{created:?}");
+    let session = created.last().session;
+
+    // A reply growing past what may be cached, then past what may be sent at all: the
+    // operation that crosses the line gets the error, and the slot goes on.
+    let sequence_op = |session, seqid, cache| Op::Sequence { session, seqid, slot: 0, cache };
+    // Every attribute of the first two words but the write-only time_access_set and
+    // time_modify_set (48 and 54).
+    let word1 = !(1 << (48 - 32) | 1 << (54 - 32));
+    let all_attributes =
+        || Op::Raw(9, [2u32, u32::MAX, word1].iter().flat_map(|w| w.to_be_bytes()).collect());
+    let big = |seqid, cache| {
+        let mut ops = vec![sequence_op(session, seqid, cache), Op::PutRootFh];
+        ops.extend((0..12).map(|_| all_attributes()));
+        ops
+    };
+    assert_eq!(alice.call(1, &big(1, true)).status, REP_TOO_BIG_TO_CACHE);
+    assert_eq!(alice.call(1, &big(2, false)).status, REP_TOO_BIG);
+    assert_eq!(alice.call(1, &[sequence_op(session, 3, false), Op::PutRootFh]).status, 0);
+
+    // Confirmed: the same verifier keeps the id; another principal may not take a record
+    // with a session; an update with another verifier is NOT_SAME.
+    assert_eq!(alice.call(1, &[exchange(1, 0)]).last().clientid, client);
+    assert_eq!(bob.call(1, &[exchange(1, 0)]).status, CLID_INUSE);
+    assert_eq!(alice.call(1, &[exchange(2, 0x4000_0000)]).status, NOT_SAME);
+    // A reboot (a new verifier): a new id, and the old session lives until it is confirmed.
+    let rebooted = alice.call(1, &[exchange(2, 0)]);
+    let (new_client, new_sequence) = (rebooted.last().clientid, rebooted.last().sequence);
+    assert_ne!(new_client, client);
+    assert_eq!(alice.call(1, &[sequence_op(session, 4, false)]).status, 0);
+    assert_eq!(alice.call(1, &[create(new_client, new_sequence, 0, 8192, 8192)]).status, 0);
+    assert_eq!(alice.call(1, &[sequence_op(session, 5, false)]).status, BADSESSION);
 }
 
 #[test]

@@ -188,7 +188,10 @@ impl Gateway {
             let body_at = w.position();
             let outcome = match c.sequence_rules(opnum, index, count) {
                 Err(e) => Err(e),
-                Ok(()) => c.run(opnum, &mut r, &mut w),
+                Ok(()) => c.run(opnum, &mut r, &mut w).and_then(|done| match c.reply_too_big(w.len()) {
+                    Some(status) => Err(status.into()),
+                    None => Ok(done),
+                }),
             };
             done += 1;
             if let Some((client, owner)) = c.sequenced.take() {
@@ -257,6 +260,22 @@ impl Compound<'_> {
             (0, op::ILLEGAL) => Ok(()),
             (0, _) => Err(Status::OP_NOT_IN_SESSION.into()),
             _ => Ok(()),
+        }
+    }
+
+    /// Whether a reply grown to `len` bytes is past what the session allows: its largest
+    /// reply, or, when the client asked for it to be cached, the largest cached one (RFC 8881
+    /// section 2.10.6.4). The operation that crossed the line is answered with the error in
+    /// place of its result. It has run: a change whose reply does not fit is made, as when a
+    /// reply is lost (Linux's server estimates sizes first; our replies to changes are small).
+    fn reply_too_big(&self, len: usize) -> Option<Status> {
+        let s = self.session.as_ref()?;
+        if len > s.session.max_response as usize {
+            Some(Status::REP_TOO_BIG)
+        } else if s.cache && len > s.session.max_cached as usize {
+            Some(Status::REP_TOO_BIG_TO_CACHE)
+        } else {
+            None
         }
     }
 

@@ -4,14 +4,23 @@
 
 use std::sync::Mutex;
 
-use super::state::{Session, Slot, SlotUse, MAX_SLOTS};
+use super::state::{Principal, Session, Slot, SlotUse, MAX_SLOTS};
 use super::status::{OpResult, Status};
 use super::xdr::{Reader, Writer};
 use super::{stateid, Compound, InSession, MAX_OPS};
 use crate::rpc::MAX_RECORD;
 
 const EXCHGID4_FLAG_USE_NON_PNFS: u32 = 0x0001_0000;
+const EXCHGID4_FLAG_UPD_CONFIRMED_REC_A: u32 = 0x4000_0000;
 const EXCHGID4_FLAG_CONFIRMED_R: u32 = 0x8000_0000;
+/// The flags a client may send: SUPP_MOVED_REFER/MIGR, BIND_PRINC_STATEID, the USE_* bits and
+/// UPD_CONFIRMED_REC_A (what Linux's server accepts); others are INVAL.
+const EXCHGID4_FLAG_MASK_A: u32 = 0x4007_0103;
+/// CREATE_SESSION's flags: PERSIST, CONN_BACK_CHAN, CONN_RDMA; others are INVAL.
+const CREATE_SESSION4_FLAG_MASK: u32 = 0x7;
+/// The smallest requests and replies a session may be limited to: room for an RPC header
+/// with AUTH_SYS credentials and a SEQUENCE (Linux's server asks about as much).
+const MIN_CHANNEL_MESSAGE: u32 = 256;
 const SP4_NONE: u32 = 0;
 const SP4_MACH_CRED: u32 = 1;
 /// Replies cached per slot at most, when a client asks for caching.
@@ -107,10 +116,18 @@ fn skip_callback_security(r: &mut Reader<'_>) -> OpResult {
 }
 
 impl Compound<'_> {
+    /// The caller, as a client record's owner.
+    fn principal(&self) -> Principal {
+        (self.who.uid, self.who.gid)
+    }
+
     pub(super) fn exchange_id(&mut self, r: &mut Reader<'_>, w: &mut Writer) -> OpResult {
         let verifier: [u8; 8] = r.fixed()?;
         let owner = r.opaque(1024)?;
-        let _flags = r.u32()?;
+        let flags = r.u32()?;
+        if flags & !EXCHGID4_FLAG_MASK_A != 0 {
+            return Err(Status::INVAL.into());
+        }
         match r.u32()? {
             SP4_NONE => {}
             // Asked with AUTH_SYS, where it protects nothing: answered as SP4_NONE.
@@ -126,10 +143,11 @@ impl Compound<'_> {
             r.i64()?;
             r.u32()
         })?;
-        let (id, confirmed, _, create_seq) = self.gw.v4.exchange(owner, verifier, 1)?;
-        w.u64(id);
-        w.u32(create_seq);
-        w.u32(EXCHGID4_FLAG_USE_NON_PNFS | if confirmed { EXCHGID4_FLAG_CONFIRMED_R } else { 0 });
+        let update = flags & EXCHGID4_FLAG_UPD_CONFIRMED_REC_A != 0;
+        let client = self.gw.v4.exchange(owner, verifier, 1, self.principal(), update)?;
+        w.u64(client.id);
+        w.u32(client.create_seq);
+        w.u32(EXCHGID4_FLAG_USE_NON_PNFS | if client.confirmed { EXCHGID4_FLAG_CONFIRMED_R } else { 0 });
         w.u32(SP4_NONE);
         // One server owner and scope per file system: gateways of one file system share its
         // namespace, so a client may see them as one server.
@@ -152,8 +170,11 @@ impl Compound<'_> {
         let back = Channel::read(r)?;
         let _program = r.u32()?;
         skip_callback_securities(r)?;
+        let principal = self.principal();
         // A retransmission gets the reply the first one got.
         let replay = self.gw.v4.with_client(client, |c| match &c.last_create {
+            // Only the principal that made an unconfirmed record may confirm it.
+            _ if !c.confirmed && c.principal != principal => Err(Status::CLID_INUSE.into()),
             Some((seq, reply)) if *seq == sequence => Ok(Some(reply.clone())),
             _ if sequence != c.create_seq => Err(Status::SEQ_MISORDERED.into()),
             _ => Ok(None),
@@ -162,11 +183,14 @@ impl Compound<'_> {
             w.fixed(&reply);
             return Ok(());
         }
+        if flags & !CREATE_SESSION4_FLAG_MASK != 0 {
+            return Err(Status::INVAL.into());
+        }
         let fore = fore.granted();
-        if fore.max_request < 1024 || fore.max_response < 1024 {
+        if fore.max_request < MIN_CHANNEL_MESSAGE || fore.max_response < MIN_CHANNEL_MESSAGE {
             return Err(Status::TOOSMALL.into());
         }
-        let session = self.gw.v4.add_session(client, |id| Session {
+        let (session, released) = self.gw.v4.add_session(client, |id| Session {
             id,
             client,
             slots: Mutex::new((0..fore.max_requests).map(|_| Slot::default()).collect()),
@@ -189,6 +213,7 @@ impl Compound<'_> {
             c.last_create = Some((sequence, reply.packed.clone()));
             Ok(())
         })?;
+        self.gw.let_go(released);
         w.fixed(&reply.packed);
         Ok(())
     }
@@ -303,16 +328,18 @@ impl Compound<'_> {
         let _netid = r.opaque(64)?;
         let _addr = r.opaque(256)?;
         let _ident = r.u32()?;
-        let (id, _, confirm, _) = self.gw.v4.exchange(owner, verifier, 0)?;
-        w.u64(id);
-        w.fixed(&confirm);
+        let client = self.gw.v4.exchange(owner, verifier, 0, self.principal(), false)?;
+        w.u64(client.id);
+        w.fixed(&client.confirm);
         Ok(())
     }
 
     pub(super) fn setclientid_confirm(&mut self, r: &mut Reader<'_>) -> OpResult {
         let id = r.u64()?;
         let confirm: [u8; 8] = r.fixed()?;
-        self.gw.v4.confirm(id, confirm)
+        let released = self.gw.v4.confirm(id, confirm, self.principal())?;
+        self.gw.let_go(released);
+        Ok(())
     }
 
     pub(super) fn renew(&mut self, r: &mut Reader<'_>) -> OpResult {

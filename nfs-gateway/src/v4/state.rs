@@ -79,6 +79,8 @@ pub struct Released {
 pub struct Client {
     pub owner: Vec<u8>,
     pub verifier: [u8; 8],
+    /// Who made the record (AUTH_SYS uid and gid): another principal may not take it over.
+    pub principal: Principal,
     pub confirmed: bool,
     /// NFSv4.0: the SETCLIENTID_CONFIRM verifier.
     pub confirm: [u8; 8],
@@ -91,6 +93,24 @@ pub struct Client {
     /// NFSv4.0: each open-owner's and lock-owner's last seqid and the reply it got.
     pub owners: HashMap<Vec<u8>, OwnerSeq>,
     pub reclaimed: bool,
+}
+
+/// An AUTH_SYS caller, as far as client records go: its uid and gid.
+pub type Principal = (u32, u32);
+
+/// What EXCHANGE_ID and SETCLIENTID answer: the client id, whether its record is confirmed,
+/// 4.0's confirm verifier and 4.1's next CREATE_SESSION sequence id.
+pub struct Exchanged {
+    pub id: u64,
+    pub confirmed: bool,
+    pub confirm: [u8; 8],
+    pub create_seq: u32,
+}
+
+impl Client {
+    fn exchanged(&self) -> Exchanged {
+        Exchanged { id: 0, confirmed: self.confirmed, confirm: self.confirm, create_seq: self.create_seq }
+    }
 }
 
 /// NFSv4.0: where an owner's sequence stands (RFC 7530 section 9.1.7): its last seqid, and
@@ -139,9 +159,6 @@ pub struct State {
     pub lease: Duration,
     next: AtomicU64,
     tables: Mutex<Tables>,
-    /// Locks of client records replaced by a restarted client, for the lease reaper to
-    /// release in the engine (a lock table round trip is not made under the state's lock).
-    orphaned: Mutex<HeldLocks>,
     /// After a restart: the grace period in which clients reclaim what they held.
     grace: Mutex<Option<Grace>>,
 }
@@ -168,14 +185,7 @@ impl State {
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
-        State {
-            boot,
-            lease,
-            next: AtomicU64::new(1),
-            tables: Mutex::default(),
-            orphaned: Mutex::default(),
-            grace: Mutex::default(),
-        }
+        State { boot, lease, next: AtomicU64::new(1), tables: Mutex::default(), grace: Mutex::default() }
     }
 
     fn fresh(&self) -> u64 {
@@ -230,53 +240,82 @@ impl State {
 
     // ----- clients -------------------------------------------------------------------------
 
-    /// EXCHANGE_ID (4.1) and SETCLIENTID (4.0): the record of the client `owner`, made anew
-    /// when its verifier changed (the client rebooted: its old state goes). Returns the id,
-    /// whether the record was already confirmed, and (4.0) the confirm verifier.
+    /// EXCHANGE_ID (4.1) and SETCLIENTID (4.0) by `principal` (RFC 8881 section 18.35.4, RFC
+    /// 7530 section 16.33.5). A client keeps its id while its verifier stays the same; a new
+    /// verifier (the client rebooted) gets a new, unconfirmed record, and the old one keeps
+    /// its state until the new one is confirmed. An unconfirmed record is replaced. A
+    /// confirmed record of another principal is refused (CLID_INUSE) while it holds state, and
+    /// replaced otherwise. `update` (4.1's EXCHGID4_FLAG_UPD_CONFIRMED_REC_A) only updates a
+    /// confirmed record with the same verifier and principal.
     pub fn exchange(
         &self,
         owner: &[u8],
         verifier: [u8; 8],
         minor: u32,
-    ) -> OpResult<(u64, bool, [u8; 8], u32)> {
+        principal: Principal,
+        update: bool,
+    ) -> OpResult<Exchanged> {
         let mut t = self.tables.lock().unwrap();
-        let existing =
-            t.clients.iter().find(|(_, c)| c.owner == owner && c.minor == minor).map(|(id, _)| *id);
-        if let Some(id) = existing {
-            let c = t.clients.get_mut(&id).expect("found");
-            if c.verifier == verifier {
-                c.last_seen = Instant::now();
-                return Ok((id, c.confirmed, c.confirm, c.create_seq));
+        let record = |t: &Tables, confirmed: bool| {
+            t.clients
+                .iter()
+                .find(|(_, c)| c.owner == owner && c.minor == minor && c.confirmed == confirmed)
+                .map(|(id, _)| *id)
+        };
+        let confirmed = record(&t, true);
+        if update {
+            let c = confirmed.and_then(|id| t.clients.get_mut(&id)).ok_or(Status::NOENT)?;
+            if c.principal != principal {
+                return Err(Status::PERM.into());
             }
-            // The client restarted: what the old incarnation held is gone.
-            let old = drop_client(&mut t, id);
-            drop(t);
-            self.orphaned.lock().unwrap().extend(old.locks);
-            drop(old.opens);
-            return self.exchange(owner, verifier, minor);
+            if c.verifier != verifier {
+                return Err(Status::NOT_SAME.into());
+            }
+            c.last_seen = Instant::now();
+            return Ok(Exchanged { id: confirmed.expect("found"), confirmed: true, ..c.exchanged() });
+        }
+        if let Some(id) = confirmed {
+            let in_use = has_state(&t, id);
+            let c = t.clients.get_mut(&id).expect("found");
+            if c.principal != principal {
+                if in_use {
+                    return Err(Status::CLID_INUSE.into());
+                }
+                // Nothing held: nothing for the engine to let go.
+                drop_client(&mut t, id);
+            } else if c.verifier == verifier {
+                c.last_seen = Instant::now();
+                // 4.0: a SETCLIENTID to update the callback; its confirm verifier is new.
+                if minor == 0 {
+                    c.confirm = self.verifier();
+                }
+                return Ok(Exchanged { id, ..c.exchanged() });
+            }
+        }
+        if let Some(id) = record(&t, false) {
+            drop_client(&mut t, id);
         }
         if t.clients.len() >= MAX_CLIENTS {
             return Err(Status::DELAY.into());
         }
         let id = self.client_id();
-        let confirm = self.verifier();
-        t.clients.insert(
-            id,
-            Client {
-                owner: owner.to_vec(),
-                verifier,
-                confirmed: false,
-                confirm,
-                minor,
-                create_seq: 1,
-                last_create: None,
-                last_seen: Instant::now(),
-                sessions: Vec::new(),
-                owners: HashMap::new(),
-                reclaimed: false,
-            },
-        );
-        Ok((id, false, confirm, 1))
+        let client = Client {
+            owner: owner.to_vec(),
+            verifier,
+            principal,
+            confirmed: false,
+            confirm: self.verifier(),
+            minor,
+            create_seq: 1,
+            last_create: None,
+            last_seen: Instant::now(),
+            sessions: Vec::new(),
+            owners: HashMap::new(),
+            reclaimed: false,
+        };
+        let exchanged = Exchanged { id, ..client.exchanged() };
+        t.clients.insert(id, client);
+        Ok(exchanged)
     }
 
     /// Keeps the reply to an owner's last sequenced request, for its retransmission.
@@ -304,15 +343,19 @@ impl State {
         }
     }
 
-    /// SETCLIENTID_CONFIRM.
-    pub fn confirm(&self, id: u64, verifier: [u8; 8]) -> OpResult {
-        self.with_client(id, |c| {
-            if c.confirm != verifier {
-                return Err(Status::STALE_CLIENTID.into());
-            }
-            c.confirmed = true;
-            Ok(())
-        })
+    /// SETCLIENTID_CONFIRM by `principal`. Confirming a client's new record ends its old
+    /// incarnation: what that held is returned, for the caller to let go.
+    pub fn confirm(&self, id: u64, verifier: [u8; 8], principal: Principal) -> OpResult<Released> {
+        let mut t = self.tables.lock().unwrap();
+        let c = t.clients.get_mut(&id).ok_or(Status::STALE_CLIENTID)?;
+        if c.confirm != verifier {
+            return Err(Status::STALE_CLIENTID.into());
+        }
+        if c.principal != principal {
+            return Err(Status::CLID_INUSE.into());
+        }
+        c.last_seen = Instant::now();
+        Ok(confirm_record(&mut t, id))
     }
 
     /// DESTROY_CLIENTID: refused while the client has sessions.
@@ -343,7 +386,14 @@ impl State {
 
     // ----- sessions ------------------------------------------------------------------------
 
-    pub fn add_session(&self, client: u64, make: impl FnOnce([u8; 16]) -> Session) -> OpResult<Arc<Session>> {
+    /// CREATE_SESSION: a new session of `client`, which it confirms. Confirming a client's
+    /// new record ends its old incarnation: what that held is returned, for the caller to
+    /// let go.
+    pub fn add_session(
+        &self,
+        client: u64,
+        make: impl FnOnce([u8; 16]) -> Session,
+    ) -> OpResult<(Arc<Session>, Released)> {
         let mut t = self.tables.lock().unwrap();
         let Some(c) = t.clients.get_mut(&client) else { return Err(Status::STALE_CLIENTID.into()) };
         if c.sessions.len() >= MAX_SESSIONS_PER_CLIENT {
@@ -353,10 +403,10 @@ impl State {
         id[..8].copy_from_slice(&client.to_be_bytes());
         id[8..].copy_from_slice(&self.fresh().to_be_bytes());
         c.sessions.push(id);
-        c.confirmed = true;
+        let released = confirm_record(&mut t, client);
         let session = Arc::new(make(id));
         t.sessions.insert(id, session.clone());
-        Ok(session)
+        Ok((session, released))
     }
 
     pub fn session(&self, id: &[u8; 16]) -> OpResult<Arc<Session>> {
@@ -551,11 +601,6 @@ impl State {
         Ok(t.opens.get(other).ok_or(Status::BAD_STATEID)?.handle.clone())
     }
 
-    /// Locks left by replaced client records, for the caller to release.
-    pub fn take_orphaned(&self) -> HeldLocks {
-        std::mem::take(&mut self.orphaned.lock().unwrap())
-    }
-
     /// Whether another open of `ino` remains (the engine handle stays open until none does).
     pub fn is_open(&self, ino: Ino) -> bool {
         self.tables.lock().unwrap().opens.values().any(|o| o.ino == ino)
@@ -589,6 +634,27 @@ fn current(id: &Stateid, seqid: u32, minor: u32) -> OpResult {
 }
 
 /// Removes a client with its sessions, opens and lock states; returns what it held.
+/// Whether client `id` holds state another principal may not take away: sessions, opens or
+/// locks.
+fn has_state(t: &Tables, id: u64) -> bool {
+    t.clients.get(&id).is_some_and(|c| !c.sessions.is_empty())
+        || t.opens.values().any(|o| o.client == id)
+        || t.locks.values().any(|l| l.client == id)
+}
+
+/// Marks client `id` confirmed; another confirmed record of its owner (an earlier incarnation)
+/// goes, with its state.
+fn confirm_record(t: &mut Tables, id: u64) -> Released {
+    let Some(c) = t.clients.get_mut(&id) else { return Released::default() };
+    if std::mem::replace(&mut c.confirmed, true) {
+        return Released::default();
+    }
+    let (owner, minor) = (c.owner.clone(), c.minor);
+    let old =
+        t.clients.iter().find(|(k, c)| **k != id && c.owner == owner && c.minor == minor).map(|(k, _)| *k);
+    old.map(|old| drop_client(t, old)).unwrap_or_default()
+}
+
 fn drop_client(t: &mut Tables, id: u64) -> Released {
     if let Some(c) = t.clients.remove(&id) {
         for s in &c.sessions {
@@ -681,15 +747,64 @@ mod tests {
         assert_eq!(s.begin(2, 1, false).err().unwrap().status, Status::BADSLOT);
     }
 
+    fn id_of(state: &State, verifier: u8, principal: Principal, update: bool) -> OpResult<u64> {
+        state.exchange(b"host-a", [verifier; 8], 1, principal, update).map(|e| e.id)
+    }
+
+    fn session_of(state: &State, client: u64) -> Released {
+        let made = state.add_session(client, |id| Session { id, client, ..session(1) });
+        made.unwrap().1
+    }
+
     #[test]
-    fn a_client_that_restarts_loses_its_old_record_and_expired_clients_go() {
-        let state = State::new(Duration::ZERO);
-        let (a, _, _, _) = state.exchange(b"host-a", [1; 8], 1).unwrap();
-        let (same, ..) = state.exchange(b"host-a", [1; 8], 1).unwrap();
-        assert_eq!(a, same);
-        let (b, ..) = state.exchange(b"host-a", [2; 8], 1).unwrap();
+    fn a_client_record_follows_rfc_8881s_exchange_id_cases() {
+        let state = State::new(Duration::from_secs(60));
+        let (alice, bob) = ((1000, 1000), (1001, 1001));
+        // An update of nothing; a new record; an unconfirmed record is replaced.
+        assert_eq!(id_of(&state, 1, alice, true).unwrap_err().status, Status::NOENT);
+        let first = id_of(&state, 1, alice, false).unwrap();
+        let a = id_of(&state, 1, alice, false).unwrap();
+        assert_ne!(first, a, "an unconfirmed record is replaced");
+        assert_eq!(state.with_client(first, |_| Ok(())).unwrap_err().status, Status::STALE_CLIENTID);
+        session_of(&state, a);
+        // Confirmed: the same verifier and principal keep the id; an update needs both.
+        assert_eq!(id_of(&state, 1, alice, false).unwrap(), a);
+        assert_eq!(id_of(&state, 1, alice, true).unwrap(), a);
+        assert_eq!(id_of(&state, 2, alice, true).unwrap_err().status, Status::NOT_SAME);
+        assert_eq!(id_of(&state, 1, bob, true).unwrap_err().status, Status::PERM);
+        // Another principal may not take a record that holds state (a session).
+        assert_eq!(id_of(&state, 1, bob, false).unwrap_err().status, Status::CLID_INUSE);
+        // A reboot: a new record; the old one keeps its session until the new one is confirmed.
+        let b = id_of(&state, 2, alice, false).unwrap();
         assert_ne!(a, b);
-        assert_eq!(state.with_client(a, |_| Ok(())).err().unwrap().status, Status::STALE_CLIENTID);
+        assert!(state.with_client(a, |c| Ok(c.sessions.len())).unwrap() == 1);
+        session_of(&state, b);
+        assert_eq!(state.with_client(a, |_| Ok(())).unwrap_err().status, Status::STALE_CLIENTID);
+        assert_eq!(state.tables.lock().unwrap().sessions.len(), 1, "the old session went with it");
+    }
+
+    #[test]
+    fn setclientid_confirm_checks_its_verifier_and_principal_and_ends_the_old_incarnation() {
+        let state = State::new(Duration::from_secs(60));
+        let alice = (1000, 1000);
+        let old = state.exchange(b"host", [1; 8], 0, alice, false).unwrap();
+        assert_eq!(state.confirm(old.id, [9; 8], alice).err().unwrap().status, Status::STALE_CLIENTID);
+        assert_eq!(state.confirm(old.id, old.confirm, (0, 0)).err().unwrap().status, Status::CLID_INUSE);
+        state.confirm(old.id, old.confirm, alice).unwrap();
+        // A callback update keeps the id with a new confirm verifier.
+        let again = state.exchange(b"host", [1; 8], 0, alice, false).unwrap();
+        assert_eq!((again.id, again.confirmed), (old.id, true));
+        assert_ne!(again.confirm, old.confirm);
+        let new = state.exchange(b"host", [2; 8], 0, alice, false).unwrap();
+        assert!(state.with_client(old.id, |_| Ok(())).is_ok(), "kept until the new one is confirmed");
+        state.confirm(new.id, new.confirm, alice).unwrap();
+        assert!(state.with_client(old.id, |_| Ok(())).is_err());
+    }
+
+    #[test]
+    fn expired_clients_go() {
+        let state = State::new(Duration::ZERO);
+        let b = state.exchange(b"host-a", [2; 8], 1, (0, 0), false).unwrap().id;
         std::thread::sleep(Duration::from_millis(2));
         state.expire();
         assert!(state.with_client(b, |_| Ok(())).is_err(), "a zero lease expires at once");

@@ -37,6 +37,7 @@ impl Status {
     pub const DENIED: Status = Status(10010);
     pub const GRACE: Status = Status(10013);
     pub const SHARE_DENIED: Status = Status(10015);
+    pub const CLID_INUSE: Status = Status(10017);
     pub const RESOURCE: Status = Status(10018);
     pub const NOFILEHANDLE: Status = Status(10020);
     pub const MINOR_VERS_MISMATCH: Status = Status(10021);
@@ -63,6 +64,8 @@ impl Status {
     pub const SEQ_MISORDERED: Status = Status(10063);
     pub const SEQUENCE_POS: Status = Status(10064);
     pub const REQ_TOO_BIG: Status = Status(10065);
+    pub const REP_TOO_BIG: Status = Status(10066);
+    pub const REP_TOO_BIG_TO_CACHE: Status = Status(10067);
     pub const RETRY_UNCACHED_REP: Status = Status(10068);
     pub const TOO_MANY_OPS: Status = Status(10070);
     pub const OP_NOT_IN_SESSION: Status = Status(10071);

@@ -170,6 +170,11 @@ impl Writer {
         self.packed.len()
     }
 
+    /// The bytes written so far, data pieces included.
+    pub fn len(&self) -> usize {
+        self.packed.len() + self.data.iter().map(Bytes::len).sum::<usize>()
+    }
+
     pub fn truncate(&mut self, at: usize) {
         self.flatten_mut();
         self.packed.truncate(at);
