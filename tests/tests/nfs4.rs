@@ -34,6 +34,7 @@ const BADSESSION: u32 = 10052;
 const REP_TOO_BIG: u32 = 10066;
 const REP_TOO_BIG_TO_CACHE: u32 = 10067;
 const NOT_ONLY_OP: u32 = 10081;
+const COMPLETE_ALREADY: u32 = 10054;
 
 /// A file system on a metadata service (sessions of `lease`) and S3, mounted with FUSE: for
 /// gateways and a mount to share one namespace and one lock table.
@@ -152,13 +153,14 @@ async fn nfs4_fuse_and_nfs3_see_each_others_files() {
     mount.unmount();
 }
 
-/// EXCHANGE_ID and CREATE_SESSION as RFC 8881 sections 18.35 and 18.36 have them: flags,
-/// principals, a client's reboot, and the sizes a session was given.
+/// EXCHANGE_ID, CREATE_SESSION and RECLAIM_COMPLETE as RFC 8881 sections 18.35, 18.36 and
+/// 18.51 have them: flags, principals, a client's reboot (its opens let go), the sizes a
+/// session was given, and no new opens before RECLAIM_COMPLETE.
 #[test]
 fn nfs41_client_records_and_sessions_follow_the_rfc() {
     let vol = Volume::local();
     let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
-    let (mut alice, mut bob) = (Wire::connect_as(gw.port, 1000), Wire::connect_as(gw.port, 1001));
+    let (mut alice, mut bob) = (Wire::connect(gw.port), Wire::connect_as(gw.port, 1001));
     let exchange = |verifier, flags| Op::ExchangeId { owner: "host".into(), verifier: [verifier; 8], flags };
     // Undefined flags, the server's own flag, an update of no record, company: all refused.
     assert_eq!(alice.call(1, &[exchange(1, 4)]).status, INVAL);
@@ -201,6 +203,20 @@ fn nfs41_client_records_and_sessions_follow_the_rfc() {
     assert_eq!(alice.call(1, &big(2, false)).status, REP_TOO_BIG);
     assert_eq!(alice.call(1, &[sequence_op(session, 3, false), Op::PutRootFh]).status, 0);
 
+    // New opens only after RECLAIM_COMPLETE; reclaims only before it (and in a grace period).
+    let open = |seqid| {
+        let open = Op::Open { client, owner: "o".into(), seqid: 0, name: "f".into(), create: true };
+        vec![sequence_op(session, seqid, false), Op::PutRootFh, open]
+    };
+    assert_eq!(alice.call(1, &open(4)).status, GRACE);
+    let complete = |seqid| vec![sequence_op(session, seqid, false), Op::Raw(58, vec![0; 4])];
+    assert_eq!(alice.call(1, &complete(5)).status, 0);
+    assert_eq!(alice.call(1, &complete(6)).status, COMPLETE_ALREADY);
+    assert_eq!(alice.call(1, &open(7)).status, 0);
+    let reclaim = Op::OpenPrevious { client, owner: "o".into(), seqid: 0 };
+    let previous = [sequence_op(session, 8, false), Op::PutRootFh, Op::Lookup("f".into()), reclaim];
+    assert_eq!(alice.call(1, &previous).status, NO_GRACE);
+
     // Confirmed: the same verifier keeps the id; another principal may not take a record
     // with a session; an update with another verifier is NOT_SAME.
     assert_eq!(alice.call(1, &[exchange(1, 0)]).last().clientid, client);
@@ -210,9 +226,9 @@ fn nfs41_client_records_and_sessions_follow_the_rfc() {
     let rebooted = alice.call(1, &[exchange(2, 0)]);
     let (new_client, new_sequence) = (rebooted.last().clientid, rebooted.last().sequence);
     assert_ne!(new_client, client);
-    assert_eq!(alice.call(1, &[sequence_op(session, 4, false)]).status, 0);
+    assert_eq!(alice.call(1, &[sequence_op(session, 9, false)]).status, 0);
     assert_eq!(alice.call(1, &[create(new_client, new_sequence, 0, 8192, 8192)]).status, 0);
-    assert_eq!(alice.call(1, &[sequence_op(session, 5, false)]).status, BADSESSION);
+    assert_eq!(alice.call(1, &[sequence_op(session, 10, false)]).status, BADSESSION);
 }
 
 #[test]

@@ -144,11 +144,7 @@ impl Compound<'_> {
             2 | 3 => return Err(Status::BAD_STATEID.into()),
             _ => return Err(Status::INVAL.into()),
         };
-        match claim {
-            Claim::Previous if !self.gw.v4.in_grace() => return Err(Status::NO_GRACE.into()),
-            Claim::Name(_) | Claim::Current if self.gw.v4.in_grace() => return Err(Status::GRACE.into()),
-            _ => {}
-        }
+        self.may_take_state(matches!(claim, Claim::Previous))?;
         if access == 0 || deny > 3 {
             return Err(Status::INVAL.into());
         }

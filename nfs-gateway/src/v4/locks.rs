@@ -140,13 +140,9 @@ impl Compound<'_> {
             }
             (lock_id, key)
         };
-        // After a restart, the grace period serves reclaims only; a reclaim names a lock the
-        // gateway took over from its killed process, held under the same key.
-        match (reclaim, self.gw.v4.in_grace()) {
-            (true, false) => return Err(Status::NO_GRACE.into()),
-            (false, true) => return Err(Status::GRACE.into()),
-            _ => {}
-        }
+        // A reclaim names a lock the gateway took over from its killed process, held under
+        // the same key.
+        self.may_take_state(reclaim)?;
         let (ino, handle) = self.lock_target(&lock_id)?;
         if reclaim {
             self.gw.v4.reclaimed(ino, key);
@@ -161,6 +157,25 @@ impl Compound<'_> {
         put_stateid(w, &next);
         self.current_stateid = Some(next);
         Ok(())
+    }
+
+    /// Whether an OPEN or LOCK, a reclaim or not, may take state now (RFC 8881 sections
+    /// 8.4.2 and 18.51.3). In the grace period after a restart only reclaims are served. A
+    /// 4.1 client reclaims until its RECLAIM_COMPLETE, and takes new state only after it.
+    pub(super) fn may_take_state(&self, reclaim: bool) -> OpResult {
+        let in_grace = self.gw.v4.in_grace();
+        let (may_reclaim, may_take) = match self.session_client() {
+            Some(client) => {
+                let complete = self.gw.v4.with_client(client, |c| Ok(c.reclaimed))?;
+                (in_grace && !complete, !in_grace && complete)
+            }
+            None => (in_grace, !in_grace),
+        };
+        match reclaim {
+            true if !may_reclaim => Err(Status::NO_GRACE.into()),
+            false if !may_take => Err(Status::GRACE.into()),
+            _ => Ok(()),
+        }
     }
 
     pub(super) fn lockt(&mut self, r: &mut Reader<'_>) -> OpResult {

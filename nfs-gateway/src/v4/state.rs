@@ -92,6 +92,8 @@ pub struct Client {
     pub sessions: Vec<[u8; 16]>,
     /// NFSv4.0: each open-owner's and lock-owner's last seqid and the reply it got.
     pub owners: HashMap<Vec<u8>, OwnerSeq>,
+    /// NFSv4.1: the client sent RECLAIM_COMPLETE (it reclaims nothing more, and may now take
+    /// new opens and locks).
     pub reclaimed: bool,
 }
 
