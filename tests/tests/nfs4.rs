@@ -12,6 +12,7 @@ use nfs_rs::Mount;
 
 const BAD_STATEID: u32 = 10025;
 const STALE_STATEID: u32 = 10023;
+const OLD_STATEID: u32 = 10024;
 const BADHANDLE: u32 = 10001;
 const STALE: u32 = 70;
 const NOFILEHANDLE: u32 = 10020;
@@ -266,6 +267,13 @@ fn nfs40_checks_handles_stateids_and_sequence_ids() {
     assert_eq!(
         status(&mut w, &[Op::PutFh(fh.clone()), Op::Read { stateid: before_restart, offset: 0, count: 1 }]),
         STALE_STATEID
+    );
+    // Seqid 0 means "the current one" in 4.1 only: in 4.0 it is an old stateid.
+    let mut zero = stateid;
+    zero[..4].copy_from_slice(&[0; 4]);
+    assert_eq!(
+        status(&mut w, &[Op::PutFh(fh.clone()), Op::Read { stateid: zero, offset: 0, count: 1 }]),
+        OLD_STATEID
     );
     let mut future = stateid;
     future[3] += 5;

@@ -314,9 +314,7 @@ impl Compound<'_> {
             checks::data_file(self.who, attr, may)?;
             return Ok(Access { handle: self.gw.open.get(attr.ino)?, opened: false });
         }
-        // A lock stateid stands for the open it came through.
-        let id = if self.gw.v4.is_lock(&id) { self.gw.v4.open_of_lock(&id, self.minor)? } else { id };
-        let handle = self.gw.v4.with_open(&id, 1, |open| {
+        let handle = self.gw.v4.with_io_open(&id, self.minor, |open| {
             if open.ino != attr.ino {
                 return Err(Status::BAD_STATEID.into());
             }

@@ -571,10 +571,28 @@ impl State {
         result
     }
 
-    /// The open behind a lock stateid (READ and WRITE may name either).
-    pub fn open_of_lock(&self, id: &Stateid, minor: u32) -> OpResult<Stateid> {
-        let other = self.with_lock(id, minor, |l| Ok(l.open))?;
-        Ok(Stateid { seqid: 0, other })
+    /// Runs `f` on the open a READ or WRITE goes through: the one `id` names, or the one a
+    /// lock stateid came through (READ and WRITE may name either). The stateid's seqid is
+    /// checked against its own state's.
+    pub fn with_io_open<T>(
+        &self,
+        id: &Stateid,
+        minor: u32,
+        f: impl FnOnce(&Open) -> OpResult<T>,
+    ) -> OpResult<T> {
+        let mut t = self.tables.lock().unwrap();
+        let (seqid, open) = match t.locks.get(&id.other) {
+            Some(lock) => (lock.seqid, lock.open),
+            None => (t.opens.get(&id.other).ok_or_else(|| self.unknown(id))?.seqid, id.other),
+        };
+        current(id, seqid, minor)?;
+        let open = t.opens.get(&open).ok_or(Status::BAD_STATEID)?;
+        let client = open.client;
+        let result = f(open);
+        if let Some(c) = t.clients.get_mut(&client) {
+            c.last_seen = Instant::now();
+        }
+        result
     }
 
     /// RELEASE_LOCKOWNER: forgets the owner's lock states; returns the locks to release.
@@ -635,7 +653,6 @@ fn current(id: &Stateid, seqid: u32, minor: u32) -> OpResult {
     }
 }
 
-/// Removes a client with its sessions, opens and lock states; returns what it held.
 /// Whether client `id` holds state another principal may not take away: sessions, opens or
 /// locks.
 fn has_state(t: &Tables, id: u64) -> bool {
@@ -657,6 +674,7 @@ fn confirm_record(t: &mut Tables, id: u64) -> Released {
     old.map(|old| drop_client(t, old)).unwrap_or_default()
 }
 
+/// Removes a client with its sessions, opens and lock states; returns what it held.
 fn drop_client(t: &mut Tables, id: u64) -> Released {
     if let Some(c) = t.clients.remove(&id) {
         for s in &c.sessions {
