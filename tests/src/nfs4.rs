@@ -35,12 +35,14 @@ pub enum Op {
     SetClientId(String),
     SetClientIdConfirm(u64, [u8; 8]),
     /// OPEN of a name in the current directory (created UNCHECKED if `create`), for reading
-    /// and writing, by open-owner `owner` of `client` at `seqid`.
+    /// and writing and denying `deny` (OPEN4_SHARE_DENY_*), by open-owner `owner` of `client`
+    /// at `seqid`.
     Open {
         client: u64,
         owner: String,
         seqid: u32,
         name: String,
+        deny: u32,
         create: bool,
     },
     Close {
@@ -186,9 +188,9 @@ impl Op {
                 out.extend(id.to_be_bytes());
                 out.extend(verifier);
             }
-            Op::Open { client, owner, seqid, name, create } => {
-                // seqid, BOTH access, DENY_NONE, the owner.
-                words(out, &[18, *seqid, 3, 0]);
+            Op::Open { client, owner, seqid, name, deny, create } => {
+                // seqid, BOTH access, the deny bits, the owner.
+                words(out, &[18, *seqid, 3, *deny]);
                 out.extend(client.to_be_bytes());
                 put_opaque(out, owner.as_bytes());
                 if *create {

@@ -498,7 +498,7 @@ fn libnfs_utils_copy_a_large_file_in_and_out() {
     // In over NFSv4.0 (our client), out over NFSv4.0 (libnfs-utils).
     let mut wire = Wire::connect(gw.port);
     let client = wire.client("libnfs-test");
-    let open = Op::Open { client, owner: "o".into(), seqid: 1, name: "big4".into(), create: true };
+    let open = Op::Open { client, owner: "o".into(), seqid: 1, name: "big4".into(), deny: 0, create: true };
     let opened = wire.call(0, &[Op::PutRootFh, open, Op::GetFh]);
     assert_eq!(opened.status, 0, "{opened:?}");
     let (stateid, fh) = (opened.results[1].stateid, opened.results[2].fh.clone());

@@ -35,6 +35,8 @@ const BADSESSION: u32 = 10052;
 const REP_TOO_BIG: u32 = 10066;
 const REP_TOO_BIG_TO_CACHE: u32 = 10067;
 const NOT_ONLY_OP: u32 = 10081;
+const SHARE_DENIED: u32 = 10015;
+const LOCKED: u32 = 10012;
 const COMPLETE_ALREADY: u32 = 10054;
 
 /// A file system on a metadata service (sessions of `lease`) and S3, mounted with FUSE: for
@@ -206,7 +208,7 @@ fn nfs41_client_records_and_sessions_follow_the_rfc() {
 
     // New opens only after RECLAIM_COMPLETE; reclaims only before it (and in a grace period).
     let open = |seqid| {
-        let open = Op::Open { client, owner: "o".into(), seqid: 0, name: "f".into(), create: true };
+        let open = Op::Open { client, owner: "o".into(), seqid: 0, name: "f".into(), deny: 0, create: true };
         vec![sequence_op(session, seqid, false), Op::PutRootFh, open]
     };
     assert_eq!(alice.call(1, &open(4)).status, GRACE);
@@ -232,14 +234,52 @@ fn nfs41_client_records_and_sessions_follow_the_rfc() {
     assert_eq!(alice.call(1, &[sequence_op(session, 10, false)]).status, BADSESSION);
 }
 
+/// Share reservations (RFC 7530 section 9.9): an open denying writes holds off other opens
+/// for writing, the same owner's included, and writes outside any open; CLOSE lifts it.
+#[test]
+fn nfs40_share_reservations_hold_off_opens_and_anonymous_writes() {
+    let vol = Volume::local();
+    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
+    let mut w = Wire::connect(gw.port);
+    let client = w.client("owner-a");
+    let open = |owner: &str, seqid, deny| Op::Open {
+        client,
+        owner: owner.into(),
+        seqid,
+        name: "shared".into(),
+        deny,
+        create: true,
+    };
+    const DENY_WRITE: u32 = 2;
+    let opened = w.call(0, &[Op::PutRootFh, open("o1", 1, DENY_WRITE), Op::GetFh]);
+    assert_eq!(opened.status, 0, "{opened:?}");
+    let (stateid, fh) = (opened.results[1].stateid, opened.results[2].fh.clone());
+    assert_eq!(w.call(0, &[Op::PutRootFh, open("o2", 1, 0)]).status, SHARE_DENIED);
+    assert_eq!(w.call(0, &[Op::PutRootFh, open("o1", 2, 0)]).status, SHARE_DENIED, "its own deny too");
+    let anonymous = [0u8; 16];
+    let write = |stateid| Op::Write { stateid, offset: 0, stable: Stable::FileSync, data: b"x".to_vec() };
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), write(anonymous)]).status, LOCKED);
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), write(stateid)]).status, 0, "through the open");
+    let read = Op::Read { stateid: anonymous, offset: 0, count: 1 };
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), read]).status, 0, "reads are not denied");
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), Op::Close { seqid: 3, stateid }]).status, 0);
+    assert_eq!(w.call(0, &[Op::PutFh(fh), write(anonymous)]).status, 0);
+}
+
 #[test]
 fn nfs40_checks_handles_stateids_and_sequence_ids() {
     let vol = Volume::local();
     let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
     let mut w = Wire::connect(gw.port);
     let client = w.client("owner-a");
-    let open =
-        |seqid, name: &str, create| Op::Open { client, owner: "o1".into(), seqid, name: name.into(), create };
+    let open = |seqid, name: &str, create| Op::Open {
+        client,
+        owner: "o1".into(),
+        seqid,
+        name: name.into(),
+        deny: 0,
+        create,
+    };
     let opened = w.call(0, &[Op::PutRootFh, open(1, "f", true), Op::GetFh]);
     assert_eq!(opened.status, 0, "{opened:?}");
     let (stateid, fh) = (opened.results[1].stateid, opened.results[2].fh.clone());
@@ -307,7 +347,8 @@ fn nfs40_checks_handles_stateids_and_sequence_ids() {
 
     // Sequence ids: the owner's next is 4; 7 is out of order. An unknown client is stale.
     assert_eq!(status(&mut w, &[Op::PutRootFh, open(7, "f", false)]), BAD_SEQID);
-    let stranger = Op::Open { client: 12345, owner: "x".into(), seqid: 1, name: "f".into(), create: false };
+    let stranger =
+        Op::Open { client: 12345, owner: "x".into(), seqid: 1, name: "f".into(), deny: 0, create: false };
     assert_eq!(status(&mut w, &[Op::PutRootFh, stranger]), STALE_CLIENTID);
 
     // CLOSE ends the stateid.
@@ -392,7 +433,8 @@ fn first_lock(client: u64, open: [u8; 16], reclaim: bool) -> Op {
 /// An open of `name` in the export's root by a new 4.0 client: (client, stateid, handle).
 fn open_for_locking(w: &mut Wire, owner: &str, name: &str) -> (u64, [u8; 16], Vec<u8>) {
     let client = w.client(owner);
-    let open = Op::Open { client, owner: "open-owner".into(), seqid: 1, name: name.into(), create: true };
+    let open =
+        Op::Open { client, owner: "open-owner".into(), seqid: 1, name: name.into(), deny: 0, create: true };
     let opened = w.call(0, &[Op::PutRootFh, open, Op::GetFh]);
     assert_eq!(opened.status, 0, "{opened:?}");
     (client, opened.results[1].stateid, opened.results[2].fh.clone())
@@ -518,6 +560,7 @@ fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
         owner: "oo".into(),
         seqid,
         name: "kept".into(),
+        deny: 0,
         create: false,
     };
     assert_eq!(other.call(0, &[Op::PutRootFh, other_open(1)]).status, GRACE);
@@ -599,8 +642,14 @@ fn a_second_gateway_takes_over_a_failed_ones_clients() {
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), reclaim]).status, 0);
     let mut other = Wire::connect(gw_b.port);
     let other_client = other.client("other-host");
-    let other_open =
-        Op::Open { client: other_client, owner: "oo".into(), seqid: 1, name: "moved".into(), create: false };
+    let other_open = Op::Open {
+        client: other_client,
+        owner: "oo".into(),
+        seqid: 1,
+        name: "moved".into(),
+        deny: 0,
+        create: false,
+    };
     assert_eq!(other.call(0, &[Op::PutRootFh, other_open]).status, GRACE);
     assert!(lock_state(&path).starts_with("held"));
     mount.unmount();

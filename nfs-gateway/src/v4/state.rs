@@ -438,13 +438,17 @@ impl State {
         other
     }
 
-    /// Checks a share reservation against the other opens of `ino` (by other owners).
-    fn share_conflict(t: &Tables, ino: Ino, client: u64, owner: &[u8], access: u32, deny: u32) -> bool {
-        t.opens.values().any(|o| {
-            o.ino == ino
-                && !(o.client == client && o.owner == owner)
-                && (o.deny & access != 0 || o.access & deny != 0)
-        })
+    /// Checks a share reservation against the opens of `ino`, the owner's own included (RFC
+    /// 7530 section 9.9: an owner that denied reading may not then open for reading; Linux's
+    /// server and pynfs agree).
+    fn share_conflict(t: &Tables, ino: Ino, access: u32, deny: u32) -> bool {
+        t.opens.values().any(|o| o.ino == ino && (o.deny & access != 0 || o.access & deny != 0))
+    }
+
+    /// Whether an open of `ino` denies `access` (SHARE_ACCESS_READ or _WRITE): I/O outside
+    /// any open (the anonymous stateid) is then refused.
+    pub fn denied(&self, ino: Ino, access: u32) -> bool {
+        self.tables.lock().unwrap().opens.values().any(|o| o.ino == ino && o.deny & access != 0)
     }
 
     /// OPEN: the owner's open of `ino` (upgraded if it had one), and its stateid. `handle` is
@@ -459,7 +463,7 @@ impl State {
         handle: Arc<OpenHandle>,
     ) -> OpResult<Stateid> {
         let mut t = self.tables.lock().unwrap();
-        if Self::share_conflict(&t, ino, client, owner, access, deny) {
+        if Self::share_conflict(&t, ino, access, deny) {
             return Err(Status::SHARE_DENIED.into());
         }
         if let Some((other, open)) =

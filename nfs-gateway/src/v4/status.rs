@@ -36,6 +36,7 @@ impl Status {
     pub const SAME: Status = Status(10009);
     pub const DENIED: Status = Status(10010);
     pub const GRACE: Status = Status(10013);
+    pub const LOCKED: Status = Status(10012);
     pub const SHARE_DENIED: Status = Status(10015);
     pub const CLID_INUSE: Status = Status(10017);
     pub const RESOURCE: Status = Status(10018);
