@@ -322,7 +322,7 @@ fn decode_body(op: u32, c: &mut Cursor<'_>, r: &mut OpResult) -> bool {
             c.skip_bitmap();
             assert_eq!(c.u32(), 0, "no delegation");
         }
-        4 | 12 | 14 => r.stateid = c.bytes(16).try_into().unwrap(),
+        4 | 12 | 14 | 21 => r.stateid = c.bytes(16).try_into().unwrap(),
         25 => {
             c.u32(); // eof
             r.data = c.opaque();

@@ -35,6 +35,7 @@ const BADSESSION: u32 = 10052;
 const REP_TOO_BIG: u32 = 10066;
 const REP_TOO_BIG_TO_CACHE: u32 = 10067;
 const NOT_ONLY_OP: u32 = 10081;
+const SAME: u32 = 10009;
 const SHARE_DENIED: u32 = 10015;
 const LOCKED: u32 = 10012;
 const COMPLETE_ALREADY: u32 = 10054;
@@ -264,6 +265,67 @@ fn nfs40_share_reservations_hold_off_opens_and_anonymous_writes() {
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), read]).status, 0, "reads are not denied");
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), Op::Close { seqid: 3, stateid }]).status, 0);
     assert_eq!(w.call(0, &[Op::PutFh(fh), write(anonymous)]).status, 0);
+}
+
+/// OPEN_DOWNGRADE, VERIFY/NVERIFY and SECINFO, which no client here sends.
+#[test]
+fn nfs40_open_downgrade_verify_and_secinfo() {
+    let vol = Volume::local();
+    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
+    let mut w = Wire::connect(gw.port);
+    let client = w.client("owner-a");
+    let open = |owner: &str, seqid, deny| Op::Open {
+        client,
+        owner: owner.into(),
+        seqid,
+        name: "f".into(),
+        deny,
+        create: true,
+    };
+    let opened = w.call(0, &[Op::PutRootFh, open("o1", 1, 2), Op::GetFh]);
+    assert_eq!(opened.status, 0, "{opened:?}");
+    let (stateid, fh) = (opened.results[1].stateid, opened.results[2].fh.clone());
+    let wrote = w.call(
+        0,
+        &[
+            Op::PutFh(fh.clone()),
+            Op::Write { stateid, offset: 0, stable: Stable::FileSync, data: vec![7; 10] },
+        ],
+    );
+    assert_eq!(wrote.status, 0);
+    assert_eq!(w.call(0, &[Op::PutRootFh, open("o2", 1, 0)]).status, SHARE_DENIED);
+    // Down to reading without denying anything: the other owner may open now; up is refused.
+    let downgrade = |stateid: [u8; 16], seqid: u32, access: u32, deny: u32| {
+        let mut args = stateid.to_vec();
+        args.extend([seqid, access, deny].iter().flat_map(|v| v.to_be_bytes()));
+        Op::Raw(21, args)
+    };
+    let downgraded = w.call(0, &[Op::PutFh(fh.clone()), downgrade(stateid, 2, 1, 0)]);
+    assert_eq!(downgraded.status, 0);
+    let stateid = downgraded.last().stateid;
+    assert_eq!(w.call(0, &[Op::PutRootFh, open("o2", 2, 0)]).status, 0);
+    let upgrade = downgrade(stateid, 3, 3, 0);
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), upgrade]).status, INVAL, "no upgrade");
+
+    // VERIFY and NVERIFY of the size (attribute 4).
+    let size_is = |size: u64| {
+        [1u32, 1 << 4, 8].iter().flat_map(|v| v.to_be_bytes()).chain(size.to_be_bytes()).collect()
+    };
+    let status = |w: &mut Wire, ops: &[Op]| w.call(0, ops).status;
+    assert_eq!(status(&mut w, &[Op::PutFh(fh.clone()), Op::Raw(37, size_is(10))]), 0);
+    assert_eq!(status(&mut w, &[Op::PutFh(fh.clone()), Op::Raw(37, size_is(11))]), NOT_SAME);
+    assert_eq!(status(&mut w, &[Op::PutFh(fh.clone()), Op::Raw(17, size_is(10))]), SAME);
+    assert_eq!(status(&mut w, &[Op::PutFh(fh), Op::Raw(17, size_is(11))]), 0);
+
+    // SECINFO of a name: AUTH_SYS; of a missing one: NOENT.
+    let secinfo = |name: &[u8]| {
+        let mut args = (name.len() as u32).to_be_bytes().to_vec();
+        args.extend(name);
+        args.resize(args.len().next_multiple_of(4), 0);
+        Op::Raw(33, args)
+    };
+    assert_eq!(status(&mut w, &[Op::PutRootFh, secinfo(b"f")]), 0);
+    assert_eq!(status(&mut w, &[Op::PutRootFh, secinfo(b"missing")]), NOENT);
 }
 
 #[test]
