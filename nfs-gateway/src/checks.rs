@@ -8,6 +8,18 @@ use elasticfs_core::{
 
 use crate::open_files::OpenFiles;
 
+/// The object a file handle (`ino`, `generation`) names, if it still lives: `Err(None)` when it
+/// is gone or its inode number was reused (the handle is stale), `Err(Some(e))` when the
+/// engine failed to say.
+pub fn live(fs: &FileSystem, ino: Ino, generation: u64) -> Result<Attr, Option<FsError>> {
+    match fs.getattr(ino) {
+        Ok(attr) if attr.generation == generation => Ok(attr),
+        Ok(_) => Err(None),
+        Err(e) if e.errno == libc::ENOENT => Err(None),
+        Err(e) => Err(Some(e)),
+    }
+}
+
 /// ACCESS's bits, the same in NFSv3 and NFSv4.
 pub const ACCESS_READ: u32 = 0x01;
 pub const ACCESS_LOOKUP: u32 = 0x02;

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use elasticfs_core::metadata::{Attr, FileKind, Ino};
-use elasticfs_core::{errno, CreateMode, FsError, Identity, ReadData, MAY_EXEC, MAY_READ, MAY_WRITE};
+use elasticfs_core::{CreateMode, FsError, Identity, ReadData, MAY_EXEC, MAY_READ, MAY_WRITE};
 use nfs3_types::nfs3::*;
 use nfs3_types::xdr_codec::{List, Opaque, Pack, Void};
 
@@ -164,14 +164,8 @@ impl Gateway {
             BadHandle::Malformed => nfsstat3::NFS3ERR_BADHANDLE,
             BadHandle::OtherVolume => nfsstat3::NFS3ERR_STALE,
         })?;
-        let attr = self.fs.getattr(ino).map_err(|e| match e.errno {
-            errno::ENOENT => nfsstat3::NFS3ERR_STALE,
-            _ => status(&e),
-        })?;
-        if attr.generation != generation {
-            return Err(nfsstat3::NFS3ERR_STALE);
-        }
-        Ok(attr)
+        crate::checks::live(&self.fs, ino, generation)
+            .map_err(|e| e.map_or(nfsstat3::NFS3ERR_STALE, |e| status(&e)))
     }
 
     fn resolve_dir(&self, fh: &nfs_fh3) -> Nfs<Attr> {

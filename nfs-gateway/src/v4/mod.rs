@@ -18,7 +18,7 @@ mod xdr;
 use std::sync::Arc;
 
 use elasticfs_core::metadata::{Attr, FileKind, Ino};
-use elasticfs_core::{errno, Identity};
+use elasticfs_core::Identity;
 use tracing::debug;
 
 use crate::handle::BadHandle;
@@ -355,14 +355,8 @@ impl Compound<'_> {
     }
 
     fn resolve(&self, fh: Fh) -> OpResult<Attr> {
-        let attr = self.gw.fs.getattr(fh.ino).map_err(|e| match e.errno {
-            errno::ENOENT => Status::STALE,
-            other => status::of_errno(other),
-        })?;
-        if attr.generation != fh.generation {
-            return Err(Status::STALE.into());
-        }
-        Ok(attr)
+        crate::checks::live(&self.gw.fs, fh.ino, fh.generation)
+            .map_err(|e| e.map_or(Status::STALE.into(), status::Fail::from))
     }
 
     /// The current file handle's object.
