@@ -343,7 +343,7 @@ impl MetaService {
         std::fs::write(dir.path().join("token"), "a-test-token\n").unwrap();
         let extra = extra.iter().map(|s| s.to_string()).collect();
         let mut service =
-            MetaService { dir, port: 0, lease: lease.into(), extra, child: ServerChild::default() };
+            MetaService { dir, port: free_port(), lease: lease.into(), extra, child: ServerChild::default() };
         service.spawn();
         service
     }
@@ -634,8 +634,23 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A port of 127.0.0.1 free now, below the kernel's ephemeral range (32768 and up here): a
+/// server that is killed and restarted on its port must not find it taken meanwhile as the
+/// local end of some outgoing connection, which an ephemeral port may be. Each call in a
+/// process gets another port (tests run in parallel threads).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() * 97;
+    for _ in 0..COUNT {
+        let port = (FIRST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// The samples of a Prometheus endpoint on 127.0.0.1:`port`, by series (`name{labels}`).

@@ -35,7 +35,7 @@ impl Gateway {
         args.extend(["-o".into(), format!("cache-dir={}", cache.display())]);
         let log = vol.dir.path().join(format!("{name}.log"));
         let mut gateway = Gateway {
-            port: 0,
+            port: crate::free_port(),
             meta: vol.meta.clone(),
             env: vol.env.clone(),
             args,

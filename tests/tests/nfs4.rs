@@ -26,6 +26,9 @@ const RESOURCE: u32 = 10018;
 const DENIED: u32 = 10010;
 const GRACE: u32 = 10013;
 const NO_GRACE: u32 = 10033;
+/// The lease (and so the grace period) of the restart tests, in seconds: long enough for their
+/// checks within the grace period on a loaded 2-core machine.
+const GRACE_TEST_LEASE: &str = "10";
 const NOENT: u32 = 2;
 const INVAL: u32 = 22;
 const TOOSMALL: u32 = 10005;
@@ -41,7 +44,10 @@ const LOCKED: u32 = 10012;
 const COMPLETE_ALREADY: u32 = 10054;
 
 /// A file system on a metadata service (sessions of `lease`) and S3, mounted with FUSE: for
-/// gateways and a mount to share one namespace and one lock table.
+/// gateways and a mount to share one namespace and one lock table. Destructure it with `mount`
+/// last: bindings drop in reverse order, and a test that fails must let go of its mount before
+/// the volume's directory is removed and the service stops (else removing the directory walks
+/// into a mount that waits for the service forever).
 struct Shared {
     mount: elasticfs_tests::Mount,
     vol: Volume,
@@ -123,7 +129,7 @@ async fn nfs4_fuse_and_nfs3_see_each_others_files() {
     if !fuse_available() {
         return;
     }
-    let Shared { mount, vol, _service, _s3 } = shared("5s");
+    let Shared { _s3, _service, vol, mount } = shared("5s");
     let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
     let m = mount41(&gw).await;
     let (mut nfs3, root) = v3::client(gw.port, 0, 0).await;
@@ -507,7 +513,7 @@ fn nfs4_and_fuse_locks_exclude_each_other_across_gateways() {
     if !fuse_available() {
         return;
     }
-    let Shared { mount, vol, _service, _s3 } = shared("5s");
+    let Shared { _s3, _service, vol, mount } = shared("5s");
     let gw_a = Gateway::start(&vol, "gw-a", &["--squash", "none"]);
     let gw_b = Gateway::start(&vol, "gw-b", &["--squash", "none"]);
     let path = mount.path.join("locked");
@@ -560,7 +566,7 @@ fn a_client_that_stops_renewing_loses_its_locks_after_the_lease() {
     if !fuse_available() {
         return;
     }
-    let Shared { mount, vol, _service, _s3 } = shared("5s");
+    let Shared { _s3, _service, vol, mount } = shared("5s");
     let gw = Gateway::start(&vol, "gw", &["--squash", "none", "--lease-time", "2"]);
     let path = mount.path.join("leased");
     std::fs::write(&path, b"x").unwrap();
@@ -590,8 +596,8 @@ fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
         return;
     }
     // The killed gateway's session outlives its restart (its locks stay held meanwhile).
-    let Shared { mount, vol, _service, _s3 } = shared("30s");
-    let mut gw = Gateway::start(&vol, "gw", &["--squash", "none", "--lease-time", "3"]);
+    let Shared { _s3, _service, vol, mount } = shared("30s");
+    let mut gw = Gateway::start(&vol, "gw", &["--squash", "none", "--lease-time", GRACE_TEST_LEASE]);
     let (kept, lost) = (mount.path.join("kept"), mount.path.join("lost"));
     std::fs::write(&kept, b"x").unwrap();
     std::fs::write(&lost, b"x").unwrap();
@@ -680,8 +686,8 @@ fn a_second_gateway_takes_over_a_failed_ones_clients() {
     if !fuse_available() {
         return;
     }
-    let Shared { mount, vol, _service, _s3 } = shared("30s");
-    let mut gw_a = Gateway::start(&vol, "gw-a", &["--squash", "none", "--lease-time", "3"]);
+    let Shared { _s3, _service, vol, mount } = shared("30s");
+    let mut gw_a = Gateway::start(&vol, "gw-a", &["--squash", "none", "--lease-time", GRACE_TEST_LEASE]);
     let path = mount.path.join("moved");
     std::fs::write(&path, b"x").unwrap();
     let mut w = Wire::connect(gw_a.port);
@@ -690,8 +696,11 @@ fn a_second_gateway_takes_over_a_failed_ones_clients() {
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), lock]).status, 0);
     gw_a.kill();
     let failed = format!("127.0.0.1:{}", gw_a.port);
-    let gw_b =
-        Gateway::start(&vol, "gw-b", &["--squash", "none", "--lease-time", "3", "--take-over", &failed]);
+    let gw_b = Gateway::start(
+        &vol,
+        "gw-b",
+        &["--squash", "none", "--lease-time", GRACE_TEST_LEASE, "--take-over", &failed],
+    );
     assert!(lock_state(&path).starts_with("held"), "the failed gateway's lock is kept");
     // The client, now at B, reclaims; a newcomer waits out the grace period.
     let mut w = Wire::connect(gw_b.port);
