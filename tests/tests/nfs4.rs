@@ -26,6 +26,7 @@ const RESOURCE: u32 = 10018;
 const DENIED: u32 = 10010;
 const GRACE: u32 = 10013;
 const NO_GRACE: u32 = 10033;
+const RECLAIM_BAD: u32 = 10034;
 /// The lease (and so the grace period) of the restart tests, in seconds: long enough for their
 /// checks within the grace period on a loaded 2-core machine.
 const GRACE_TEST_LEASE: &str = "10";
@@ -222,10 +223,20 @@ fn nfs41_client_records_and_sessions_follow_the_rfc() {
     let complete = |seqid| vec![sequence_op(session, seqid, false), Op::Raw(58, vec![0; 4])];
     assert_eq!(alice.call(1, &complete(5)).status, 0);
     assert_eq!(alice.call(1, &complete(6)).status, COMPLETE_ALREADY);
-    assert_eq!(alice.call(1, &open(7)).status, 0);
+    let opened = alice.call(1, &open(7));
+    assert_eq!(opened.status, 0, "{opened:?}");
     let reclaim = Op::OpenPrevious { client, owner: "o".into(), seqid: 0 };
     let previous = [sequence_op(session, 8, false), Op::PutRootFh, Op::Lookup("f".into()), reclaim];
     assert_eq!(alice.call(1, &previous).status, NO_GRACE);
+    // A READ is cut to fit the session's replies (1 KiB here) rather than refused.
+    let stateid = opened.last().stateid;
+    let write = Op::Write { stateid, offset: 0, stable: Stable::FileSync, data: vec![1; 800] };
+    let wrote =
+        alice.call(1, &[sequence_op(session, 9, false), Op::PutRootFh, Op::Lookup("f".into()), write]);
+    assert_eq!(wrote.status, 0, "{wrote:?}");
+    let read = Op::Read { stateid, offset: 0, count: 800 };
+    let read = alice.call(1, &[sequence_op(session, 10, false), Op::PutRootFh, Op::Lookup("f".into()), read]);
+    assert_eq!((read.status, read.last().data.len()), (0, 512));
 
     // Confirmed: the same verifier keeps the id; another principal may not take a record
     // with a session; an update with another verifier is NOT_SAME.
@@ -236,9 +247,9 @@ fn nfs41_client_records_and_sessions_follow_the_rfc() {
     let rebooted = alice.call(1, &[exchange(2, 0)]);
     let (new_client, new_sequence) = (rebooted.last().clientid, rebooted.last().sequence);
     assert_ne!(new_client, client);
-    assert_eq!(alice.call(1, &[sequence_op(session, 9, false)]).status, 0);
+    assert_eq!(alice.call(1, &[sequence_op(session, 11, false)]).status, 0);
     assert_eq!(alice.call(1, &[create(new_client, new_sequence, 0, 8192, 8192)]).status, 0);
-    assert_eq!(alice.call(1, &[sequence_op(session, 10, false)]).status, BADSESSION);
+    assert_eq!(alice.call(1, &[sequence_op(session, 12, false)]).status, BADSESSION);
 }
 
 /// Share reservations (RFC 7530 section 9.9): an open denying writes holds off other opens
@@ -642,6 +653,9 @@ fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
     let reclaim = first_lock(client, open, true);
     let reclaimed = w.call(0, &[Op::PutFh(fh.clone()), reclaim]);
     assert_eq!(reclaimed.status, 0, "{reclaimed:?}");
+    // A lock it never held is not reclaimed.
+    let never = Op::Lock { client, owner: "never".into(), open_seqid: 3, open_stateid: open, reclaim: true };
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), never]).status, RECLAIM_BAD);
 
     // After the grace period (bounded wait): new opens are served, the reclaimed lock holds
     // off the others, the unreclaimed one is gone, and reclaims are refused.
@@ -662,7 +676,7 @@ fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(lock_state(&kept).starts_with("held"), "the reclaimed lock is held");
-    let again = Op::Lock { client, owner: "late".into(), open_seqid: 3, open_stateid: open, reclaim: true };
+    let again = Op::Lock { client, owner: "late".into(), open_seqid: 4, open_stateid: open, reclaim: true };
     assert_eq!(w.call(0, &[Op::PutFh(fh), again]).status, NO_GRACE);
     mount.unmount();
 }

@@ -340,8 +340,10 @@ impl Compound<'_> {
         let offset = r.u64()?;
         let mut count = r.u32()?.min(MAX_IO);
         if let Some(s) = &self.session {
-            // Within the session's largest reply, with room for the COMPOUND around it.
-            count = count.min(s.session.max_response.saturating_sub(1024));
+            // Within the session's largest reply, with room for the COMPOUND around it (about
+            // 100 bytes and the tag; half of a session smaller than 2 KiB).
+            let max = s.session.max_response;
+            count = count.min(max - 1024.min(max / 2));
         }
         let attr = self.current()?;
         regular_file(&attr)?;

@@ -145,7 +145,7 @@ impl Compound<'_> {
         self.may_take_state(reclaim)?;
         let (ino, handle) = self.lock_target(&lock_id)?;
         if reclaim {
-            self.gw.v4.reclaimed(ino, key);
+            self.gw.v4.reclaim(ino, key)?;
         }
         let req = LockRequest { owner: key, pid: 0, kind, start, end };
         match self.gw.fs.set_lock(handle, ino, &req, false) {

@@ -220,10 +220,17 @@ impl State {
         self.grace.lock().unwrap().as_ref().is_some_and(|g| Instant::now() < g.until)
     }
 
-    /// A client reclaimed its lock `key` on `ino`.
-    pub fn reclaimed(&self, ino: Ino, key: u64) {
-        if let Some(g) = self.grace.lock().unwrap().as_mut() {
-            g.reclaimed.insert((ino, key));
+    /// A client reclaims its lock `key` on `ino`: RECLAIM_BAD unless the gateway took that
+    /// lock over from its killed process (the client did not hold it, RFC 8881 section 8.4.3),
+    /// else noted as reclaimed.
+    pub fn reclaim(&self, ino: Ino, key: u64) -> OpResult {
+        let mut grace = self.grace.lock().unwrap();
+        match grace.as_mut() {
+            Some(g) if g.adopted.contains(&(ino, key)) => {
+                g.reclaimed.insert((ino, key));
+                Ok(())
+            }
+            _ => Err(Status::RECLAIM_BAD.into()),
         }
     }
 
