@@ -14,6 +14,14 @@ pub struct OpenHandle {
     last_used: Mutex<Instant>,
 }
 
+impl OpenHandle {
+    /// A handle that stands for engine handle `fh` without one being open.
+    #[cfg(test)]
+    pub fn for_tests(fh: u64) -> OpenHandle {
+        OpenHandle { fh, last_used: Mutex::new(Instant::now()) }
+    }
+}
+
 pub struct OpenFiles {
     fs: Arc<FileSystem>,
     handles: Mutex<HashMap<Ino, Arc<OpenHandle>>>,

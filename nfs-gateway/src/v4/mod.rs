@@ -10,6 +10,7 @@ mod attrs;
 mod io;
 mod locks;
 mod names;
+mod open_table;
 mod sessions;
 pub mod state;
 mod status;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use elasticfs_core::metadata::Ino;
 
+use super::open_table::OpenTable;
 use super::status::{OpResult, Status};
 use crate::open_files::OpenHandle;
 
@@ -145,7 +146,7 @@ pub struct Session {
 struct Tables {
     clients: HashMap<u64, Client>,
     sessions: HashMap<[u8; 16], Arc<Session>>,
-    opens: HashMap<[u8; 12], Open>,
+    opens: OpenTable,
     locks: HashMap<[u8; 12], LockState>,
     /// NFSv4.0: the owners of recently closed opens, so that a retransmitted CLOSE finds the
     /// owner whose reply it gets (oldest first; at most `RECENTLY_CLOSED`).
@@ -449,13 +450,13 @@ impl State {
     /// 7530 section 9.9: an owner that denied reading may not then open for reading; Linux's
     /// server and pynfs agree).
     fn share_conflict(t: &Tables, ino: Ino, access: u32, deny: u32) -> bool {
-        t.opens.values().any(|o| o.ino == ino && (o.deny & access != 0 || o.access & deny != 0))
+        t.opens.of_file(ino).any(|(_, o)| o.deny & access != 0 || o.access & deny != 0)
     }
 
     /// Whether an open of `ino` denies `access` (SHARE_ACCESS_READ or _WRITE): I/O outside
     /// any open (the anonymous stateid) is then refused.
     pub fn denied(&self, ino: Ino, access: u32) -> bool {
-        self.tables.lock().unwrap().opens.values().any(|o| o.ino == ino && o.deny & access != 0)
+        self.tables.lock().unwrap().opens.of_file(ino).any(|(_, o)| o.deny & access != 0)
     }
 
     /// OPEN: the owner's open of `ino` (upgraded if it had one), and its stateid. `handle` is
@@ -473,15 +474,16 @@ impl State {
         if Self::share_conflict(&t, ino, access, deny) {
             return Err(Status::SHARE_DENIED.into());
         }
-        if let Some((other, open)) =
-            t.opens.iter_mut().find(|(_, o)| o.ino == ino && o.client == client && o.owner == owner)
-        {
+        let own =
+            t.opens.of_file(ino).find(|(_, o)| o.client == client && o.owner == owner).map(|(id, _)| *id);
+        if let Some(other) = own {
+            let open = t.opens.get_mut(&other).expect("found");
             open.access |= access;
             open.deny |= deny;
             open.seqid = open.seqid.wrapping_add(1).max(1);
-            return Ok(Stateid { seqid: open.seqid, other: *other });
+            return Ok(Stateid { seqid: open.seqid, other });
         }
-        if t.opens.values().filter(|o| o.client == client).count() >= MAX_OPENS_PER_CLIENT {
+        if t.opens.count_of(client) >= MAX_OPENS_PER_CLIENT {
             return Err(Status::RESOURCE.into());
         }
         let other = self.stateid_other();
@@ -634,7 +636,7 @@ impl State {
 
     /// Whether another open of `ino` remains (the engine handle stays open until none does).
     pub fn is_open(&self, ino: Ino) -> bool {
-        self.tables.lock().unwrap().opens.values().any(|o| o.ino == ino)
+        self.tables.lock().unwrap().opens.file_is_open(ino)
     }
 
     /// TEST_STATEID's answer for one stateid (an open's or a lock state's).
@@ -668,7 +670,7 @@ fn current(id: &Stateid, seqid: u32, minor: u32) -> OpResult {
 /// locks.
 fn has_state(t: &Tables, id: u64) -> bool {
     t.clients.get(&id).is_some_and(|c| !c.sessions.is_empty())
-        || t.opens.values().any(|o| o.client == id)
+        || t.opens.count_of(id) > 0
         || t.locks.values().any(|l| l.client == id)
 }
 
@@ -692,9 +694,7 @@ fn drop_client(t: &mut Tables, id: u64) -> Released {
             t.sessions.remove(s);
         }
     }
-    let ids: Vec<[u8; 12]> = t.opens.iter().filter(|(_, o)| o.client == id).map(|(k, _)| *k).collect();
-    let opens = ids.into_iter().filter_map(|k| t.opens.remove(&k)).collect();
-    Released { opens, locks: remove_locks(t, |l| l.client == id) }
+    Released { opens: t.opens.remove_client(id), locks: remove_locks(t, |l| l.client == id) }
 }
 
 /// Removes the lock states `which` selects; returns their locks.
