@@ -601,6 +601,21 @@ fn a_client_that_stops_renewing_loses_its_locks_after_the_lease() {
     mount.unmount();
 }
 
+/// The client "host" of `open_for_locking`, back after its gateway restarted or was taken
+/// over (at `port`), reclaims its open and its lock of `fh`: its connection, client id and
+/// reclaimed open.
+fn reclaim_open_and_lock(port: u16, fh: &[u8]) -> (Wire, u64, [u8; 16]) {
+    let mut w = Wire::connect(port);
+    let client = w.client("host");
+    let previous = Op::OpenPrevious { client, owner: "open-owner".into(), seqid: 1 };
+    let reopened = w.call(0, &[Op::PutFh(fh.to_vec()), previous]);
+    assert_eq!(reopened.status, 0, "{reopened:?}");
+    let open = reopened.last().stateid;
+    let reclaimed = w.call(0, &[Op::PutFh(fh.to_vec()), first_lock(client, open, true)]);
+    assert_eq!(reclaimed.status, 0, "{reclaimed:?}");
+    (w, client, open)
+}
+
 #[test]
 fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
     if !fuse_available() {
@@ -644,15 +659,7 @@ fn a_restarted_gateway_lets_its_clients_reclaim_in_the_grace_period() {
     };
     assert_eq!(other.call(0, &[Op::PutRootFh, other_open(1)]).status, GRACE);
     // The client comes back: its open and lock, reclaimed.
-    let mut w = Wire::connect(gw.port);
-    let client = w.client("host");
-    let reopened = w
-        .call(0, &[Op::PutFh(fh.clone()), Op::OpenPrevious { client, owner: "open-owner".into(), seqid: 1 }]);
-    assert_eq!(reopened.status, 0, "{reopened:?}");
-    let open = reopened.last().stateid;
-    let reclaim = first_lock(client, open, true);
-    let reclaimed = w.call(0, &[Op::PutFh(fh.clone()), reclaim]);
-    assert_eq!(reclaimed.status, 0, "{reclaimed:?}");
+    let (mut w, client, open) = reclaim_open_and_lock(gw.port, &fh);
     // A lock it never held is not reclaimed.
     let never = Op::Lock { client, owner: "never".into(), open_seqid: 3, open_stateid: open, reclaim: true };
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), never]).status, RECLAIM_BAD);
@@ -717,14 +724,7 @@ fn a_second_gateway_takes_over_a_failed_ones_clients() {
     );
     assert!(lock_state(&path).starts_with("held"), "the failed gateway's lock is kept");
     // The client, now at B, reclaims; a newcomer waits out the grace period.
-    let mut w = Wire::connect(gw_b.port);
-    let client = w.client("host");
-    let reopened = w
-        .call(0, &[Op::PutFh(fh.clone()), Op::OpenPrevious { client, owner: "open-owner".into(), seqid: 1 }]);
-    assert_eq!(reopened.status, 0, "{reopened:?}");
-    let open = reopened.last().stateid;
-    let reclaim = first_lock(client, open, true);
-    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), reclaim]).status, 0);
+    reclaim_open_and_lock(gw_b.port, &fh);
     let mut other = Wire::connect(gw_b.port);
     let other_client = other.client("other-host");
     let other_open = Op::Open {
