@@ -252,6 +252,12 @@ fn nfs41_client_records_and_sessions_follow_the_rfc() {
     assert_eq!(alice.call(1, &[sequence_op(session, 12, false)]).status, BADSESSION);
 }
 
+/// An OPEN that creates `name` in the current directory if need be, by open-owner `owner` of
+/// `client` at `seqid`, for reading and writing and denying `deny`.
+fn create_as(client: u64, owner: &str, seqid: u32, name: &str, deny: u32) -> Op {
+    Op::Open { client, owner: owner.into(), seqid, name: name.into(), deny, create: true }
+}
+
 /// Share reservations (RFC 7530 section 9.9): an open denying writes holds off other opens
 /// for writing, the same owner's included, and writes outside any open; CLOSE lifts it.
 #[test]
@@ -260,14 +266,7 @@ fn nfs40_share_reservations_hold_off_opens_and_anonymous_writes() {
     let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
     let mut w = Wire::connect(gw.port);
     let client = w.client("owner-a");
-    let open = |owner: &str, seqid, deny| Op::Open {
-        client,
-        owner: owner.into(),
-        seqid,
-        name: "shared".into(),
-        deny,
-        create: true,
-    };
+    let open = |owner: &str, seqid, deny| create_as(client, owner, seqid, "shared", deny);
     const DENY_WRITE: u32 = 2;
     let opened = w.call(0, &[Op::PutRootFh, open("o1", 1, DENY_WRITE), Op::GetFh]);
     assert_eq!(opened.status, 0, "{opened:?}");
@@ -291,14 +290,7 @@ fn nfs40_open_downgrade_verify_and_secinfo() {
     let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
     let mut w = Wire::connect(gw.port);
     let client = w.client("owner-a");
-    let open = |owner: &str, seqid, deny| Op::Open {
-        client,
-        owner: owner.into(),
-        seqid,
-        name: "f".into(),
-        deny,
-        create: true,
-    };
+    let open = |owner: &str, seqid, deny| create_as(client, owner, seqid, "f", deny);
     let opened = w.call(0, &[Op::PutRootFh, open("o1", 1, 2), Op::GetFh]);
     assert_eq!(opened.status, 0, "{opened:?}");
     let (stateid, fh) = (opened.results[1].stateid, opened.results[2].fh.clone());
