@@ -39,6 +39,7 @@ const BADSESSION: u32 = 10052;
 const REP_TOO_BIG: u32 = 10066;
 const REP_TOO_BIG_TO_CACHE: u32 = 10067;
 const NOT_ONLY_OP: u32 = 10081;
+const OPENMODE: u32 = 10038;
 const SAME: u32 = 10009;
 const SHARE_DENIED: u32 = 10015;
 const LOCKED: u32 = 10012;
@@ -258,6 +259,14 @@ fn create_as(client: u64, owner: &str, seqid: u32, name: &str, deny: u32) -> Op 
     Op::Open { client, owner: owner.into(), seqid, name: name.into(), deny, create: true }
 }
 
+/// SETATTR of the size through `stateid`.
+fn set_size(stateid: [u8; 16], size: u64) -> Op {
+    let mut args = stateid.to_vec();
+    args.extend([1u32, 1 << 4, 8].iter().flat_map(|v| v.to_be_bytes()));
+    args.extend(size.to_be_bytes());
+    Op::Raw(34, args)
+}
+
 /// Share reservations (RFC 7530 section 9.9): an open denying writes holds off other opens
 /// for writing, the same owner's included, and writes outside any open; CLOSE lifts it.
 #[test]
@@ -276,6 +285,11 @@ fn nfs40_share_reservations_hold_off_opens_and_anonymous_writes() {
     let anonymous = [0u8; 16];
     let write = |stateid| Op::Write { stateid, offset: 0, stable: Stable::FileSync, data: b"x".to_vec() };
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), write(anonymous)]).status, LOCKED);
+    assert_eq!(
+        w.call(0, &[Op::PutFh(fh.clone()), set_size(anonymous, 0)]).status,
+        LOCKED,
+        "a new size is a write"
+    );
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), write(stateid)]).status, 0, "through the open");
     let read = Op::Read { stateid: anonymous, offset: 0, count: 1 };
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), read]).status, 0, "reads are not denied");
@@ -315,6 +329,11 @@ fn nfs40_open_downgrade_verify_and_secinfo() {
     assert_eq!(w.call(0, &[Op::PutRootFh, open("o2", 2, 0)]).status, 0);
     let upgrade = downgrade(stateid, 3, 3, 0);
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), upgrade]).status, INVAL, "no upgrade");
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), set_size(stateid, 0)]).status, OPENMODE, "now read-only");
+    // A time with a billion nanoseconds or more is INVAL.
+    let mut late = [0u8; 16].to_vec();
+    late.extend([2u32, 0, 1 << (54 - 32), 16, 1, 0, 0, 1_000_000_000].iter().flat_map(|v| v.to_be_bytes()));
+    assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), Op::Raw(34, late)]).status, INVAL);
 
     // VERIFY and NVERIFY of the size (attribute 4).
     let size_is = |size: u64| {

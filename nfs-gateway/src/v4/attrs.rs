@@ -5,7 +5,7 @@ use elasticfs_core::metadata::{Attr, FileKind, Timestamp, Usage};
 use elasticfs_core::SetAttrRequest;
 
 use super::status::{OpResult, Status};
-use super::xdr::{Bitmap, Decoded, Reader, Writer};
+use super::xdr::{Bitmap, Reader, Writer};
 use crate::attrs::split_rdev;
 
 pub const SUPPORTED_ATTRS: u32 = 0;
@@ -270,17 +270,21 @@ fn numeric_id(name: &[u8]) -> OpResult<u32> {
     std::str::from_utf8(name).ok().and_then(|s| s.parse().ok()).ok_or_else(|| Status::BADOWNER.into())
 }
 
-/// A settime4: the server's time, or the client's.
-fn set_time(v: &mut Reader<'_>, to_now: &mut bool) -> Decoded<Timestamp> {
+/// A settime4: the server's time, or the client's (a nanosecond count past 999,999,999 is
+/// INVAL).
+fn set_time(v: &mut Reader<'_>, to_now: &mut bool) -> OpResult<Timestamp> {
     match v.u32()? {
         0 => Ok(Timestamp::now()),
         1 => {
             *to_now = false;
             let secs = v.i64()?;
             let nanos = v.u32()?;
-            Ok(Timestamp { secs, nanos: nanos.min(999_999_999) })
+            if nanos > 999_999_999 {
+                return Err(Status::INVAL.into());
+            }
+            Ok(Timestamp { secs, nanos })
         }
-        _ => Err(super::xdr::BadXdr),
+        _ => Err(Status::BADXDR.into()),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::nfs::MAX_IO;
 use crate::open_files::OpenHandle;
 
 const SHARE_ACCESS_READ: u32 = 1;
-const SHARE_ACCESS_WRITE: u32 = 2;
+pub(super) const SHARE_ACCESS_WRITE: u32 = 2;
 /// NFSv4.1 carries delegation wishes in the bits above the access mode; none is granted.
 const SHARE_ACCESS_MASK: u32 = 3;
 const OPEN4_RESULT_LOCKTYPE_POSIX: u32 = 4;
@@ -310,6 +310,21 @@ impl Compound<'_> {
     /// The open a READ or WRITE names, for file `attr`: an open with `want` access, or a
     /// special stateid, for which the caller's permission is checked as for NFSv3.
     fn data_access(&self, id: Stateid, attr: &Attr, want: u32) -> OpResult<Access> {
+        Ok(match self.stateid_access(id, attr, want)? {
+            Some(handle) => Access { handle, opened: true },
+            None => Access { handle: self.gw.open.get(attr.ino)?, opened: false },
+        })
+    }
+
+    /// Checks that stateid `id` may read or write (`want`) file `attr`, as READ and WRITE
+    /// and a SETATTR of the size need: the engine handle of the open it names, or `None` for
+    /// a special stateid (outside any open).
+    pub(super) fn stateid_access(
+        &self,
+        id: Stateid,
+        attr: &Attr,
+        want: u32,
+    ) -> OpResult<Option<Arc<OpenHandle>>> {
         let id = self.real_stateid(id)?;
         if id.is_special() {
             let may = if want == SHARE_ACCESS_WRITE { MAY_WRITE } else { MAY_READ };
@@ -320,7 +335,7 @@ impl Compound<'_> {
             if !bypass && self.gw.v4.denied(attr.ino, want) {
                 return Err(Status::LOCKED.into());
             }
-            return Ok(Access { handle: self.gw.open.get(attr.ino)?, opened: false });
+            return Ok(None);
         }
         let handle = self.gw.v4.with_io_open(&id, self.minor, |open| {
             if open.ino != attr.ino {
@@ -332,7 +347,7 @@ impl Compound<'_> {
             }
             Ok(open.handle.clone())
         })?;
-        Ok(Access { handle, opened: true })
+        Ok(Some(handle))
     }
 
     pub(super) fn read(&mut self, r: &mut Reader<'_>, w: &mut Writer) -> OpResult {

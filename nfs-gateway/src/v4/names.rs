@@ -136,10 +136,15 @@ impl Compound<'_> {
     pub(super) fn setattr(&mut self, r: &mut Reader<'_>, w: &mut Writer) -> OpResult {
         // The result carries the attributes set, on failure too (none then).
         let fail = |status: Status| Fail { status, body: 0u32.to_be_bytes().to_vec() };
-        let _stateid = stateid(r).map_err(|e| fail(e.status))?;
+        let id = stateid(r).map_err(|e| fail(e.status))?;
         let set = attrs::decode_set(r).map_err(|e| fail(e.status))?;
         self.writable().map_err(|e| fail(e.status))?;
         let attr = self.current().map_err(|e| fail(e.status))?;
+        // A new size is a write: the stateid must allow writing this file (RFC 7530 section
+        // 16.32.4); other attributes ignore it.
+        if set.req.size.is_some() && attr.kind == FileKind::File {
+            self.stateid_access(id, &attr, super::io::SHARE_ACCESS_WRITE).map_err(|e| fail(e.status))?;
+        }
         checks::setattr(&self.gw.fs, self.who, &attr, &set.req, set.to_now).map_err(|e| {
             fail(match e.errno {
                 libc::EISDIR => Status::ISDIR,
