@@ -111,8 +111,9 @@ pub struct Exchanged {
 }
 
 impl Client {
-    fn exchanged(&self) -> Exchanged {
-        Exchanged { id: 0, confirmed: self.confirmed, confirm: self.confirm, create_seq: self.create_seq }
+    /// What EXCHANGE_ID and SETCLIENTID answer for this record, whose id is `id`.
+    fn exchanged(&self, id: u64) -> Exchanged {
+        Exchanged { id, confirmed: self.confirmed, confirm: self.confirm, create_seq: self.create_seq }
     }
 }
 
@@ -282,7 +283,7 @@ impl State {
                 return Err(Status::NOT_SAME.into());
             }
             c.last_seen = Instant::now();
-            return Ok(Exchanged { id: confirmed.expect("found"), confirmed: true, ..c.exchanged() });
+            return Ok(c.exchanged(confirmed.expect("found")));
         }
         if let Some(id) = confirmed {
             let in_use = has_state(&t, id);
@@ -299,7 +300,7 @@ impl State {
                 if minor == 0 {
                     c.confirm = self.verifier();
                 }
-                return Ok(Exchanged { id, ..c.exchanged() });
+                return Ok(c.exchanged(id));
             }
         }
         if let Some(id) = record(&t, false) {
@@ -323,7 +324,7 @@ impl State {
             owners: HashMap::new(),
             reclaimed: false,
         };
-        let exchanged = Exchanged { id, ..client.exchanged() };
+        let exchanged = client.exchanged(id);
         t.clients.insert(id, client);
         Ok(exchanged)
     }
