@@ -253,6 +253,21 @@ fn nfs41_client_records_and_sessions_follow_the_rfc() {
     assert_eq!(alice.call(1, &[sequence_op(session, 12, false)]).status, BADSESSION);
 }
 
+/// A gateway (as root, unsquashed) of a new local volume, and a connection to it with a
+/// confirmed 4.0 client "owner-a": (volume, gateway, connection, client id).
+fn local_client() -> (Volume, Gateway, Wire, u64) {
+    let vol = Volume::local();
+    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
+    let mut w = Wire::connect(gw.port);
+    let client = w.client("owner-a");
+    (vol, gw, w, client)
+}
+
+/// The attributes `size` and nothing else (a fattr4, for SETATTR, VERIFY and NVERIFY).
+fn size_attr(size: u64) -> Vec<u8> {
+    [1u32, 1 << 4, 8].iter().flat_map(|v| v.to_be_bytes()).chain(size.to_be_bytes()).collect()
+}
+
 /// An OPEN that creates `name` in the current directory if need be, by open-owner `owner` of
 /// `client` at `seqid`, for reading and writing and denying `deny`.
 fn create_as(client: u64, owner: &str, seqid: u32, name: &str, deny: u32) -> Op {
@@ -261,20 +276,14 @@ fn create_as(client: u64, owner: &str, seqid: u32, name: &str, deny: u32) -> Op 
 
 /// SETATTR of the size through `stateid`.
 fn set_size(stateid: [u8; 16], size: u64) -> Op {
-    let mut args = stateid.to_vec();
-    args.extend([1u32, 1 << 4, 8].iter().flat_map(|v| v.to_be_bytes()));
-    args.extend(size.to_be_bytes());
-    Op::Raw(34, args)
+    Op::Raw(34, [stateid.to_vec(), size_attr(size)].concat())
 }
 
 /// Share reservations (RFC 7530 section 9.9): an open denying writes holds off other opens
 /// for writing, the same owner's included, and writes outside any open; CLOSE lifts it.
 #[test]
 fn nfs40_share_reservations_hold_off_opens_and_anonymous_writes() {
-    let vol = Volume::local();
-    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
-    let mut w = Wire::connect(gw.port);
-    let client = w.client("owner-a");
+    let (_vol, _gw, mut w, client) = local_client();
     let open = |owner: &str, seqid, deny| create_as(client, owner, seqid, "shared", deny);
     const DENY_WRITE: u32 = 2;
     let opened = w.call(0, &[Op::PutRootFh, open("o1", 1, DENY_WRITE), Op::GetFh]);
@@ -300,10 +309,7 @@ fn nfs40_share_reservations_hold_off_opens_and_anonymous_writes() {
 /// OPEN_DOWNGRADE, VERIFY/NVERIFY and SECINFO, which no client here sends.
 #[test]
 fn nfs40_open_downgrade_verify_and_secinfo() {
-    let vol = Volume::local();
-    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
-    let mut w = Wire::connect(gw.port);
-    let client = w.client("owner-a");
+    let (_vol, _gw, mut w, client) = local_client();
     let open = |owner: &str, seqid, deny| create_as(client, owner, seqid, "f", deny);
     let opened = w.call(0, &[Op::PutRootFh, open("o1", 1, 2), Op::GetFh]);
     assert_eq!(opened.status, 0, "{opened:?}");
@@ -336,14 +342,11 @@ fn nfs40_open_downgrade_verify_and_secinfo() {
     assert_eq!(w.call(0, &[Op::PutFh(fh.clone()), Op::Raw(34, late)]).status, INVAL);
 
     // VERIFY and NVERIFY of the size (attribute 4).
-    let size_is = |size: u64| {
-        [1u32, 1 << 4, 8].iter().flat_map(|v| v.to_be_bytes()).chain(size.to_be_bytes()).collect()
-    };
     let status = |w: &mut Wire, ops: &[Op]| w.call(0, ops).status;
-    assert_eq!(status(&mut w, &[Op::PutFh(fh.clone()), Op::Raw(37, size_is(10))]), 0);
-    assert_eq!(status(&mut w, &[Op::PutFh(fh.clone()), Op::Raw(37, size_is(11))]), NOT_SAME);
-    assert_eq!(status(&mut w, &[Op::PutFh(fh.clone()), Op::Raw(17, size_is(10))]), SAME);
-    assert_eq!(status(&mut w, &[Op::PutFh(fh), Op::Raw(17, size_is(11))]), 0);
+    assert_eq!(status(&mut w, &[Op::PutFh(fh.clone()), Op::Raw(37, size_attr(10))]), 0);
+    assert_eq!(status(&mut w, &[Op::PutFh(fh.clone()), Op::Raw(37, size_attr(11))]), NOT_SAME);
+    assert_eq!(status(&mut w, &[Op::PutFh(fh.clone()), Op::Raw(17, size_attr(10))]), SAME);
+    assert_eq!(status(&mut w, &[Op::PutFh(fh), Op::Raw(17, size_attr(11))]), 0);
 
     // SECINFO of a name: AUTH_SYS; of a missing one: NOENT.
     let secinfo = |name: &[u8]| {
@@ -358,10 +361,7 @@ fn nfs40_open_downgrade_verify_and_secinfo() {
 
 #[test]
 fn nfs40_checks_handles_stateids_and_sequence_ids() {
-    let vol = Volume::local();
-    let gw = Gateway::start(&vol, "gw", &["--squash", "none"]);
-    let mut w = Wire::connect(gw.port);
-    let client = w.client("owner-a");
+    let (_vol, _gw, mut w, client) = local_client();
     let open = |seqid, name: &str, create| Op::Open {
         client,
         owner: "o1".into(),

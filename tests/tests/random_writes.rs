@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use elasticfs_tests::etcd::{etcd_available, EtcdCluster};
 use elasticfs_tests::nfs::*;
@@ -284,13 +284,13 @@ fn held_mount() -> (S3Server, Volume, elasticfs_tests::Mount, std::path::PathBuf
 /// Waits until `s3` holds an upload back, failing with `otherwise` after 60 s. `nudge` runs
 /// every second until then.
 fn wait_for_a_held_upload(s3: &S3Server, otherwise: &str, nudge: impl Fn()) {
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut nudged = start;
     while s3.held_puts() == 0 {
         assert!(start.elapsed() < Duration::from_secs(60), "{otherwise}");
         if nudged.elapsed() >= Duration::from_secs(1) {
             nudge();
-            nudged = std::time::Instant::now();
+            nudged = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -357,13 +357,13 @@ fn sigkill_in_the_middle_of_a_compaction_loses_nothing_fsynced() {
     // Background compactions the first fifteen started upload first (else one of their PUTs
     // could take the sixteenth's one pass below, and hold its fsync instead): the bucket
     // stops growing. Bounded; nothing is asserted of the time.
-    let mut last = (s3.bucket_objects(), std::time::Instant::now());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while last.1.elapsed() < std::time::Duration::from_secs(1) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut last = (s3.bucket_objects(), Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while last.1.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
         let now = s3.bucket_objects();
         if now != last.0 {
-            last = (now, std::time::Instant::now());
+            last = (now, Instant::now());
         }
     }
     // The sixteenth's slice is let through; the compaction it starts uploads next, and waits.

@@ -267,13 +267,7 @@ impl State {
         update: bool,
     ) -> OpResult<Exchanged> {
         let mut t = self.tables.lock().unwrap();
-        let record = |t: &Tables, confirmed: bool| {
-            t.clients
-                .iter()
-                .find(|(_, c)| c.owner == owner && c.minor == minor && c.confirmed == confirmed)
-                .map(|(id, _)| *id)
-        };
-        let confirmed = record(&t, true);
+        let confirmed = record_of(&t, owner, minor, true);
         if update {
             let c = confirmed.and_then(|id| t.clients.get_mut(&id)).ok_or(Status::NOENT)?;
             if c.principal != principal {
@@ -303,7 +297,7 @@ impl State {
                 return Ok(c.exchanged(id));
             }
         }
-        if let Some(id) = record(&t, false) {
+        if let Some(id) = record_of(&t, owner, minor, false) {
             drop_client(&mut t, id);
         }
         if t.clients.len() >= MAX_CLIENTS {
@@ -423,9 +417,7 @@ impl State {
     pub fn session(&self, id: &[u8; 16]) -> OpResult<Arc<Session>> {
         let mut t = self.tables.lock().unwrap();
         let session = t.sessions.get(id).cloned().ok_or(Status::BADSESSION)?;
-        if let Some(c) = t.clients.get_mut(&session.client) {
-            c.last_seen = Instant::now();
-        }
+        heard_from(&mut t, session.client);
         Ok(session)
     }
 
@@ -512,9 +504,7 @@ impl State {
         let open = t.opens.get(&id.other).ok_or_else(|| self.unknown(id))?;
         current(id, open.seqid, minor)?;
         let client = open.client;
-        if let Some(c) = t.clients.get_mut(&client) {
-            c.last_seen = Instant::now();
-        }
+        heard_from(&mut t, client);
         let open = t.opens.get_mut(&id.other).expect("found above");
         f(open)
     }
@@ -579,9 +569,7 @@ impl State {
         current(id, l.seqid, minor)?;
         let client = l.client;
         let result = f(l);
-        if let Some(c) = t.clients.get_mut(&client) {
-            c.last_seen = Instant::now();
-        }
+        heard_from(&mut t, client);
         result
     }
 
@@ -603,9 +591,7 @@ impl State {
         let open = t.opens.get(&open).ok_or(Status::BAD_STATEID)?;
         let client = open.client;
         let result = f(open);
-        if let Some(c) = t.clients.get_mut(&client) {
-            c.last_seen = Instant::now();
-        }
+        heard_from(&mut t, client);
         result
     }
 
@@ -678,14 +664,26 @@ fn has_state(t: &Tables, id: u64) -> bool {
 /// Marks client `id` confirmed; another confirmed record of its owner (an earlier incarnation)
 /// goes, with its state.
 fn confirm_record(t: &mut Tables, id: u64) -> Released {
-    let Some(c) = t.clients.get_mut(&id) else { return Released::default() };
-    if std::mem::replace(&mut c.confirmed, true) {
-        return Released::default();
-    }
-    let (owner, minor) = (c.owner.clone(), c.minor);
-    let old =
-        t.clients.iter().find(|(k, c)| **k != id && c.owner == owner && c.minor == minor).map(|(k, _)| *k);
+    let Some(c) = t.clients.get(&id).filter(|c| !c.confirmed) else { return Released::default() };
+    let old = record_of(t, &c.owner, c.minor, true);
+    t.clients.get_mut(&id).expect("found").confirmed = true;
     old.map(|old| drop_client(t, old)).unwrap_or_default()
+}
+
+/// The confirmed or unconfirmed record of client `owner` of minor version `minor` (there is
+/// at most one of each).
+fn record_of(t: &Tables, owner: &[u8], minor: u32, confirmed: bool) -> Option<u64> {
+    t.clients
+        .iter()
+        .find(|(_, c)| c.owner == owner && c.minor == minor && c.confirmed == confirmed)
+        .map(|(id, _)| *id)
+}
+
+/// Counts as hearing from `client`: its lease starts again.
+fn heard_from(t: &mut Tables, client: u64) {
+    if let Some(c) = t.clients.get_mut(&client) {
+        c.last_seen = Instant::now();
+    }
 }
 
 /// Removes a client with its sessions, opens and lock states; returns what it held.
