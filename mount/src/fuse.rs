@@ -161,6 +161,12 @@ impl fuser::Filesystem for FuseAdapter {
         {
             warn!("the kernel does not offer {missing:?}: listings look up each entry");
         }
+        // Lookups and listings of one directory run side by side (the kernel otherwise holds a
+        // per-directory mutex across each request): the engine serves them concurrently, as it
+        // does for the NFS gateway.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS) {
+            warn!("the kernel does not offer {missing:?}: lookups in one directory queue");
+        }
         // The engine drops set-id bits itself on write, chown and truncate. Otherwise the kernel
         // asks getxattr("security.capability") before every write(2): one more round trip, and
         // a metered metadata request, per write.
