@@ -9,7 +9,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use elasticfs_core::metadata::{Attr, FileKind, LockKind, LockRequest, RenameMode, Timestamp, XattrMode};
-use elasticfs_core::{dropping_set_id_bits, Caller, CreateMode, FileSystem, FsError, SetAttrRequest};
+use elasticfs_core::{
+    dropping_set_id_bits, Caller, CreateMode, FileSystem, FileVersion, FsError, SetAttrRequest,
+};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
     InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -17,6 +19,8 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{info_span, warn};
+
+use crate::kernel_attrs::KernelAttrs;
 
 /// `st_blksize`: the preferred I/O size, matching the largest FUSE write.
 const IO_SIZE: u32 = 1 << 20;
@@ -29,6 +33,8 @@ pub struct FuseAdapter {
     notifier: Arc<OnceLock<Notifier>>,
     /// The kernel left dropping set-user-ID and set-group-ID bits to us (HANDLE_KILLPRIV_V2).
     kills_set_id_bits: bool,
+    /// Which attributes the kernel may hold of each file.
+    kernel_attrs: KernelAttrs,
 }
 
 impl FuseAdapter {
@@ -39,8 +45,14 @@ impl FuseAdapter {
         entry_ttl: Duration,
     ) -> (Self, Arc<OnceLock<Notifier>>) {
         let notifier = Arc::new(OnceLock::new());
-        let adapter =
-            FuseAdapter { fs, attr_ttl, entry_ttl, notifier: notifier.clone(), kills_set_id_bits: false };
+        let adapter = FuseAdapter {
+            fs,
+            attr_ttl,
+            entry_ttl,
+            notifier: notifier.clone(),
+            kills_set_id_bits: false,
+            kernel_attrs: KernelAttrs::new(),
+        };
         (adapter, notifier)
     }
 }
@@ -116,9 +128,15 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl FuseAdapter {
+    /// `attr` as a reply hands it to the kernel.
+    fn hand_over(&self, attr: &Attr) -> FileAttr {
+        self.kernel_attrs.handing(attr.ino, FileVersion::of(attr));
+        to_fuse_attr(attr)
+    }
+
     fn reply_entry(&self, result: Result<Attr, FsError>, reply: ReplyEntry) {
         match result {
-            Ok(attr) => reply.entry(&self.entry_ttl, &to_fuse_attr(&attr), Generation(attr.generation)),
+            Ok(attr) => reply.entry(&self.entry_ttl, &self.hand_over(&attr), Generation(attr.generation)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -188,7 +206,7 @@ impl fuser::Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = info_span!("getattr", ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
-            Ok(attr) => reply.attr(&self.attr_ttl, &to_fuse_attr(&attr)),
+            Ok(attr) => reply.attr(&self.attr_ttl, &self.hand_over(&attr)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -229,7 +247,7 @@ impl fuser::Filesystem for FuseAdapter {
             }
         }
         match self.fs.setattr(ino.0, &req) {
-            Ok(attr) => reply.attr(&self.attr_ttl, &to_fuse_attr(&attr)),
+            Ok(attr) => reply.attr(&self.attr_ttl, &self.hand_over(&attr)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -333,7 +351,8 @@ impl fuser::Filesystem for FuseAdapter {
                     // Close-to-open: the kernel's cached size may predate another client's
                     // change, and it would cut reads short at it. (Pages are dropped anyway
                     // without FOPEN_KEEP_CACHE.)
-                    if let Some(notifier) = self.notifier.get() {
+                    let current = self.fs.opened_as(fh).is_ok_and(|v| self.kernel_attrs.hold_only(ino.0, v));
+                    if let (false, Some(notifier)) = (current, self.notifier.get()) {
                         let _ = notifier.inval_inode(ino, -1, 0);
                     }
                     FopenFlags::empty()
@@ -548,7 +567,7 @@ impl fuser::Filesystem for FuseAdapter {
             self.fs.list_open_dir_plus(fh.0, ino.0, offset, |entry_ino, cookie, _kind, name, attr| {
                 // An entry removed since it was listed is skipped, not an error.
                 let Some(attr) = attr else { return false };
-                let fattr = to_fuse_attr(attr);
+                let fattr = self.hand_over(attr);
                 reply.add(
                     INodeNo(entry_ino),
                     cookie,
@@ -652,7 +671,7 @@ impl fuser::Filesystem for FuseAdapter {
         match self.fs.create(parent.0, name.as_bytes(), perm(mode, umask), caller(req), create, append) {
             Ok((attr, fh)) => reply.created(
                 &self.entry_ttl,
-                &to_fuse_attr(&attr),
+                &self.hand_over(&attr),
                 Generation(attr.generation),
                 FileHandle(fh),
                 FopenFlags::empty(),

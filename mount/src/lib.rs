@@ -7,6 +7,7 @@ pub mod dump;
 pub mod etcd_url;
 pub mod fsck;
 pub mod fuse;
+mod kernel_attrs;
 pub mod listening;
 pub mod metrics_endpoint;
 pub mod mounting;

@@ -115,6 +115,35 @@ fn mounts_share_one_namespace_with_close_to_open() {
     assert_eq!(status["client_connections"], 0, "clean unmounts end their sessions: {status}");
 }
 
+/// Close-to-open holds however long a mount lets the kernel cache attributes: an open after
+/// another host's change makes the kernel drop the size it holds (else reads stop short at it),
+/// and an open of a file unchanged since the kernel was told its attributes need not.
+#[test]
+fn an_open_sees_another_hosts_change_through_a_long_attribute_cache() {
+    if !fuse_available() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let service = MetaService::start("5s");
+    let vol = Volume::shared(&service, &s3);
+    let writer = vol.mount_named("writer", "", None);
+    let reader = vol.mount_named("reader", "attr-cache=1h,entry-cache=1h", None);
+    let (at_writer, at_reader) = (writer.path.join("grows"), reader.path.join("grows"));
+
+    let first = pattern(3, 1000);
+    std::fs::write(&at_writer, &first).unwrap();
+    assert_eq!(std::fs::read(&at_reader).unwrap(), first);
+    assert_eq!(std::fs::metadata(&at_reader).unwrap().len(), 1000, "the reader's kernel holds 1000 bytes");
+    let more = pattern(4, 500);
+    std::fs::OpenOptions::new().append(true).open(&at_writer).unwrap().write_all(&more).unwrap();
+
+    let grown = std::fs::read(&at_reader).unwrap();
+    assert_eq!(grown.len(), 1500, "the reader's open must drop the size its kernel cached");
+    assert!(grown[..1000] == first[..] && grown[1000..] == more[..], "content differs");
+    assert_eq!(std::fs::read(&at_reader).unwrap(), grown, "an open of the unchanged file reads the same");
+    drop((reader, writer));
+}
+
 fn count_under_locks(kind: &str, files: &[PathBuf], per_process: u32) -> u64 {
     std::fs::write(&files[0], "0").unwrap();
     let workers: Vec<Child> = files

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use elasticfs_metadata::{Attr, FileKind, Ino, MetaError};
 use tracing::instrument;
 
-use super::{Caller, FileSystem, SET_ID_BITS};
+use super::{Caller, FileSystem, FileVersion, SET_ID_BITS};
 use crate::error::{errno, FsError, FsResult};
 use crate::metrics::Op;
 use crate::open_file::{OpenFile, Readahead};
@@ -31,6 +31,8 @@ pub enum CreateMode {
 pub(super) struct Handle {
     pub(super) file: Arc<OpenFile>,
     pub(super) append: bool,
+    /// The file as the store had it when this handle opened it.
+    pub(super) opened_as: FileVersion,
     /// The file is as it was at this client's previous open: the kernel's cached pages of it
     /// are still right.
     pub(super) unchanged: bool,
@@ -95,10 +97,11 @@ impl FileSystem {
         // Close-to-open.
         file.adopt_committed_size(attr.size);
         file.may_have_set_id_bits.store(attr.perm & SET_ID_BITS != 0, Ordering::Relaxed);
-        let version = (attr.mtime, attr.ctime, attr.size);
-        let unchanged = self.last_opened.lock().unwrap().put(ino, version) == Some(version);
+        let opened_as = FileVersion::of(attr);
+        let unchanged = self.last_opened.lock().unwrap().put(ino, opened_as) == Some(opened_as);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { file, append, unchanged, readahead: Mutex::new(Readahead::default()) };
+        let handle =
+            Handle { file, append, opened_as, unchanged, readahead: Mutex::new(Readahead::default()) };
         self.handles.lock().unwrap().insert(fh, Arc::new(handle));
         Ok(fh)
     }
@@ -108,6 +111,11 @@ impl FileSystem {
     /// changes its times or size, and the cache is dropped).
     pub fn unchanged_since_last_open(&self, fh: u64) -> bool {
         self.handle(fh).is_ok_and(|h| h.unchanged)
+    }
+
+    /// The version of the file that handle `fh` opened (what the store had at the open).
+    pub fn opened_as(&self, fh: u64) -> FsResult<FileVersion> {
+        Ok(self.handle(fh)?.opened_as)
     }
 
     /// Makes handle `fh` read the file as `attr` (its [`Self::getattr`] of just now) says: the

@@ -125,7 +125,7 @@ pub struct FileSystem {
     write_budget: Arc<WriteBudget>,
     open_gates: Vec<Mutex<()>>,
     /// What each recently opened file looked like at its last open (see [`Handle::unchanged`]).
-    last_opened: Mutex<lru::LruCache<Ino, Version>>,
+    last_opened: Mutex<lru::LruCache<Ino, FileVersion>>,
     names: RecentNames,
     changed_dirs: ChangedDirs,
     dir_handles: DirHandles,
@@ -134,8 +134,20 @@ pub struct FileSystem {
     compactor: Arc<Compactor>,
 }
 
-/// What tells one state of a file's content from another.
-type Version = (Timestamp, Timestamp, u64);
+/// What tells one state of a file's content from another: any change by anyone moves its
+/// modification or change time, or its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileVersion {
+    mtime: Timestamp,
+    ctime: Timestamp,
+    size: u64,
+}
+
+impl FileVersion {
+    pub fn of(attr: &Attr) -> Self {
+        FileVersion { mtime: attr.mtime, ctime: attr.ctime, size: attr.size }
+    }
+}
 
 /// Files whose last-open version is remembered.
 const REMEMBERED_OPENS: usize = 65536;
