@@ -189,6 +189,21 @@ pub fn attributes_and_xattrs(root: &Path) {
     let m = fs::metadata(&p).unwrap();
     assert_eq!((m.atime(), m.atime_nsec()), (1_000_000_000, 123_456_789));
     assert_eq!((m.mtime(), m.mtime_nsec()), (1_500_000_000, 987_654_321));
+    // A time set through an open file after writing it (tar, `cp -p`) outlasts the close, and
+    // a write after it stamps the file again.
+    let stamped = root.join("stamped");
+    let set = std::time::UNIX_EPOCH + std::time::Duration::new(1_200_000_000, 5);
+    let mut f = File::create(&stamped).unwrap();
+    f.write_all(b"extracted").unwrap();
+    f.set_modified(set).unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(&stamped).unwrap().modified().unwrap(), set, "the close kept the time set");
+    let mut f = OpenOptions::new().append(true).open(&stamped).unwrap();
+    f.set_modified(set).unwrap();
+    f.write_all(b" and appended").unwrap();
+    drop(f);
+    assert!(fs::metadata(&stamped).unwrap().modified().unwrap() > set, "a later write stamps the file");
+    assert_eq!(fs::read(&stamped).unwrap(), b"extracted and appended");
     // Extended attributes.
     let name = CString::new("user.colour").unwrap();
     // SAFETY: valid pointers and lengths throughout.

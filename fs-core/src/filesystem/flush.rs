@@ -72,6 +72,23 @@ impl FileSystem {
         self.flush_held(file, Settles::Create)
     }
 
+    /// Commits what is written to `file` with its modification time set to `mtime`, if
+    /// anything is written; whether it did. For a setattr of the time: left to their own
+    /// commit, the writes would stamp the file with their time after the one set (tar and
+    /// `cp -p` write, set the time, then close), and the two together take one durable commit.
+    pub(super) fn flush_dated(&self, file: &OpenFile, mtime: Timestamp) -> FsResult<bool> {
+        let _turn = file.flush.lock().unwrap();
+        {
+            let mut st = file.state.lock().unwrap();
+            if !st.has_changes() {
+                return Ok(false);
+            }
+            st.mtime = Some(mtime);
+        }
+        self.flush_held(file, Settles::Create)?;
+        Ok(true)
+    }
+
     /// [`Self::flush_file`], with the file's flush lock held. A flush that `settles` the file's
     /// pending create (a close, an `fsync`) confirms it with its commit, or on its own if there
     /// is nothing to commit; one to make room in the write buffer does not (a crash then

@@ -469,7 +469,7 @@ impl FileSystem {
             if let Some(size) = req.size {
                 attr = Some(self.truncate(ino, size)?);
             }
-            let changes = SetAttr {
+            let mut changes = SetAttr {
                 perm: req.perm,
                 uid: req.uid,
                 gid: req.gid,
@@ -477,6 +477,12 @@ impl FileSystem {
                 mtime: req.mtime,
                 ctime: None,
             };
+            if let (Some(mtime), Some(file)) = (req.mtime, self.open_file(ino)) {
+                if self.flush_dated(&file, mtime)? {
+                    changes.mtime = None;
+                    attr = Some(self.meta.getattr(ino)?);
+                }
+            }
             if changes != SetAttr::default() || attr.is_none() {
                 attr = Some(self.meta.setattr(ino, &changes)?);
             }
