@@ -9,13 +9,14 @@ each operation within 1.3x of that floor).
 The FUSE requests an operation needs are counted by strace on the mount process (every reply
 is one writev to /dev/fuse) over 100 more operations of each kind. One request's cost is
 measured as a getxattr of a missing attribute (a request the kernel always forwards, answered
-from one metadata read); one fdatasync as a 128-byte write and fdatasync of a file in the
-metadata's directory, over zeros the file already holds (what the journal's commit does: the
-cheapest durable write there is, since the file's size does not change). The workdir is
-removed at the end.
+from one metadata read); one fdatasync as a direct (O_DIRECT) write of the page a 128-byte
+record ends in and an fdatasync of a file in the metadata's directory, over zeros the file
+already holds (what the journal's commit does: the cheapest durable write there is, since the
+file's size does not change). The workdir is removed at the end.
 """
 import argparse
 import errno
+import mmap
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ import time
 
 
 COUNTED = 100
+PAGE = 4096
 #: Where the counting pass's names start, apart from the timed pass's.
 COUNTING = 1_000_000
 
@@ -107,11 +109,15 @@ def main():
                 assert e.errno == errno.ENODATA, e
 
         request_us = per_call_us(n, missing_xattr)
-        log = os.open(f"{vol}/meta/fdatasync-probe", os.O_CREAT | os.O_WRONLY, 0o644)
-        os.write(log, bytes(128 * n + 4096))
-        os.fsync(log)
-        os.lseek(log, 0, os.SEEK_SET)
-        fdatasync_us = per_call_us(n, lambda _: (os.write(log, b"y" * 128), os.fdatasync(log)))
+        probe = f"{vol}/meta/fdatasync-probe"
+        with open(probe, "wb") as f:
+            f.write(bytes(128 * n + 2 * PAGE))
+            os.fsync(f.fileno())
+        log = os.open(probe, os.O_WRONLY | os.O_DIRECT)
+        page = mmap.mmap(-1, PAGE)  # page-aligned, as direct I/O wants
+        page.write(b"y" * PAGE)
+        fdatasync_us = per_call_us(n, lambda i: (os.pwritev(log, [page], i * 128 // PAGE * PAGE),
+                                                 os.fdatasync(log)))
         os.close(log)
         os.unlink(f"{vol}/meta/fdatasync-probe")
     finally:

@@ -79,6 +79,7 @@ impl SledKv {
         if self.deferred.set(every).is_err() {
             return;
         }
+        self.journal.write_through_page_cache();
         let durable = Arc::downgrade(&self.durable);
         let spawned = std::thread::Builder::new().name("elasticfs-commit".into()).spawn(move || loop {
             std::thread::sleep(every);
