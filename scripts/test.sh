@@ -30,7 +30,9 @@ command -v strace >/dev/null || apt_install strace || require "strace is missing
 
 # The metadata engine's etcd driver is tested on a real 3-member cluster (Debian's
 # etcd-server); building its gRPC client needs protoc.
-command -v etcd >/dev/null || apt_install etcd-server etcd-client || require "etcd (etcd-server) is missing"
+# The tests drive the cluster with etcdctl (etcd-client): a host with only etcd-server gets it too.
+command -v etcd >/dev/null || apt_install etcd-server || require "etcd (etcd-server) is missing"
+command -v etcdctl >/dev/null || apt_install etcd-client || require "etcdctl (etcd-client) is missing"
 command -v protoc >/dev/null || apt_install protobuf-compiler || require "protoc (protobuf-compiler) is missing"
 
 # What every stop is asked to check is checked here too.
