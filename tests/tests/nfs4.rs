@@ -36,6 +36,7 @@ const TOOSMALL: u32 = 10005;
 const CLID_INUSE: u32 = 10017;
 const NOT_SAME: u32 = 10027;
 const BADSESSION: u32 = 10052;
+const SYMLINK: u32 = 10029;
 const REP_TOO_BIG: u32 = 10066;
 const REP_TOO_BIG_TO_CACHE: u32 = 10067;
 const NOT_ONLY_OP: u32 = 10081;
@@ -357,6 +358,16 @@ fn nfs40_open_downgrade_verify_and_secinfo() {
     };
     assert_eq!(status(&mut w, &[Op::PutRootFh, secinfo(b"f")]), 0);
     assert_eq!(status(&mut w, &[Op::PutRootFh, secinfo(b"missing")]), NOENT);
+
+    // A FIFO made by CREATE (type NF4FIFO, no attributes) is not opened: SYMLINK in 4.0, as
+    // Linux answers (RFC 7530 has no better error for it).
+    let mut fifo = [7u32, 4].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<u8>>();
+    fifo.extend(b"pipe");
+    fifo.extend([0u32, 0].iter().flat_map(|v| v.to_be_bytes()));
+    assert_eq!(status(&mut w, &[Op::PutRootFh, Op::Raw(6, fifo)]), 0, "CREATE of a FIFO");
+    let open_fifo =
+        Op::Open { client, owner: "o3".into(), seqid: 1, name: "pipe".into(), deny: 0, create: false };
+    assert_eq!(status(&mut w, &[Op::PutRootFh, open_fifo]), SYMLINK);
 }
 
 #[test]
