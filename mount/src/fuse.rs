@@ -345,17 +345,18 @@ impl fuser::Filesystem for FuseAdapter {
         let _s = info_span!("open", ino = ino.0).entered();
         match self.fs.open(ino.0, flags.0 & libc::O_APPEND != 0) {
             Ok(fh) => {
-                let flags = if self.fs.unchanged_since_last_open(fh) {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
+                let flags = match self.fs.opened_as(fh) {
+                    Ok((_, true)) => FopenFlags::FOPEN_KEEP_CACHE,
                     // Close-to-open: the kernel's cached size may predate another client's
                     // change, and it would cut reads short at it. (Pages are dropped anyway
                     // without FOPEN_KEEP_CACHE.)
-                    let current = self.fs.opened_as(fh).is_ok_and(|v| self.kernel_attrs.hold_only(ino.0, v));
-                    if let (false, Some(notifier)) = (current, self.notifier.get()) {
-                        let _ = notifier.inval_inode(ino, -1, 0);
+                    opened => {
+                        let current = opened.is_ok_and(|(v, _)| self.kernel_attrs.hold_only(ino.0, v));
+                        if let (false, Some(notifier)) = (current, self.notifier.get()) {
+                            let _ = notifier.inval_inode(ino, -1, 0);
+                        }
+                        FopenFlags::empty()
                     }
-                    FopenFlags::empty()
                 };
                 reply.opened(FileHandle(fh), flags)
             }

@@ -106,16 +106,13 @@ impl FileSystem {
         Ok(fh)
     }
 
-    /// Whether the file of handle `fh` is unchanged since this client last opened it, so that a
-    /// frontend's page cache of it may be kept (close-to-open: a change by anyone since then
-    /// changes its times or size, and the cache is dropped).
-    pub fn unchanged_since_last_open(&self, fh: u64) -> bool {
-        self.handle(fh).is_ok_and(|h| h.unchanged)
-    }
-
-    /// The version of the file that handle `fh` opened (what the store had at the open).
-    pub fn opened_as(&self, fh: u64) -> FsResult<FileVersion> {
-        Ok(self.handle(fh)?.opened_as)
+    /// The version of the file that handle `fh` opened (what the store had at the open), and
+    /// whether it is the version of this client's previous open of it, so that a frontend's
+    /// page cache of it may be kept (close-to-open: a change by anyone since then changes its
+    /// times or size, and the cache is dropped).
+    pub fn opened_as(&self, fh: u64) -> FsResult<(FileVersion, bool)> {
+        let handle = self.handle(fh)?;
+        Ok((handle.opened_as, handle.unchanged))
     }
 
     /// Makes handle `fh` read the file as `attr` (its [`Self::getattr`] of just now) says: the

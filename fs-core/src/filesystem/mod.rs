@@ -477,14 +477,18 @@ impl FileSystem {
                 mtime: req.mtime,
                 ctime: None,
             };
-            if let (Some(mtime), Some(file)) = (req.mtime, self.open_file(ino)) {
-                if self.flush_dated(&file, mtime)? {
-                    changes.mtime = None;
-                    attr = Some(self.meta.getattr(ino)?);
-                }
+            let dated = match (req.mtime, self.open_file(ino)) {
+                (Some(mtime), Some(file)) => self.flush_dated(&file, mtime)?,
+                _ => false,
+            };
+            if dated {
+                changes.mtime = None;
             }
-            if changes != SetAttr::default() || attr.is_none() {
+            if changes != SetAttr::default() || (attr.is_none() && !dated) {
                 attr = Some(self.meta.setattr(ino, &changes)?);
+            } else if dated {
+                // The dated commit changed what a truncate above answered.
+                attr = Some(self.meta.getattr(ino)?);
             }
             if let (Some(file), Some(attr)) = (self.open_file(ino), &attr) {
                 file.may_have_set_id_bits.store(attr.perm & SET_ID_BITS != 0, Ordering::Relaxed);
