@@ -332,12 +332,17 @@ impl ChunkStore {
         }))
         .await?;
         self.fetch_whole_in_background(hash);
+        let within = |index: u64| {
+            let seg = segments.range(index);
+            (range.start.max(seg.start) - seg.start) as usize..(range.end.min(seg.end) - seg.start) as usize
+        };
+        if let [part] = parts.as_slice() {
+            // Within one segment: a view of the cached segment, not a copy.
+            return Ok(part.slice(within(first)));
+        }
         let mut out = Vec::with_capacity((range.end - range.start) as usize);
         for (index, part) in (first..).zip(parts) {
-            let seg = segments.range(index);
-            let from = range.start.max(seg.start) - seg.start;
-            let to = range.end.min(seg.end) - seg.start;
-            out.extend_from_slice(&part[from as usize..to as usize]);
+            out.extend_from_slice(&part[within(index)]);
         }
         Ok(Bytes::from(out))
     }

@@ -25,7 +25,7 @@ pub use block_cache::BlockCache;
 pub use chunk_store::{chunk_path, hash_of, segments_path, ChunkStore};
 pub use disk_cache::DiskCache;
 pub use error::{errno, FsError, FsResult};
-pub use filesystem::{Caller, CreateMode, FileSystem, FileVersion, FsConfig, SetAttrRequest};
+pub use filesystem::{Caller, CreateMode, FileSystem, FileVersion, FsConfig, SetAttrRequest, Window};
 pub use ownership::Ownership;
 pub use read_data::ReadData;
 pub use storage::{connect_chunk_store, connect_object_store, open_object_store};

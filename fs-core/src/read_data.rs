@@ -35,6 +35,20 @@ impl ReadData {
         self.len == 0
     }
 
+    /// Bytes `range` of these, sharing the pieces (no copy).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> ReadData {
+        let mut out = ReadData::default();
+        let mut at = 0;
+        for piece in &self.pieces {
+            let (start, end) = (at, at + piece.len());
+            at = end;
+            if end > range.start && start < range.end {
+                out.push(piece.slice(range.start.max(start) - start..range.end.min(end) - start));
+            }
+        }
+        out
+    }
+
     /// The pieces, each non-empty, which together are the bytes read.
     pub fn into_pieces(self) -> Vec<Bytes> {
         self.pieces
@@ -68,6 +82,20 @@ mod tests {
         assert_eq!(data.len(), 5);
         assert_eq!(data.contiguous(), &b"ab\0\0c"[..]);
         assert_eq!(data.into_pieces().len(), 3, "empty pieces are left out");
+    }
+
+    #[test]
+    fn a_slice_takes_the_pieces_it_covers() {
+        let mut data = ReadData::default();
+        data.push(Bytes::from_static(b"abc"));
+        data.push(Bytes::from_static(b"defg"));
+        data.push(Bytes::from_static(b"h"));
+        for start in 0..=8 {
+            for end in start..=8 {
+                assert_eq!(data.slice(start..end).into_vec(), &b"abcdefgh"[start..end], "{start}..{end}");
+            }
+        }
+        assert_eq!(data.slice(3..7).into_pieces().len(), 1, "within one piece, one piece");
     }
 
     #[test]

@@ -84,3 +84,31 @@ fn random_reads_fetch_verified_segments_and_refuse_a_corrupt_one() {
     assert!(err.message.contains("segment 5"), "{err}");
     assert_eq!(fresh.read(fh3, 65_536 * 2, 4096).unwrap().into_vec(), data[65_536 * 2..65_536 * 2 + 4096]);
 }
+
+#[test]
+fn a_small_random_read_hands_back_the_verified_window_around_it() {
+    let (_dir, fs, _store) = uncached_engine(1 << 20);
+    let len = (1usize << 20) - 300;
+    let data: Vec<u8> = (0..len as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let (ino, _) = write_file(&fs, &data);
+    let fh = fs.open(ino, false).unwrap();
+    let segment = 65_536usize;
+    // (offset, length asked, the window expected): within a segment, across two, at the end of
+    // the file (the window stops there), and past it.
+    for (at, asked, window) in [
+        (700_000, 4096, Some(10 * segment..11 * segment)),
+        (65_530, 100, Some(0..2 * segment)),
+        (len - 10, 4096, Some(15 * segment..len)),
+    ] {
+        let (got, around) = fs.read_with_window(fh, at as u64, asked).unwrap();
+        assert_eq!(got.into_vec(), data[at..(at + asked as usize).min(len)], "read of {asked} at {at}");
+        let around = around.expect("a small random read has a window");
+        let expected = window.unwrap();
+        assert_eq!(around.offset as usize, expected.start);
+        assert!(around.data.into_vec() == data[expected], "the window holds the file's bytes");
+    }
+    let (past, around) = fs.read_with_window(fh, len as u64 + 10, 4096).unwrap();
+    assert!(past.is_empty() && around.is_none(), "nothing past the end");
+    let (_, around) = fs.read_with_window(fh, 0, 65_536).unwrap();
+    assert!(around.is_none(), "a read of a whole segment needs no window");
+}

@@ -21,9 +21,12 @@ use fuser::{
 use tracing::{info_span, warn};
 
 use crate::kernel_attrs::KernelAttrs;
+use crate::page_fill::PageFill;
 
 /// `st_blksize`: the preferred I/O size, matching the largest FUSE write.
 const IO_SIZE: u32 = 1 << 20;
+/// The kernel's page, the unit its page cache holds.
+const PAGE_SIZE: u64 = 4096;
 
 pub struct FuseAdapter {
     fs: Arc<FileSystem>,
@@ -35,6 +38,8 @@ pub struct FuseAdapter {
     kills_set_id_bits: bool,
     /// Which attributes the kernel may hold of each file.
     kernel_attrs: KernelAttrs,
+    /// Stores what random reads fetched around them in the kernel's page cache.
+    page_fill: PageFill,
 }
 
 impl FuseAdapter {
@@ -52,6 +57,7 @@ impl FuseAdapter {
             notifier: notifier.clone(),
             kills_set_id_bits: false,
             kernel_attrs: KernelAttrs::new(),
+            page_fill: PageFill::new(notifier.clone()),
         };
         (adapter, notifier)
     }
@@ -247,6 +253,11 @@ impl fuser::Filesystem for FuseAdapter {
             }
         }
         match self.fs.setattr(ino.0, &req) {
+            // The kernel drops its pages past a new end once answered: no store may cross that.
+            Ok(attr) if size.is_some() => {
+                let (ttl, attr) = (self.attr_ttl, self.hand_over(&attr));
+                self.page_fill.section(ino.0, move || reply.attr(&ttl, &attr));
+            }
             Ok(attr) => reply.attr(&self.attr_ttl, &self.hand_over(&attr)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -345,6 +356,8 @@ impl fuser::Filesystem for FuseAdapter {
         let _s = info_span!("open", ino = ino.0).entered();
         match self.fs.open(ino.0, flags.0 & libc::O_APPEND != 0) {
             Ok(fh) => {
+                let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+                self.page_fill.opened(ino.0, writes);
                 let flags = match self.fs.opened_as(fh) {
                     Ok((_, true)) => FopenFlags::FOPEN_KEEP_CACHE,
                     // Close-to-open: the kernel's cached size may predate another client's
@@ -358,7 +371,13 @@ impl fuser::Filesystem for FuseAdapter {
                         FopenFlags::empty()
                     }
                 };
-                reply.opened(FileHandle(fh), flags)
+                if writes || !flags.contains(FopenFlags::FOPEN_KEEP_CACHE) {
+                    // Writes go through the page cache, and without FOPEN_KEEP_CACHE the kernel
+                    // drops it once answered: no store may cross either.
+                    self.page_fill.section(ino.0, move || reply.opened(FileHandle(fh), flags));
+                } else {
+                    reply.opened(FileHandle(fh), flags)
+                }
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -376,8 +395,29 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let _s = info_span!("read", ino = ino.0, offset, size).entered();
-        match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data.contiguous()),
+        let Some(epoch) = self.page_fill.epoch_to_read(ino.0) else {
+            return match self.fs.read(fh.0, offset, size) {
+                Ok(data) => reply.data(&data.contiguous()),
+                Err(e) => reply.error(errno(&e)),
+            };
+        };
+        match self.fs.read_with_window(fh.0, offset, size) {
+            Ok((data, window)) => {
+                let asked = offset..offset + data.len() as u64;
+                reply.data(&data.contiguous());
+                // Only once answered: the page asked for stays locked until then. A window with
+                // no page beyond those asked for (a small file's) adds nothing.
+                let page = |at: u64| at / PAGE_SIZE;
+                match window {
+                    Some(w)
+                        if page(w.offset) < page(asked.start)
+                            || page(w.offset + w.data.len() as u64 - 1) > page(asked.end.max(1) - 1) =>
+                    {
+                        self.page_fill.offer(ino.0, epoch, w)
+                    }
+                    _ => {}
+                }
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -419,12 +459,13 @@ impl fuser::Filesystem for FuseAdapter {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let _s = info_span!("release", ino = ino.0).entered();
+        self.page_fill.released(ino.0, flags.0 & libc::O_ACCMODE != libc::O_RDONLY);
         // The last close of an open file releases its flock.
         let released = match lock_owner {
             Some(owner) => self.fs.release_locks(ino.0, owner.0),
@@ -481,16 +522,19 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(req) => req,
             Err(e) => return reply.error(e),
         };
-        let (fs, notifier) = (self.fs.clone(), self.notifier.clone());
+        let (fs, notifier, page_fill) = (self.fs.clone(), self.notifier.clone(), self.page_fill.clone());
         let set = move || {
             let result = fs.set_lock(fh.0, ino.0, &req, sleep);
-            if result.is_ok() && req.kind != LockKind::Unlock {
-                // What the kernel cached of the file may predate the last holder's writes.
+            if result.is_err() || req.kind == LockKind::Unlock {
+                return Self::reply_empty(result, reply);
+            }
+            // What the kernel cached of the file may predate the last holder's writes.
+            page_fill.section(ino.0, move || {
                 if let Some(notifier) = notifier.get() {
                     let _ = notifier.inval_inode(ino, 0, 0);
                 }
-            }
-            Self::reply_empty(result, reply)
+                Self::reply_empty(result, reply)
+            });
         };
         if sleep {
             // A waiting lock must not hold a FUSE worker: the holder's unlock may need one.
@@ -670,13 +714,15 @@ impl fuser::Filesystem for FuseAdapter {
             if flags & libc::O_EXCL != 0 { CreateMode::Exclusive } else { CreateMode::OpenOrCreatePending };
         let append = flags & libc::O_APPEND != 0;
         match self.fs.create(parent.0, name.as_bytes(), perm(mode, umask), caller(req), create, append) {
-            Ok((attr, fh)) => reply.created(
-                &self.entry_ttl,
-                &self.hand_over(&attr),
-                Generation(attr.generation),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((attr, fh)) => {
+                // The file may have existed (no O_EXCL), and been read at random here.
+                self.page_fill.opened(attr.ino, flags & libc::O_ACCMODE != libc::O_RDONLY);
+                let (ttl, fuse_attr) = (self.entry_ttl, self.hand_over(&attr));
+                self.page_fill.section(attr.ino, move || {
+                    let (generation, fh) = (Generation(attr.generation), FileHandle(fh));
+                    reply.created(&ttl, &fuse_attr, generation, fh, FopenFlags::empty())
+                });
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

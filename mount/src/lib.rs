@@ -12,6 +12,7 @@ pub mod listening;
 pub mod metrics_endpoint;
 pub mod mounting;
 pub mod options;
+mod page_fill;
 pub mod serve_meta;
 pub mod serve_nfs;
 pub mod status;

@@ -37,6 +37,7 @@ mod listing;
 use handles::{Handle, OpenEntry};
 mod names;
 mod read_path;
+pub use read_path::Window;
 mod write_path;
 
 use changed_dirs::ChangedDirs;

@@ -17,20 +17,52 @@ use crate::error::{FsError, FsResult};
 use crate::metrics::Op;
 use crate::open_file::{Dirty, FileState, OpenFile, Pending};
 use crate::read_data::ReadData;
+use crate::segments::SEGMENT_LEN;
 use crate::slices::{Layout, Source};
+
+/// The bytes around a read that fetching it read too (see [`FileSystem::read_with_window`]).
+#[derive(Debug)]
+pub struct Window {
+    /// Where in the file they start.
+    pub offset: u64,
+    pub data: ReadData,
+}
 
 impl FileSystem {
     #[instrument(level = "debug", skip(self))]
     pub fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<ReadData> {
+        Ok(self.read_at(fh, offset, len, false)?.0)
+    }
+
+    /// Like [`FileSystem::read`]; and when the handle reads at random and asks for less than a
+    /// segment, also the whole [`SEGMENT_LEN`]-aligned window around the bytes asked for (up to
+    /// the end of the file), which fetching and verifying them read anyway. A frontend may hand
+    /// the window to the kernel's page cache, so that its neighbours need no request of their
+    /// own. Only the bytes asked for are metered.
+    #[instrument(level = "debug", skip(self))]
+    pub fn read_with_window(&self, fh: u64, offset: u64, len: u32) -> FsResult<(ReadData, Option<Window>)> {
+        self.read_at(fh, offset, len, true)
+    }
+
+    fn read_at(&self, fh: u64, offset: u64, len: u32, widen: bool) -> FsResult<(ReadData, Option<Window>)> {
         self.run(Op::Read, || {
             let handle = self.handle(fh)?;
             let file = &handle.file;
-            let found = self.layouts(file, offset, len)?;
+            let asked_end = offset.saturating_add(len as u64);
+            let random = handle.readahead.lock().unwrap().is_random();
+            // The readahead state says how the handle read so far: a random reader's next read
+            // is most likely random too. (A wrong guess costs one wider read, or one narrower.)
+            let window = (widen && random && (len as u64) < SEGMENT_LEN)
+                .then(|| offset / SEGMENT_LEN * SEGMENT_LEN..asked_end.div_ceil(SEGMENT_LEN) * SEGMENT_LEN);
+            let read_range = window.clone().unwrap_or(offset..asked_end);
+            let found = self.layouts(file, read_range.start, (read_range.end - read_range.start) as u32)?;
+            // Where the bytes asked for end: at the end of the file, if it comes first.
+            let end = found.as_ref().map_or(offset, |(end, _)| asked_end.min(*end));
             // Metered as the bytes it returns (before fetching them): what lies past the end is
-            // not data read.
-            self.throttle.charge(IoKind::Read, found.as_ref().map_or(0, |(end, _)| end - offset));
-            let Some((end, layouts)) = found else {
-                return Ok(ReadData::default());
+            // not data read, nor is the rest of a window.
+            self.throttle.charge(IoKind::Read, end.saturating_sub(offset));
+            let Some((window_end, layouts)) = found.filter(|_| end > offset) else {
+                return Ok((ReadData::default(), None));
             };
             let bs = self.block_size;
             let (prefetch, random) = {
@@ -64,15 +96,21 @@ impl FileSystem {
                     Ok::<_, FsError>((block_start + piece.at, piece.len, data))
                 }
             })))?;
-            let mut out = ReadData::default();
+            let mut read = ReadData::default();
             for (_, len, data) in pieces {
                 match data {
-                    Some(data) => out.push(data),
-                    None => out.push_zeros(len as usize),
+                    Some(data) => read.push(data),
+                    None => read.push_zeros(len as usize),
                 }
             }
-            self.metrics().read(out.len() as u64);
-            Ok(out)
+            let Some(window) = window else {
+                self.metrics().read(read.len() as u64);
+                return Ok((read, None));
+            };
+            let asked = read.slice((offset - window.start) as usize..(end - window.start) as usize);
+            self.metrics().read(asked.len() as u64);
+            debug_assert_eq!(read.len() as u64, window_end - window.start);
+            Ok((asked, Some(Window { offset: window.start, data: read })))
         })
     }
 
