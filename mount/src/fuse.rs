@@ -21,7 +21,7 @@ use fuser::{
 use tracing::{info_span, warn};
 
 use crate::kernel_attrs::KernelAttrs;
-use crate::page_fill::PageFill;
+use crate::page_fill::{PageFill, PageFillMetrics};
 
 /// `st_blksize`: the preferred I/O size, matching the largest FUSE write.
 const IO_SIZE: u32 = 1 << 20;
@@ -48,6 +48,8 @@ impl FuseAdapter {
         fs: Arc<FileSystem>,
         attr_ttl: Duration,
         entry_ttl: Duration,
+        page_fill: PageFillMetrics,
+        workers: usize,
     ) -> (Self, Arc<OnceLock<Notifier>>) {
         let notifier = Arc::new(OnceLock::new());
         let adapter = FuseAdapter {
@@ -57,7 +59,7 @@ impl FuseAdapter {
             notifier: notifier.clone(),
             kills_set_id_bits: false,
             kernel_attrs: KernelAttrs::new(),
-            page_fill: PageFill::new(notifier.clone()),
+            page_fill: PageFill::new(notifier.clone(), page_fill, workers),
         };
         (adapter, notifier)
     }

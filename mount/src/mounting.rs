@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::fuse::FuseAdapter;
 use crate::metrics_endpoint::{self, client_registry};
 use crate::options::MountOptions;
+use crate::page_fill::PageFillMetrics;
 use crate::status::StatusWriter;
 use crate::volume::{self, FormatSpec, MetaAccess};
 
@@ -134,10 +135,15 @@ fn unescape_mountinfo(field: &str) -> String {
 /// Runs the mount in this process until it is unmounted.
 fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<()> {
     let fs = Arc::new(volume::open_filesystem(access, mountpoint, &opts)?);
+    let page_fill = PageFillMetrics::default();
     let metrics = opts
         .metrics
         .as_deref()
-        .map(|addr| metrics_endpoint::serve(addr, client_registry(&fs)))
+        .map(|addr| {
+            let mut registry = client_registry(&fs);
+            page_fill.register(&mut registry);
+            metrics_endpoint::serve(addr, registry)
+        })
         .transpose()?;
     let status = StatusWriter::start(fs.clone(), &access.url, mountpoint)?;
     let gc = crate::collect::start_client_gc(&fs, access, &opts)?;
@@ -155,7 +161,8 @@ fn serve(access: &MetaAccess, mountpoint: &Path, opts: MountOptions) -> Result<(
     }
     config.n_threads = Some(opts.threads);
     config.clone_fd = true;
-    let (adapter, notifier) = FuseAdapter::new(fs.clone(), opts.engine.attr_cache, opts.entry_ttl);
+    let (adapter, notifier) =
+        FuseAdapter::new(fs.clone(), opts.engine.attr_cache, opts.entry_ttl, page_fill, opts.threads);
     let mut session = fuser::Session::new(adapter, mountpoint, &config).with_context(|| {
         format!("mounting {} (is /dev/fuse available, and are you root?)", mountpoint.display())
     })?;

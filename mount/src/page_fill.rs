@@ -16,16 +16,20 @@
 //!   waits for the stores in flight before it answers the kernel, and it moves the file's
 //!   epoch on at its start and its end. A window read under an earlier epoch is never stored.
 //! - Deadlock: a store can wait for the lock of a page whose READ is still queued, which only
-//!   a free FUSE worker can answer. So stores go out from a thread of their own, and a section
-//!   that must wait for one waits on a thread of its own, never holding a worker.
+//!   a free FUSE worker can answer. A worker stores the window it read itself (it has the CPU
+//!   then; a store thread fell behind the readers) only while fewer than half the workers are
+//!   storing; otherwise the window goes to a thread of its own. And a section that must wait
+//!   for a store waits on a thread of its own, never holding a worker.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use elasticfs_core::Window;
 use fuser::{INodeNo, Notifier};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tracing::debug;
 
 /// Windows waiting for the store thread; more are dropped (they are only an optimisation).
@@ -51,6 +55,34 @@ pub struct PageFill {
     queue: SyncSender<Job>,
 }
 
+/// What became of the windows random reads offered.
+#[derive(Clone, Default)]
+pub struct PageFillMetrics {
+    stored: Counter,
+    stale: Counter,
+    dropped: Counter,
+}
+
+impl PageFillMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "fuse_page_fill_stored_windows",
+            "Windows around random reads handed to the kernel's page cache",
+            self.stored.clone(),
+        );
+        registry.register(
+            "fuse_page_fill_stale_windows",
+            "Windows not stored because their file changed or was open for writing",
+            self.stale.clone(),
+        );
+        registry.register(
+            "fuse_page_fill_dropped_windows",
+            "Windows not stored because the store thread was behind",
+            self.dropped.clone(),
+        );
+    }
+}
+
 struct Shared {
     files: Mutex<HashMap<u64, FileFill>>,
     /// Signalled when a file's last store in flight ends.
@@ -58,6 +90,9 @@ struct Shared {
     /// Epochs are never reused, also across a file's entry being dropped and made again.
     next_epoch: AtomicU64,
     sink: Arc<dyn PageSink>,
+    metrics: PageFillMetrics,
+    /// How many more workers may store a window themselves.
+    inline_stores: AtomicUsize,
 }
 
 /// What this mount has open of one file, and the stores that concern it.
@@ -76,12 +111,15 @@ struct Job {
 }
 
 impl PageFill {
-    pub fn new(sink: Arc<dyn PageSink>) -> Self {
+    /// For a session of `workers` FUSE worker threads.
+    pub fn new(sink: Arc<dyn PageSink>, metrics: PageFillMetrics, workers: usize) -> Self {
         let shared = Arc::new(Shared {
             files: Mutex::new(HashMap::new()),
             drained: Condvar::new(),
             next_epoch: AtomicU64::new(1),
             sink,
+            metrics,
+            inline_stores: AtomicUsize::new(workers / 2),
         });
         let (queue, jobs) = sync_channel(QUEUE_LEN);
         let worker = shared.clone();
@@ -121,10 +159,16 @@ impl PageFill {
         files.get(&ino).filter(|f| f.writers == 0 && f.sections == 0).map(|f| f.epoch)
     }
 
-    /// Queues a window read under `epoch` to be stored, after the read has been answered.
+    /// Stores a window read under `epoch`, once the read has been answered: on this worker if
+    /// few others are storing, else from the store thread (or not at all if it is far behind).
     pub fn offer(&self, ino: u64, epoch: u64, window: Window) {
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(Job { ino, epoch, window }) {
-            debug!(ino, "page-fill queue full: a window is not stored");
+        let job = Job { ino, epoch, window };
+        let permits = &self.shared.inline_stores;
+        if permits.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+            self.shared.store(job);
+            permits.fetch_add(1, Ordering::AcqRel);
+        } else if let Err(TrySendError::Full(_)) = self.queue.try_send(job) {
+            self.shared.metrics.dropped.inc();
         }
     }
 
@@ -198,30 +242,39 @@ impl Shared {
 
     /// The store thread: stores each window whose file has not changed since it was read.
     fn store_all(&self, jobs: Receiver<Job>) {
-        for Job { ino, epoch, window } in jobs {
-            {
-                let mut files = self.files.lock().unwrap();
-                match files.get_mut(&ino) {
-                    Some(f) if f.writers == 0 && f.sections == 0 && f.epoch == epoch => {
-                        f.stores_in_flight += 1
-                    }
-                    _ => continue,
-                }
-            }
-            // The kernel takes a store past its idea of the end of the file as growing it: the
-            // window ends at the end of the file as the read found it.
-            if let Err(e) = self.sink.store(ino, window.offset, &window.data.contiguous()) {
-                debug!(ino, "page-fill store refused: {e}");
-            }
-            let mut files = self.files.lock().unwrap();
-            if let Some(file) = files.get_mut(&ino) {
-                file.stores_in_flight -= 1;
-                if file.stores_in_flight == 0 {
-                    self.drained.notify_all();
-                }
-            }
-            Self::drop_if_idle(&mut files, ino);
+        for job in jobs {
+            self.store(job);
         }
+    }
+
+    /// Stores a window unless its file changed since it was read, or is open for writing.
+    fn store(&self, Job { ino, epoch, window }: Job) {
+        {
+            let mut files = self.files.lock().unwrap();
+            match files.get_mut(&ino) {
+                Some(f) if f.writers == 0 && f.sections == 0 && f.epoch == epoch => f.stores_in_flight += 1,
+                _ => {
+                    self.metrics.stale.inc();
+                    return;
+                }
+            }
+        }
+        // The kernel takes a store past its idea of the end of the file as growing it: the
+        // window ends at the end of the file as the read found it.
+        match self.sink.store(ino, window.offset, &window.data.contiguous()) {
+            Ok(()) => {
+                self.metrics.stored.inc();
+            }
+            Err(e) => debug!(ino, "page-fill store refused: {e}"),
+        }
+        let mut files = self.files.lock().unwrap();
+        if let Some(file) = files.get_mut(&ino) {
+            file.stores_in_flight -= 1;
+            if file.stores_in_flight == 0 {
+                self.drained.notify_all();
+            }
+        }
+        Self::drop_if_idle(&mut files, ino);
     }
 }
 
@@ -285,7 +338,8 @@ mod tests {
 
     fn setup() -> (PageFill, Arc<Gate>) {
         let gate = Arc::new(Gate::default());
-        let fill = PageFill::new(gate.clone());
+        // No worker stores itself: every store goes through the thread the gate can hold.
+        let fill = PageFill::new(gate.clone(), PageFillMetrics::default(), 0);
         fill.opened(MARK, false);
         (fill, gate)
     }
@@ -318,6 +372,15 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "a file no longer open is forgotten");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn a_worker_stores_its_window_itself_while_others_are_free() {
+        let gate = Arc::new(Gate::default());
+        let fill = PageFill::new(gate.clone(), PageFillMetrics::default(), 2);
+        fill.opened(1, false);
+        fill.offer(1, fill.epoch_to_read(1).unwrap(), window(0));
+        assert!(gate.stored(1), "stored before offer returned");
     }
 
     #[test]
