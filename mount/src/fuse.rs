@@ -18,7 +18,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{info_span, warn};
+use tracing::{debug_span, warn};
 
 use crate::kernel_attrs::KernelAttrs;
 use crate::page_fill::{PageFill, PageFillMetrics};
@@ -207,12 +207,12 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _s = info_span!("lookup", parent = parent.0).entered();
+        let _s = debug_span!("lookup", parent = parent.0).entered();
         self.reply_entry(self.fs.lookup(parent.0, name.as_bytes()), reply);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _s = info_span!("getattr", ino = ino.0).entered();
+        let _s = debug_span!("getattr", ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&self.attr_ttl, &self.hand_over(&attr)),
             Err(e) => reply.error(errno(&e)),
@@ -237,7 +237,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _s = info_span!("setattr", ino = ino.0).entered();
+        let _s = debug_span!("setattr", ino = ino.0).entered();
         let mut req = SetAttrRequest {
             perm: mode.map(|m| (m & 0o7777) as u16),
             uid,
@@ -266,7 +266,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _s = info_span!("readlink", ino = ino.0).entered();
+        let _s = debug_span!("readlink", ino = ino.0).entered();
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(&e)),
@@ -283,7 +283,7 @@ impl fuser::Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _s = info_span!("mknod", parent = parent.0).entered();
+        let _s = debug_span!("mknod", parent = parent.0).entered();
         let kind = match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => FileKind::File,
             libc::S_IFIFO => FileKind::Fifo,
@@ -299,7 +299,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let _s = info_span!("mkdir", parent = parent.0).entered();
+        let _s = debug_span!("mkdir", parent = parent.0).entered();
         self.reply_entry(
             self.fs.mknod(parent.0, name.as_bytes(), FileKind::Dir, perm(mode, umask), 0, caller(req)),
             reply,
@@ -307,17 +307,17 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = info_span!("unlink", parent = parent.0).entered();
+        let _s = debug_span!("unlink", parent = parent.0).entered();
         Self::reply_empty(self.fs.unlink(parent.0, name.as_bytes()), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = info_span!("rmdir", parent = parent.0).entered();
+        let _s = debug_span!("rmdir", parent = parent.0).entered();
         Self::reply_empty(self.fs.rmdir(parent.0, name.as_bytes()), reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let _s = info_span!("symlink", parent = parent.0).entered();
+        let _s = debug_span!("symlink", parent = parent.0).entered();
         let result =
             self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), caller(req));
         self.reply_entry(result, reply);
@@ -333,7 +333,7 @@ impl fuser::Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _s = info_span!("rename", parent = parent.0, newparent = newparent.0).entered();
+        let _s = debug_span!("rename", parent = parent.0, newparent = newparent.0).entered();
         let mode = if flags.is_empty() {
             RenameMode::Replace
         } else if flags == RenameFlags::RENAME_NOREPLACE {
@@ -350,12 +350,12 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let _s = info_span!("link", ino = ino.0, newparent = newparent.0).entered();
+        let _s = debug_span!("link", ino = ino.0, newparent = newparent.0).entered();
         self.reply_entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _s = info_span!("open", ino = ino.0).entered();
+        let _s = debug_span!("open", ino = ino.0).entered();
         match self.fs.open(ino.0, flags.0 & libc::O_APPEND != 0) {
             Ok(fh) => {
                 let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
@@ -396,7 +396,7 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _s = info_span!("read", ino = ino.0, offset, size).entered();
+        let _s = debug_span!("read", ino = ino.0, offset, size).entered();
         let Some(epoch) = self.page_fill.epoch_to_read(ino.0) else {
             return match self.fs.read(fh.0, offset, size) {
                 Ok(data) => reply.data(&data.contiguous()),
@@ -436,7 +436,7 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _s = info_span!("write", ino = ino.0, offset, len = data.len()).entered();
+        let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             if let Err(e) = self.fs.drop_set_id_bits_before_write(fh.0) {
                 return reply.error(errno(&e));
@@ -449,7 +449,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
-        let _s = info_span!("flush", ino = ino.0).entered();
+        let _s = debug_span!("flush", ino = ino.0).entered();
         // POSIX: closing any descriptor of a file releases the process's locks on it.
         let flushed = self.fs.flush(fh.0);
         let released = self.fs.release_locks(ino.0, lock_owner.0);
@@ -466,7 +466,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _s = info_span!("release", ino = ino.0).entered();
+        let _s = debug_span!("release", ino = ino.0).entered();
         self.page_fill.released(ino.0, flags.0 & libc::O_ACCMODE != libc::O_RDONLY);
         // The last close of an open file releases its flock.
         let released = match lock_owner {
@@ -488,7 +488,7 @@ impl fuser::Filesystem for FuseAdapter {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let _s = info_span!("getlk", ino = ino.0).entered();
+        let _s = debug_span!("getlk", ino = ino.0).entered();
         let req = match lock_request(lock_owner, start, end, typ, pid) {
             Ok(req) => req,
             Err(e) => return reply.error(e),
@@ -519,7 +519,7 @@ impl fuser::Filesystem for FuseAdapter {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let _s = info_span!("setlk", ino = ino.0, sleep).entered();
+        let _s = debug_span!("setlk", ino = ino.0, sleep).entered();
         let req = match lock_request(lock_owner, start, end, typ, pid) {
             Ok(req) => req,
             Err(e) => return reply.error(e),
@@ -547,7 +547,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _s = info_span!("fsync", ino = ino.0).entered();
+        let _s = debug_span!("fsync", ino = ino.0).entered();
         Self::reply_empty(self.fs.fsync(fh.0), reply);
     }
 
@@ -591,7 +591,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _s = info_span!("readdir", ino = ino.0, offset).entered();
+        let _s = debug_span!("readdir", ino = ino.0, offset).entered();
         let result = self.fs.list_open_dir(fh.0, ino.0, offset, |entry_ino, cookie, kind, name| {
             reply.add(INodeNo(entry_ino), cookie, file_type(kind), OsStr::from_bytes(name))
         });
@@ -609,7 +609,7 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _s = info_span!("readdirplus", ino = ino.0, offset).entered();
+        let _s = debug_span!("readdirplus", ino = ino.0, offset).entered();
         let result =
             self.fs.list_open_dir_plus(fh.0, ino.0, offset, |entry_ino, cookie, _kind, name, attr| {
                 // An entry removed since it was listed is skipped, not an error.
@@ -656,7 +656,7 @@ impl fuser::Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _s = info_span!("setxattr", ino = ino.0).entered();
+        let _s = debug_span!("setxattr", ino = ino.0).entered();
         let mode = match flags {
             0 => XattrMode::Upsert,
             libc::XATTR_CREATE => XattrMode::Create,
@@ -667,7 +667,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _s = info_span!("getxattr", ino = ino.0).entered();
+        let _s = debug_span!("getxattr", ino = ino.0).entered();
         match self.fs.get_xattr(ino.0, name.as_bytes()) {
             Ok(value) => Self::reply_xattr(value, size, reply),
             Err(e) => reply.error(errno(&e)),
@@ -675,7 +675,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _s = info_span!("listxattr", ino = ino.0).entered();
+        let _s = debug_span!("listxattr", ino = ino.0).entered();
         match self.fs.list_xattr(ino.0) {
             Ok(names) => {
                 let mut data = Vec::new();
@@ -690,7 +690,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = info_span!("removexattr", ino = ino.0).entered();
+        let _s = debug_span!("removexattr", ino = ino.0).entered();
         Self::reply_empty(self.fs.remove_xattr(ino.0, name.as_bytes()), reply);
     }
 
@@ -710,7 +710,7 @@ impl fuser::Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _s = info_span!("create", parent = parent.0).entered();
+        let _s = debug_span!("create", parent = parent.0).entered();
         // Without O_EXCL, a new file is durable with its first commit at close or fsync.
         let create =
             if flags & libc::O_EXCL != 0 { CreateMode::Exclusive } else { CreateMode::OpenOrCreatePending };
@@ -739,7 +739,7 @@ impl fuser::Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _s = info_span!("fallocate", ino = ino.0, offset, length).entered();
+        let _s = debug_span!("fallocate", ino = ino.0, offset, length).entered();
         Self::reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 }

@@ -26,7 +26,7 @@ use nfs3_types::nfs3::writeverf3;
 use nfs3_types::rpc::{accept_stat_data, auth_stat};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tracing::{debug, info_span, warn};
+use tracing::{debug, debug_span, warn};
 
 pub use export::{parse_network, ExportConfig, Squash};
 
@@ -191,7 +191,7 @@ impl Gateway {
 
     /// The reply to one call.
     fn answer(&self, call: &rpc::Call, mut args: &[u8], allowed: bool) -> rpc::Record {
-        let _span = info_span!("nfs", prog = call.prog, proc = call.proc, xid = call.xid).entered();
+        let _span = debug_span!("nfs", prog = call.prog, proc = call.proc, xid = call.xid).entered();
         let who = self.export.identity(call.auth.as_ref());
         let reply = match (call.prog, call.vers) {
             (MOUNT_PROGRAM, VERSION_3) => self.mount_call(call.proc, &mut args, allowed, &who),
