@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use elasticfs_core::metadata::{Attr, FileKind, LockKind, LockRequest, RenameMode, Timestamp, XattrMode};
 use elasticfs_core::{
-    dropping_set_id_bits, Caller, CreateMode, FileSystem, FileVersion, FsError, SetAttrRequest,
+    dropping_set_id_bits, Caller, CreateMode, FileSystem, FileVersion, FsError, SetAttrRequest, Window,
 };
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
@@ -129,6 +129,18 @@ fn timestamp(t: TimeOrNow) -> Timestamp {
 /// usually applied the umask already; applying it again is harmless.)
 fn perm(mode: u32, umask: u32) -> u16 {
     (mode & !umask & 0o7777) as u16
+}
+
+/// Whether open flags ask to write (what a page fill must not cross).
+fn for_writing(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+}
+
+/// Whether `window` holds a page beyond those of the bytes `asked` (a small file's does not).
+fn adds_pages(window: &Window, asked: &std::ops::Range<u64>) -> bool {
+    let page = |at: u64| at / PAGE_SIZE;
+    let window_end = window.offset + window.data.len() as u64;
+    page(window.offset) < page(asked.start) || page(window_end - 1) > page(asked.end.max(1) - 1)
 }
 
 fn caller(req: &Request) -> Caller {
@@ -358,7 +370,7 @@ impl fuser::Filesystem for FuseAdapter {
         let _s = debug_span!("open", ino = ino.0).entered();
         match self.fs.open(ino.0, flags.0 & libc::O_APPEND != 0) {
             Ok(fh) => {
-                let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+                let writes = for_writing(flags.0);
                 self.page_fill.opened(ino.0, writes);
                 let flags = match self.fs.opened_as(fh) {
                     Ok((_, true)) => FopenFlags::FOPEN_KEEP_CACHE,
@@ -407,17 +419,9 @@ impl fuser::Filesystem for FuseAdapter {
             Ok((data, window)) => {
                 let asked = offset..offset + data.len() as u64;
                 reply.data(&data.contiguous());
-                // Only once answered: the page asked for stays locked until then. A window with
-                // no page beyond those asked for (a small file's) adds nothing.
-                let page = |at: u64| at / PAGE_SIZE;
-                match window {
-                    Some(w)
-                        if page(w.offset) < page(asked.start)
-                            || page(w.offset + w.data.len() as u64 - 1) > page(asked.end.max(1) - 1) =>
-                    {
-                        self.page_fill.offer(ino.0, epoch, w)
-                    }
-                    _ => {}
+                // Only once answered: the page asked for stays locked until then.
+                if let Some(window) = window.filter(|w| adds_pages(w, &asked)) {
+                    self.page_fill.offer(ino.0, epoch, window);
                 }
             }
             Err(e) => reply.error(errno(&e)),
@@ -467,7 +471,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _s = debug_span!("release", ino = ino.0).entered();
-        self.page_fill.released(ino.0, flags.0 & libc::O_ACCMODE != libc::O_RDONLY);
+        self.page_fill.released(ino.0, for_writing(flags.0));
         // The last close of an open file releases its flock.
         let released = match lock_owner {
             Some(owner) => self.fs.release_locks(ino.0, owner.0),
@@ -718,7 +722,7 @@ impl fuser::Filesystem for FuseAdapter {
         match self.fs.create(parent.0, name.as_bytes(), perm(mode, umask), caller(req), create, append) {
             Ok((attr, fh)) => {
                 // The file may have existed (no O_EXCL), and been read at random here.
-                self.page_fill.opened(attr.ino, flags & libc::O_ACCMODE != libc::O_RDONLY);
+                self.page_fill.opened(attr.ino, for_writing(flags));
                 let (ttl, fuse_attr) = (self.entry_ttl, self.hand_over(&attr));
                 self.page_fill.section(attr.ino, move || {
                     let (generation, fh) = (Generation(attr.generation), FileHandle(fh));

@@ -216,7 +216,8 @@ impl Shared {
     fn drop_if_idle(files: &mut HashMap<u64, FileFill>, ino: u64) {
         if files
             .get(&ino)
-            .is_some_and(|f| f.handles == 0 && f.writers == 0 && f.sections == 0 && f.stores_in_flight == 0)
+            // (A write handle is a handle: without handles there are no writers.)
+            .is_some_and(|f| f.handles == 0 && f.sections == 0 && f.stores_in_flight == 0)
         {
             files.remove(&ino);
         }
